@@ -1,0 +1,89 @@
+"""Encoder backbones: VGG, ResNet (options A/B/C, plain, CIFAR), GoogLeNet, Inception-v3, LeNet-5, AlexNet.
+
+``create_encoder(name, in_channels=3, weights=None)`` builds the feature extractor of a backbone
+(see :class:`segkit.encoders.base.Encoder` for the contract). The classifiers of the same names are
+built by :func:`segkit.create_classifier`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any
+
+from torch import nn
+
+from segkit.encoders import classic, inception, resnet, vgg  # noqa: F401  (each registers its names)
+from segkit.encoders.base import CLASSIFIERS, ENCODERS, Encoder, register_classifier, register_encoder
+from segkit.encoders.weights import adapt_first_conv, load_weights, read_checkpoint
+from segkit.errors import SegkitError
+
+__all__ = [
+    "Encoder",
+    "adapt_first_conv",
+    "create_encoder",
+    "list_classifiers",
+    "list_encoders",
+    "load_weights",
+    "read_checkpoint",
+    "register_classifier",
+    "register_encoder",
+]
+
+
+def list_encoders() -> list[str]:
+    """Names ``create_encoder`` accepts, sorted."""
+    return sorted(ENCODERS)
+
+
+def list_classifiers() -> list[str]:
+    """Names ``create_classifier`` accepts, sorted."""
+    return sorted(CLASSIFIERS)
+
+
+def lookup(registry: dict[str, Any], name: str, what: str) -> Any:
+    """``registry[name]``, or a SegkitError that suggests the closest names."""
+    if name in registry:
+        return registry[name]
+    close = difflib.get_close_matches(name, registry, n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else f"choose one of {', '.join(sorted(registry))}."
+    raise SegkitError(f"unknown {what} {name!r}; {hint}")
+
+
+def check_in_channels(in_channels: int) -> None:
+    if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
+        raise SegkitError(f"in_channels must be a positive integer (the image's channel count); got {in_channels!r}.")
+
+
+def finish_pretrained(model: nn.Module, weights: str | os.PathLike[str] | None, transform_input: bool | None) -> None:
+    """After loading ``weights``: turn on the input transform the Inception checkpoints expect.
+
+    torchvision's GoogLeNet and Inception-v3 weights were ported from TensorFlow and expect inputs
+    scaled to [-1, 1]; torchvision enables ``transform_input`` whenever it loads them so that
+    ImageNet-normalised images work. segkit does the same for 3-channel models unless told otherwise.
+    """
+    if hasattr(model, "transform_input"):
+        if transform_input is None:
+            transform_input = weights is not None and model.in_channels == 3
+        model.transform_input = bool(transform_input)
+
+
+def create_encoder(
+    name: str,
+    in_channels: int = 3,
+    weights: str | os.PathLike[str] | None = None,
+    **kwargs: Any,
+) -> Encoder:
+    """Build encoder ``name`` for ``in_channels``-channel images, optionally from a checkpoint file.
+
+    ``weights`` is the path of a torchvision-format checkpoint (a classifier's: its head is dropped).
+    Extra keyword arguments go to the family's constructor (e.g. ``zero_init_residual=True``).
+    """
+    factory = lookup(ENCODERS, name, "encoder")
+    check_in_channels(in_channels)
+    transform_input = kwargs.pop("transform_input", None)
+    encoder = factory(in_channels=in_channels, **kwargs)
+    if weights is not None:
+        load_weights(encoder, weights, first_conv=encoder.first_conv, ignore_prefixes=encoder.checkpoint_ignore)
+    finish_pretrained(encoder, weights, transform_input)
+    return encoder
