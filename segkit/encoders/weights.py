@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -49,8 +50,11 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found is None:
+            raise SegkitError(f"weights file {path} is not a readable PyTorch checkpoint (it does not unpickle); check that the download or copy is complete.") from err
         raise SegkitError(
-            f"weights file {path} holds Python objects that only unsafe unpickling could load; "
+            f"weights file {path} holds a Python object ({found.group(1)}) that only unsafe unpickling could load; "
             f"re-save it as a plain state dict (torch.save(model.state_dict(), ...))."
         ) from err
     except Exception as err:  # torch raises several types for truncated or foreign files
