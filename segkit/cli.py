@@ -8,6 +8,7 @@ process exits with status 2; other exceptions are bugs and keep their traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -35,6 +36,33 @@ def _run_encoders(args: argparse.Namespace) -> int:
 COMMANDS["list"] = ("list the encoder (or classifier) names segkit knows", _add_encoders_args, _run_encoders)
 
 
+def _add_train_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
+    parser.add_argument("--out", required=True, help="run directory (config, checkpoints, metrics log, plots)")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (resume later with --resume)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="overrides trainer.device")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. trainer.epochs=5")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from segkit.config import load_config
+    from segkit.engine.train import train
+
+    overrides = list(args.overrides) + ([f"trainer.device={args.device}"] if args.device else [])
+    cfg = load_config(args.config, overrides)
+    if args.max_steps is not None and args.max_steps < 1:
+        raise SegkitError(f"--max-steps must be a positive number of steps; got {args.max_steps}.")
+    result = train(cfg, args.out, max_steps=args.max_steps, resume=args.resume, progress=not args.quiet)
+    if result.best_miou is not None:
+        print(f"best mIoU: {result.best_miou:.4f} ({args.out}/best.pt)")
+    return 0
+
+
+COMMANDS["train"] = ("train a model from a YAML config", _add_train_args, _run_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segkit",
@@ -47,7 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setup_logging() -> None:
+    """segkit's info lines (e.g. a re-initialised head) on stderr, once."""
+    logger = logging.getLogger("segkit")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _setup_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -1,0 +1,222 @@
+"""Typed training configs: the schema, YAML loading, ``KEY=VALUE`` overrides and validation.
+
+A config is a YAML file whose keys follow :class:`Config` (OmegaConf structured config). Unknown
+or mistyped keys fail at once with a ``SegkitError`` that names the key and suggests the closest
+valid one; so do values of the wrong type and choices outside their menus. Overrides on the
+command line use dotted keys: ``trainer.epochs=5 model.encoder=resnet34``.
+
+The resolved config (defaults filled in, overrides applied) is saved in every run directory as
+``config.yaml``; ``segkit train`` on that file reproduces the run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from segkit.errors import SegkitError
+
+__all__ = ["Config", "load_config", "config_from_dict", "save_config", "to_dict"]
+
+# Menus of allowed values, checked after loading (OmegaConf has no Literal type).
+TASKS = ("segmentation", "classification")
+DATA_KINDS = ("folder", "coco", "synthetic", "imagefolder", "cifar")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+SCHEDULES = ("poly", "step", "multistep", "exponential", "inverse_time", "cosine", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+AMP_DTYPES = ("auto", "bfloat16", "float16")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "unet"  # fcn32s | fcn16s | fcn8s | unet | unet_original, or a classifier name for task=classification
+    encoder: str = "resnet18"
+    encoder_weights: Optional[str] = None  # path to a torchvision-format checkpoint file
+    num_classes: int = 2
+    in_channels: int = 3
+    upsampling: str = "transposed"  # transposed | nearest | bed_of_nails | max_unpool
+    aux_classes: Optional[int] = None
+    decoder: dict[str, Any] = field(default_factory=dict)  # extra decoder options, e.g. decoder_channels
+    freeze_encoder: bool = False  # train the decoder/head only
+    encoder_lr_mult: float = 1.0  # the encoder's learning rate = optimizer.lr * this
+
+
+@dataclass
+class SyntheticConfig:
+    n: int = 48
+    size: int = 128
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    kind: str = "folder"
+    root: str = "data"  # folder (or synthetic) dataset root; relative paths resolve against the working directory
+    train_split: str = "train"
+    val_split: str = "val"
+    classes: Optional[list[str]] = None
+    ignore_index: int = 255
+    options: dict[str, Any] = field(default_factory=dict)  # extra dataset options (e.g. binary, color table, suffixes)
+    train_annotations: Optional[str] = None  # COCO: annotation files and image folders
+    val_annotations: Optional[str] = None
+    train_images: Optional[str] = None
+    val_images: Optional[str] = None
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    train_transforms: list[dict[str, Any]] = field(default_factory=list)
+    val_transforms: list[dict[str, Any]] = field(default_factory=list)
+    num_workers: int = 0
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    decay_norm_and_bias: bool = False  # False: no weight decay on norm layers and biases
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    alpha: float = 0.99  # RMSprop smoothing
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "poly"
+    power: float = 0.9  # poly
+    step_size: int = 1000  # step: iterations between decays
+    milestones: list[int] = field(default_factory=list)  # multistep: iterations
+    gamma: float = 0.1  # step / multistep / exponential factor
+    decay: float = 1e-3  # inverse_time: lr = base / (1 + decay * t)
+    min_lr: float = 0.0  # cosine floor
+    warmup_iters: int = 0
+    warmup_factor: float = 0.001  # lr multiplier at iteration 0 of the warm-up
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    batch_size: int = 8
+    val_batch_size: int = 0  # 0: same as batch_size
+    amp: bool = True  # used on CUDA only
+    amp_dtype: str = "auto"  # auto: bfloat16 where supported, else float16 with a grad scaler
+    channels_last: bool = True  # used on CUDA only
+    grad_accum: int = 1
+    clip_grad_norm: Optional[float] = None
+    compile: bool = False
+    val_interval: int = 1  # validate every N epochs (and after the last)
+    seed: int = 0
+    sync_bn: bool = False
+    device: str = "auto"
+    log_interval: int = 10
+    aux_weight: float = 0.3  # weight of auxiliary losses (image-level head, GoogLeNet/Inception aux heads)
+
+
+@dataclass
+class OutputConfig:
+    plots: bool = True
+    num_vis: int = 4  # validation predictions drawn in the plot
+    tensorboard: bool = False
+
+
+@dataclass
+class Config:
+    task: str = "segmentation"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "ce", "weight": 1.0}])
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)  # type: ignore[return-value]
+    except ConfigKeyError as err:
+        found = re.search(r"Did you mean: '([^']+)'", str(err))
+        parent = str(err.full_key).rpartition(".")[0]
+        if found:
+            suggestion = f"did you mean '{parent + '.' if parent else ''}{found.group(1)}'?"
+        else:
+            suggestion = "see configs/quickstart.yaml for the valid keys."
+        raise SegkitError(f"{source}: unknown config key '{err.full_key}'; {suggestion}") from None
+    except ValidationError as err:
+        raise SegkitError(f"{source}: config key '{err.full_key}' has a value of the wrong type ({str(err).splitlines()[0]}).") from None
+    except OmegaConfBaseException as err:
+        raise SegkitError(f"{source}: invalid config ({str(err).splitlines()[0]}).") from None
+
+
+def _check_choice(cfg: DictConfig, key: str, choices: Sequence[str], source: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value not in choices:
+        raise SegkitError(f"{source}: config key '{key}' is {value!r}; choose one of {', '.join(choices)}.")
+
+
+def _check_positive(cfg: DictConfig, key: str, source: str, allow_zero: bool = False) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+        raise SegkitError(f"{source}: config key '{key}' must be {'>= 0' if allow_zero else '> 0'}; got {value}.")
+
+
+def validate(cfg: DictConfig, source: str) -> None:
+    """Checks OmegaConf's types cannot express: menus and ranges."""
+    _check_choice(cfg, "task", TASKS, source)
+    _check_choice(cfg, "data.kind", DATA_KINDS, source)
+    _check_choice(cfg, "optimizer.name", OPTIMIZERS, source)
+    _check_choice(cfg, "schedule.name", SCHEDULES, source)
+    _check_choice(cfg, "trainer.device", DEVICES, source)
+    _check_choice(cfg, "trainer.amp_dtype", AMP_DTYPES, source)
+    for key in ("model.num_classes", "model.in_channels", "trainer.epochs", "trainer.batch_size", "trainer.grad_accum",
+                "trainer.val_interval", "trainer.log_interval", "optimizer.lr", "schedule.step_size"):
+        _check_positive(cfg, key, source)
+    for key in ("trainer.val_batch_size", "data.num_workers", "optimizer.weight_decay", "schedule.warmup_iters", "model.encoder_lr_mult"):
+        _check_positive(cfg, key, source, allow_zero=True)
+    if not cfg.loss:
+        raise SegkitError(f"{source}: config key 'loss' is empty; give at least one term, e.g. [{{name: ce, weight: 1.0}}].")
+    for i, term in enumerate(cfg.loss):
+        if not isinstance(term, DictConfig) or "name" not in term:
+            raise SegkitError(f"{source}: config key 'loss[{i}]' needs a 'name' (e.g. ce, dice, focal).")
+
+
+def config_from_dict(data: dict[str, Any] | DictConfig, overrides: Sequence[str] = (), source: str = "config") -> DictConfig:
+    """Schema defaults <- ``data`` <- ``overrides`` (``KEY=VALUE`` strings), validated."""
+    cfg = _merge(OmegaConf.structured(Config), data, source)
+    bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0]]
+    if bad:
+        raise SegkitError(f"override {bad[0]!r} is not of the form KEY=VALUE (e.g. trainer.epochs=5).")
+    if overrides:
+        cfg = _merge(cfg, OmegaConf.from_dotlist(list(overrides)), "command line")
+    validate(cfg, source)
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> DictConfig:
+    """Read and validate the YAML config at ``path`` with ``KEY=VALUE`` ``overrides`` applied."""
+    path = Path(path)
+    if not path.is_file():
+        raise SegkitError(f"config file {path} does not exist; pass a YAML file such as configs/quickstart.yaml.")
+    try:
+        data = OmegaConf.load(path)
+    except Exception as err:  # yaml.YAMLError and friends
+        raise SegkitError(f"config file {path} is not valid YAML ({str(err).splitlines()[0]}).") from None
+    if not isinstance(data, DictConfig):
+        raise SegkitError(f"config file {path} must hold a mapping of keys (model:, data:, trainer:, ...), not a list.")
+    return config_from_dict(data, overrides, source=str(path))
+
+
+def to_dict(cfg: DictConfig) -> dict[str, Any]:
+    """Plain Python containers (for checkpoints and JSON)."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike[str]) -> None:
+    Path(path).write_text(OmegaConf.to_yaml(cfg))

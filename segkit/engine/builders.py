@@ -1,0 +1,147 @@
+"""From a validated config to the objects training needs: datasets, model, loss.
+
+Kept apart from the loop so that evaluation and prediction build the same things the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from segkit.engine.distributed import DistInfo
+from segkit.errors import SegkitError
+
+__all__ = ["SeededDataset", "build_datasets", "build_loss_fn", "build_model_from_config", "pad_collate"]
+
+
+class SeededDataset(Dataset):
+    """Wraps a segkit dataset so that item ``(index, seed)`` is augmented with that seed.
+
+    With :class:`~segkit.engine.distributed.SeededSampler` every sample's augmentation is a
+    function of (run seed, epoch, index), independent of worker count and of where a run resumed.
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int] | int) -> tuple[Tensor, Tensor]:
+        if isinstance(item, tuple):
+            index, seed = item
+            return self.dataset.get(index, seed=seed)
+        return self.dataset[item]
+
+    def __getattr__(self, name: str) -> Any:  # in_channels, classes, image_path, ... of the wrapped set
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def _resolve(path: str | None, key: str) -> Path:
+    if not path:
+        raise SegkitError(f"config key '{key}' is empty; give the path it needs.")
+    return Path(path).expanduser()
+
+
+def _transforms(cfg: DictConfig, train: bool) -> Any:
+    from segkit.data import build_transforms
+
+    spec = cfg.data.train_transforms if train else cfg.data.val_transforms
+    spec = OmegaConf.to_container(spec, resolve=True) if spec else None
+    return build_transforms(spec, train=train, seed=cfg.trainer.seed, ignore_index=cfg.data.ignore_index)
+
+
+def build_datasets(cfg: DictConfig, info: DistInfo | None = None) -> tuple[SeededDataset, SeededDataset]:
+    """Training and validation sets the config names, wrapped for seeded augmentation.
+
+    ``data.kind: synthetic`` writes the built-in dataset into ``data.root`` first if it is not
+    there (rank 0 writes, the others wait).
+    """
+    data = cfg.data
+    kind = data.kind
+    options: dict[str, Any] = OmegaConf.to_container(data.options, resolve=True)  # type: ignore[assignment]
+    common = {"num_classes": cfg.model.num_classes, "ignore_index": data.ignore_index}
+    if data.classes is not None:
+        common["classes"] = list(data.classes)
+    if kind == "synthetic":
+        from segkit.data import make_synthetic
+
+        root = _resolve(data.root, "data.root")
+        if info is None or info.is_main:
+            if not (root / "images").is_dir():
+                make_synthetic(root, n=data.synthetic.n, size=data.synthetic.size, seed=data.synthetic.seed)
+        if info is not None and info.enabled:
+            torch.distributed.barrier()
+        kind = "folder"
+    if kind == "folder":
+        from segkit.data import FolderDataset
+
+        root = _resolve(data.root, "data.root")
+        train = FolderDataset(root, data.train_split, transforms=_transforms(cfg, True), **common, **options)
+        val = FolderDataset(root, data.val_split, transforms=_transforms(cfg, False), **common, **options)
+    elif kind == "coco":
+        from segkit.data import CocoDataset
+
+        train = CocoDataset(_resolve(data.train_images, "data.train_images"), _resolve(data.train_annotations, "data.train_annotations"),
+                            transforms=_transforms(cfg, True), ignore_index=data.ignore_index, **options)
+        val = CocoDataset(_resolve(data.val_images, "data.val_images"), _resolve(data.val_annotations, "data.val_annotations"),
+                          transforms=_transforms(cfg, False), ignore_index=data.ignore_index, **options)
+        if len(train.classes) != cfg.model.num_classes:
+            raise SegkitError(f"the COCO data has {len(train.classes)} classes (background included) but model.num_classes is "
+                              f"{cfg.model.num_classes}; set model.num_classes={len(train.classes)}.")
+    else:
+        raise SegkitError(f"data.kind {kind!r} is for task: classification; use folder, coco or synthetic for segmentation.")
+    if train.in_channels != cfg.model.in_channels:
+        raise SegkitError(f"the images under {data.root or data.train_images} have {train.in_channels} channel(s) but "
+                          f"model.in_channels is {cfg.model.in_channels}; set model.in_channels={train.in_channels}.")
+    return SeededDataset(train), SeededDataset(val)
+
+
+def build_model_from_config(cfg: DictConfig) -> nn.Module:
+    """``segkit.create_model`` with the config's model section."""
+    from segkit.models import create_model
+
+    m = cfg.model
+    decoder_kwargs: dict[str, Any] = OmegaConf.to_container(m.decoder, resolve=True)  # type: ignore[assignment]
+    kwargs: dict[str, Any] = {"num_classes": m.num_classes, "in_channels": m.in_channels, "upsampling": m.upsampling,
+                              "encoder_weights": m.encoder_weights, "aux_classes": m.aux_classes, **decoder_kwargs}
+    if m.arch != "unet_original":
+        kwargs["encoder"] = m.encoder
+    return create_model(m.arch, **kwargs)
+
+
+def build_loss_fn(cfg: DictConfig) -> nn.Module:
+    """The weighted sum of loss terms in ``cfg.loss``, ignoring ``data.ignore_index``."""
+    from segkit.losses import build_loss
+
+    spec = OmegaConf.to_container(cfg.loss, resolve=True)
+    for term in spec:  # type: ignore[union-attr]
+        term.setdefault("ignore_index", cfg.data.ignore_index)  # type: ignore[union-attr]
+    return build_loss(spec)  # type: ignore[arg-type]
+
+
+def pad_collate(ignore_index: int) -> Any:
+    """A collate function that pads images (zeros) and masks (``ignore_index``) to the batch's largest size.
+
+    Evaluation images may differ in size; padding bottom/right keeps every pixel where it was,
+    and padded mask pixels never count.
+    """
+
+    def collate(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        h = max(image.shape[-2] for image, _ in batch)
+        w = max(image.shape[-1] for image, _ in batch)
+        images = torch.zeros(len(batch), batch[0][0].shape[0], h, w, dtype=batch[0][0].dtype)
+        masks = torch.full((len(batch), h, w), ignore_index, dtype=torch.int64)
+        for i, (image, mask) in enumerate(batch):
+            images[i, :, : image.shape[-2], : image.shape[-1]] = image
+            masks[i, : mask.shape[-2], : mask.shape[-1]] = mask
+        return images, masks
+
+    return collate

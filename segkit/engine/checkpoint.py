@@ -1,0 +1,88 @@
+"""Run checkpoints: written atomically, read without unpickling arbitrary objects.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
+``{"model": state_dict, "optimizer": ..., "scheduler": ..., "scaler": ..., "epoch": int,
+"step": int, "rng": {...}, "config": {...}, "metrics": {...}}``. It loads with
+``torch.load(path, weights_only=True)``; segkit never loads one any other way, so a file that
+needs arbitrary unpickling is refused with a ``SegkitError``.
+
+Writes go to a temporary file in the same directory, are flushed to disk, then renamed over the
+target (``os.replace`` is atomic on POSIX and Windows): a crash mid-write leaves the previous
+``last.pt`` intact, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segkit.errors import SegkitError
+
+__all__ = ["capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write ``state`` to ``path`` atomically (temp file + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a segkit checkpoint with ``weights_only=True``; ``SegkitError`` for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise SegkitError(f"checkpoint {path} does not exist; pass a last.pt or best.pt from a run directory.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise SegkitError(
+            f"checkpoint {path} refused: it needs unpickling arbitrary Python objects, which segkit never does; "
+            f"save checkpoints as plain dicts of tensors and numbers."
+        ) from err
+    except Exception as err:
+        raise SegkitError(f"checkpoint {path} is not a readable PyTorch checkpoint ({type(err).__name__}); it may be truncated or of another format.") from err
+    if not isinstance(state, dict) or "model" not in state:
+        raise SegkitError(f"checkpoint {path} has no 'model' entry; it is not a segkit run checkpoint.")
+    return state
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every random generator training uses, as plain values (numpy's state as a tensor)."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]) + [random.getstate()[0], random.getstate()[2]],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng`."""
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[-2], tuple(py[:-2]), py[-1]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
