@@ -11,8 +11,8 @@ The resolved config (defaults filled in, overrides applied) is saved in every ru
 
 from __future__ import annotations
 
+import difflib
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,8 +69,9 @@ class DataConfig:
     train_images: Optional[str] = None
     val_images: Optional[str] = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    train_transforms: list[dict[str, Any]] = field(default_factory=list)
-    val_transforms: list[dict[str, Any]] = field(default_factory=list)
+    # Lists of steps: a name ("hflip") or {name: ..., options} (see segkit.data.transforms).
+    train_transforms: list[Any] = field(default_factory=list)
+    val_transforms: list[Any] = field(default_factory=list)
     num_workers: int = 0
 
 
@@ -142,10 +143,14 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, other)  # type: ignore[return-value]
     except ConfigKeyError as err:
-        found = re.search(r"Did you mean: '([^']+)'", str(err))
-        parent = str(err.full_key).rpartition(".")[0]
-        if found:
-            suggestion = f"did you mean '{parent + '.' if parent else ''}{found.group(1)}'?"
+        parent, _, key = str(err.full_key).rpartition(".")
+        node = OmegaConf.select(base, parent) if parent else base
+        valid = list(node.keys()) if isinstance(node, DictConfig) else []
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        if close:
+            suggestion = f"did you mean '{parent + '.' if parent else ''}{close[0]}'?"
+        elif valid:
+            suggestion = f"valid keys here: {', '.join(valid)}."
         else:
             suggestion = "see configs/quickstart.yaml for the valid keys."
         raise SegkitError(f"{source}: unknown config key '{err.full_key}'; {suggestion}") from None

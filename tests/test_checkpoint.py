@@ -1,0 +1,72 @@
+"""Run checkpoints: atomic writes, safe loading, RNG capture."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from segkit import SegkitError
+from segkit.engine import checkpoint
+from segkit.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+
+
+def test_round_trip_with_weights_only(tmp_path):
+    state = {"model": {"w": torch.arange(3.0)}, "epoch": 2, "metrics": {"miou": 0.5, "iou": [0.4, None]}}
+    save_checkpoint(state, tmp_path / "last.pt")
+    loaded = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert loaded["epoch"] == 2 and torch.equal(loaded["model"]["w"], torch.arange(3.0))
+    assert load_checkpoint(tmp_path / "last.pt")["metrics"]["iou"] == [0.4, None]
+
+
+def test_crash_mid_write_leaves_previous_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.zeros(2)}, "epoch": 1}, path)
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"model": {"w": torch.ones(2)}, "epoch": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+class Payload:
+    def __reduce__(self):  # what a poisoned checkpoint would run on unpickling
+        return (print, ("owned",))
+
+
+def test_poisoned_checkpoint_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "payload": Payload()}, path)
+    with pytest.raises(SegkitError, match="evil.pt refused: it needs unpickling arbitrary Python objects"):
+        load_checkpoint(path)
+    assert "owned" not in capsys.readouterr().out
+
+
+def test_missing_truncated_and_foreign_files(tmp_path):
+    with pytest.raises(SegkitError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.pt")
+    save_checkpoint({"model": {"w": torch.zeros(1000)}}, tmp_path / "ok.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "ok.pt").read_bytes()[:200])
+    with pytest.raises(SegkitError, match="cut.pt is not a readable PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "cut.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(SegkitError, match="no 'model' entry"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_rng_states_survive_a_checkpoint(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    save_checkpoint({"model": {}, "rng": capture_rng()}, tmp_path / "r.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(2))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    restore_rng(load_checkpoint(tmp_path / "r.pt")["rng"])
+    got = (random.random(), np.random.rand(), torch.rand(2))
+    assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
