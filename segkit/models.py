@@ -1,29 +1,61 @@
-"""The model registry: ``create_classifier`` (and, with the decoders, ``create_model``)."""
+"""The model registry: ``create_model`` (segmentation) and ``create_classifier`` (image classification).
+
+``create_model(arch, encoder=..., num_classes=...)`` wires an encoder (:mod:`segkit.encoders`), a
+decoder (:mod:`segkit.decoders`) and a head (:mod:`segkit.heads`) into a :class:`SegmentationModel`.
+
+Input sizes. Encoder archs take images of any size: the image is zero-padded on the bottom and
+right to a multiple of 32, the deepest stride (and at least to the encoder's minimum input size,
+so small images work too), every encoder level is then exactly ``H / r``, every decoder step lines
+up with its skip without resizing, and the logits are cropped back to ``(N, num_classes, H, W)``.
+Padding rather than resizing keeps the pixels as they are (no interpolation of the image or of the
+logits); the cost is at most 31 rows and columns of extra computation. ``unet_original`` keeps the
+paper's valid convolutions (output 184 pixels smaller) unless built with ``padding="same"``.
+"""
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, List, Optional, Tuple, Union
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-from segkit.encoders import CLASSIFIERS, check_in_channels, finish_pretrained, load_weights, lookup
+from segkit.decoders import MODES, FCNDecoder, UNetOriginal, UnetDecoder, switch_channels
+from segkit.decoders.upsample import check_choice, fit_to
+from segkit.encoders import (
+    CLASSIFIERS,
+    Encoder,
+    check_in_channels,
+    create_encoder,
+    finish_pretrained,
+    list_encoders,
+    load_weights,
+    lookup,
+    read_checkpoint,
+)
 from segkit.errors import SegkitError
+from segkit.heads import ClassificationHead, SegmentationHead
 
-__all__ = ["create_classifier"]
+__all__ = ["MODELS", "SegmentationModel", "create_classifier", "create_model", "list_models", "register_model"]
+
+logger = logging.getLogger("segkit")
 
 
 def create_classifier(
     name: str,
     num_classes: int | None = None,
-    in_channels: int = 3,
+    in_channels: int | None = None,
     weights: str | os.PathLike[str] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build image classifier ``name``: ``(N, in_channels, H, W)`` -> logits ``(N, num_classes)``.
 
-    ``num_classes`` defaults to the dataset the architecture was made for: 1000 (ImageNet) for
-    the ImageNet nets, 10 for the CIFAR ResNets and LeNet-5.
+    ``num_classes`` and ``in_channels`` default to the data the architecture was made for:
+    1000 classes of RGB images for the ImageNet nets, 10 classes for the CIFAR ResNets, 10 classes
+    of grey 32x32 images for LeNet-5.
 
     With auxiliary heads (GoogLeNet, Inception-v3) a model in training mode returns
     ``(logits, aux_logits...)``; in eval mode only the main logits. ``weights`` is the path of a
@@ -31,14 +63,234 @@ def create_classifier(
     initialisation (logged), a 3-channel first convolution adapts to ``in_channels``.
     """
     factory = lookup(CLASSIFIERS, name, "classifier")
-    check_in_channels(in_channels)
+    if in_channels is not None:
+        check_in_channels(in_channels)
+        kwargs["in_channels"] = in_channels
     if num_classes is not None:
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise SegkitError(f"num_classes must be a positive integer; got {num_classes!r}.")
         kwargs["num_classes"] = num_classes
     transform_input = kwargs.pop("transform_input", None)
-    model = factory(in_channels=in_channels, **kwargs)
+    model = factory(**kwargs)
     if weights is not None:
-        load_weights(model, weights, first_conv=model.first_conv, head_prefixes=model.head_prefixes)
+        load_weights(model, weights, first_conv=model.first_conv, head_prefixes=model.head_prefixes,
+                     ignore_prefixes=getattr(model, "checkpoint_ignore", ()))
     finish_pretrained(model, weights, transform_input)
     return model
+
+
+class SegmentationModel(nn.Module):
+    """Encoder -> decoder -> head: ``(N, C, H, W)`` -> logits ``(N, num_classes, H, W)``.
+
+    The image is zero-padded on the bottom/right to a multiple of the encoder's deepest stride (and
+    at least to the encoder's minimum input size) and the logits cropped back (see the module
+    docstring). With an ``aux_head`` the forward returns
+    ``(logits, class_logits)``, the class logits ``(N, aux_classes)`` from the head on the
+    encoder's deepest features.
+    """
+
+    def __init__(self, encoder: Encoder, decoder: nn.Module, head: nn.Module, aux_head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.head = head
+        self.aux_head = aux_head
+        self.multiple = max(encoder.reductions)
+        self.min_size = -(-encoder.min_input_size // self.multiple) * self.multiple
+        self.use_switches = getattr(decoder, "upsampling", None) == "max_unpool"
+
+    def forward(self, x: Tensor) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        logits, deepest = self.forward_features(x)
+        if self.aux_head is None:
+            return logits
+        return logits, self.aux_head(deepest)
+
+    def forward_features(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(logits, deepest encoder features)``."""
+        h, w = x.shape[-2], x.shape[-1]
+        x = fit_to(x, [max(h + (-h) % self.multiple, self.min_size), max(w + (-w) % self.multiple, self.min_size)])
+        switches: Optional[List[Tensor]] = None
+        if self.use_switches:
+            features, switches = self.encoder.forward_with_switches(x)
+        else:
+            features = self.encoder(x)
+        logits = self.head(self.decoder(features, switches, [x.shape[-2], x.shape[-1]]))
+        return logits[..., :h, :w], features[-1]
+
+
+# arch name -> factory(encoder, num_classes, in_channels, upsampling, encoder_weights, aux_classes, **options)
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+_COMMON = ("encoder", "num_classes", "in_channels", "upsampling", "encoder_weights", "aux_classes")
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: make ``create_model(name)`` call the decorated factory."""
+
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} registered twice")
+        MODELS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Arch names ``create_model`` accepts, sorted."""
+    return sorted(MODELS)
+
+
+def _check_count(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise SegkitError(f"{name} must be a positive integer; got {value!r}.")
+
+
+def create_model(
+    arch: str,
+    encoder: str | None = None,
+    num_classes: int = 1,
+    in_channels: int = 3,
+    upsampling: str = "transposed",
+    encoder_weights: str | os.PathLike[str] | None = None,
+    aux_classes: int | None = None,
+    **decoder_kwargs: Any,
+) -> nn.Module:
+    """Build segmentation model ``arch``: ``(N, in_channels, H, W)`` -> logits ``(N, num_classes, H, W)``.
+
+    Args:
+        arch: ``fcn32s``, ``fcn16s``, ``fcn8s``, ``unet`` (any encoder) or ``unet_original``.
+        encoder: encoder name (``segkit.list_encoders()``); ``unet_original`` takes none.
+        num_classes: channels of the logits.
+        in_channels: channels of the image.
+        upsampling: ``"transposed"`` | ``"nearest"`` | ``"bed_of_nails"`` | ``"max_unpool"``.
+        encoder_weights: path of a torchvision checkpoint for the encoder (for FCN on VGG it also
+            fills fc6/fc7), or None.
+        aux_classes: with ``K``, the model returns ``(logits, class_logits (N, K))``.
+        decoder_kwargs: the arch's options: FCN ``skip_fusion`` ("add" | "concat"),
+            ``fc_channels`` ("auto": 4096 on VGG, none otherwise), ``dropout``; U-Net
+            ``decoder_channels``; unet_original ``padding`` ("valid" | "same").
+    """
+    check_choice(arch, list_models(), "model architecture")
+    check_in_channels(in_channels)
+    _check_count("num_classes", num_classes)
+    if aux_classes is not None:
+        _check_count("aux_classes", aux_classes)
+    check_choice(upsampling, MODES, "upsampling mode")
+    factory = MODELS[arch]
+    options = [p for p in inspect.signature(factory).parameters if p not in _COMMON]
+    unknown = sorted(set(decoder_kwargs) - set(options))
+    if unknown:
+        raise SegkitError(f"{arch} has no option {', '.join(map(repr, unknown))}; its options are {', '.join(options) or 'none'}.")
+    return factory(
+        encoder=encoder,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        upsampling=upsampling,
+        encoder_weights=encoder_weights,
+        aux_classes=aux_classes,
+        **decoder_kwargs,
+    )
+
+
+def _build_encoder(arch: str, name: str | None, in_channels: int, weights: str | os.PathLike[str] | None) -> Encoder:
+    if not isinstance(name, str):
+        raise SegkitError(f"{arch} needs an encoder: pass encoder=NAME, one of {', '.join(list_encoders())}.")
+    return create_encoder(name, in_channels=in_channels, weights=weights)
+
+
+def _aux_head(channels: int, aux_classes: int | None) -> nn.Module | None:
+    return ClassificationHead(channels, aux_classes) if aux_classes is not None else None
+
+
+_VGG_FC = 4096  # width of VGG's fc6/fc7
+
+
+def _fcn_factory(stride: int) -> Callable[..., nn.Module]:
+    def build(
+        encoder: str | None,
+        num_classes: int,
+        in_channels: int,
+        upsampling: str,
+        encoder_weights: str | os.PathLike[str] | None,
+        aux_classes: int | None,
+        skip_fusion: str = "add",
+        fc_channels: int | str | None = "auto",
+        dropout: float = 0.5,
+    ) -> nn.Module:
+        enc = _build_encoder(f"fcn{stride}s", encoder, in_channels, encoder_weights)
+        vgg = str(encoder).startswith("vgg")
+        if fc_channels == "auto":
+            fc_channels = _VGG_FC if vgg else None
+        decoder = FCNDecoder(
+            enc.out_channels,
+            num_classes,
+            stride=stride,
+            upsampling=upsampling,
+            skip_fusion=skip_fusion,
+            fc_channels=fc_channels,  # type: ignore[arg-type]
+            dropout=dropout,
+            switch_channels=switch_channels(enc) if upsampling == "max_unpool" else None,
+        )
+        if vgg and encoder_weights is not None and fc_channels is not None:
+            _load_vgg_fc(decoder, encoder_weights)
+        return SegmentationModel(enc, decoder, nn.Identity(), _aux_head(enc.out_channels[-1], aux_classes))
+
+    build.__doc__ = f"fcn{stride}s: Long et al. 2015 on any encoder (see segkit.decoders.fcn)."
+    return build
+
+
+def _load_vgg_fc(decoder: FCNDecoder, path: str | os.PathLike[str]) -> None:
+    """fc6/fc7 of a VGG classifier checkpoint (``classifier.0``, ``classifier.3``) into the FCN head, reshaped to convolutions."""
+    state = read_checkpoint(path)
+    convs = {"classifier.0": decoder.head[0], "classifier.3": decoder.head[3]}
+    for prefix, conv in convs.items():
+        weight, bias = state.get(f"{prefix}.weight"), state.get(f"{prefix}.bias")
+        if weight is None or bias is None or weight.numel() != conv.weight.numel() or bias.shape != conv.bias.shape:
+            logger.info("segkit: %s has no %s of the FCN head's size %s; fc6/fc7 keep their fresh initialisation.", path, prefix, tuple(conv.weight.shape))
+            return
+    with torch.no_grad():
+        for prefix, conv in convs.items():
+            conv.weight.copy_(state[f"{prefix}.weight"].reshape(conv.weight.shape))
+            conv.bias.copy_(state[f"{prefix}.bias"])
+
+
+for _stride in (32, 16, 8):
+    register_model(f"fcn{_stride}s")(_fcn_factory(_stride))
+
+
+@register_model("unet")
+def _unet(
+    encoder: str | None,
+    num_classes: int,
+    in_channels: int,
+    upsampling: str,
+    encoder_weights: str | os.PathLike[str] | None,
+    aux_classes: int | None,
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
+) -> nn.Module:
+    """unet: U-Net decoder on any encoder (see segkit.decoders.unet)."""
+    enc = _build_encoder("unet", encoder, in_channels, encoder_weights)
+    decoder = UnetDecoder(
+        enc.out_channels,
+        decoder_channels,
+        upsampling=upsampling,
+        switch_channels=switch_channels(enc) if upsampling == "max_unpool" else None,
+    )
+    head = SegmentationHead(decoder.out_channels, num_classes)
+    return SegmentationModel(enc, decoder, head, _aux_head(enc.out_channels[-1], aux_classes))
+
+
+@register_model("unet_original")
+def _unet_original(
+    encoder: str | None,
+    num_classes: int,
+    in_channels: int,
+    upsampling: str,
+    encoder_weights: str | os.PathLike[str] | None,
+    aux_classes: int | None,
+    padding: str = "valid",
+) -> nn.Module:
+    """unet_original: Ronneberger et al. 2015 as Figure 1 (see segkit.decoders.unet_original)."""
+    if encoder is not None or encoder_weights is not None:
+        raise SegkitError("unet_original is the paper's own network and takes no encoder or encoder_weights; leave them out, or use arch 'unet' with an encoder.")
+    return UNetOriginal(in_channels, num_classes, padding=padding, upsampling=upsampling, aux_classes=aux_classes)

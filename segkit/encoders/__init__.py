@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from segkit.encoders import classic, inception, resnet, vgg  # noqa: F401  (each registers its names)
+from segkit.encoders import classic, googlenet, inception, resnet, vgg  # noqa: F401  (each registers its names)
 from segkit.encoders.base import CLASSIFIERS, ENCODERS, Encoder, register_classifier, register_encoder
 from segkit.encoders.weights import adapt_first_conv, load_weights, read_checkpoint
 from segkit.errors import SegkitError
