@@ -1,0 +1,277 @@
+"""Metrics: the dataset-level confusion matrix (mIoU and friends) and top-k accuracy (pure tensor code).
+
+:class:`ConfusionMatrix` follows MMSegmentation's semantics: pixels whose target is
+``ignore_index`` do not count; a class absent from both prediction and ground truth has IoU NaN and
+is left out of the means (``nanmean``); a class predicted but absent from the ground truth has IoU 0.
+mIoU is dataset-level: one matrix summed over every pixel of the split (torchvision's reference
+takes a plain mean instead, smp's ``iou_score`` gives 1.0 to absent classes; segkit does neither).
+
+Both metrics sum their counts across processes when ``torch.distributed`` is initialised:
+``compute()`` (or ``sync()``) is then a collective call that every process must make.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["ConfusionMatrix", "TopKAccuracy", "topk_accuracy"]
+
+#: The fast path histograms (image, target value, prediction) directly when it needs at most this
+#: many bins; larger target values take the general path.
+_MAX_BINS = 1 << 22
+
+
+class _Accumulator:
+    """Counts in one float64 vector: ``_pending`` (this process, since the last sync) and ``_total``
+    (summed over processes). ``sync()`` all-reduces ``_pending`` in place and moves it into
+    ``_total``, so syncing twice, or updating after a sync, never counts anything twice."""
+
+    def __init__(self, size: int, device: torch.device | str | None) -> None:
+        self._size = size
+        self._device = torch.device(device) if device is not None else None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything counted."""
+        device = self._device or torch.device("cpu")
+        self._pending = torch.zeros(self._size, dtype=torch.float64, device=device)
+        self._total = torch.zeros_like(self._pending)
+
+    def _add(self, counts: torch.Tensor) -> None:
+        if counts.device != self._pending.device:
+            if self._device is None and not (self._pending.any() or self._total.any()):
+                # nothing counted yet and no device asked for: keep the state where the data is
+                self._pending, self._total = self._pending.to(counts.device), self._total.to(counts.device)
+            else:
+                counts = counts.to(self._pending.device)
+        self._pending += counts
+
+    def sync(self) -> None:
+        """Sum the counts of all processes (in place) when torch.distributed is initialised."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            if dist.get_backend() == "nccl" and self._pending.device.type != "cuda":
+                device = torch.device("cuda", torch.cuda.current_device())
+                self._pending, self._total = self._pending.to(device), self._total.to(device)
+            dist.all_reduce(self._pending, op=dist.ReduceOp.SUM)
+        self._total += self._pending
+        self._pending.zero_()
+
+    def _counts(self, sync: bool) -> torch.Tensor:
+        if sync:
+            self.sync()
+        return self._total + self._pending
+
+
+class ConfusionMatrix(_Accumulator):
+    """Dataset-level confusion matrix of a segmentation: rows are ground truth, columns prediction.
+
+    ``update(pred, target)`` takes label maps ``(N, H, W)`` (or one ``(H, W)``) or logits
+    ``(N, C, H, W)`` (argmax over C) on any device, and counts every pixel whose target is not
+    ``ignore_index`` with one ``torch.bincount`` over a compact (image, target, prediction) index.
+    A target label outside ``[0, num_classes)`` that is not ``ignore_index``, or a predicted label
+    outside it on a counted pixel, raises ValueError naming the value.
+
+    ``compute()`` returns a dict of python floats; per-class entries are lists with NaN for a
+    class absent from both prediction and ground truth:
+
+    - ``iou``, ``miou``: per-class IoU ``tp / (tp + fp + fn)`` and its nanmean (dataset-level);
+    - ``dice``, ``mdice``: per-class Dice ``2 tp / (2 tp + fp + fn)`` and its nanmean;
+    - ``accuracy``, ``mean_accuracy``: per-class accuracy (recall) ``tp / (tp + fn)`` (NaN where the
+      class has no ground-truth pixel) and its nanmean;
+    - ``pixel_accuracy``: correct pixels / counted pixels;
+    - ``fwiou``: IoU weighted by each class's ground-truth pixel frequency (FCN paper);
+    - ``per_image_miou``: MONAI's per-image mean IoU: each image's IoU averaged over the classes
+      present in its ground truth (``ignore_empty``: classes absent from the image's ground truth
+      are left out, so their false positives do not count), then averaged over images;
+    - ``confusion_matrix``: the matrix itself, a list of rows of ints.
+
+    NaN throughout (not 0) where nothing was counted.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int | None = 255, device: torch.device | str | None = None) -> None:
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}.")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        # state: the C x C matrix, then the sum of per-image mIoUs and the number of images scored
+        super().__init__(num_classes * num_classes + 2, device)
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """The counts so far ``(C, C)`` int64, rows ground truth; after a sync, of all processes."""
+        c = self.num_classes
+        return self._counts(sync=False)[: c * c].view(c, c).long()
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Count one batch: ``pred`` labels ``(N, H, W)`` or logits ``(N, C, H, W)``, ``target`` ``(N, H, W)``."""
+        pred, target, from_argmax = self._labels(pred, target)
+        counts = self._histogram(pred, target, from_argmax)  # (N, C, C)
+        counts = (counts.cpu() if counts.device.type == "mps" else counts).double()  # MPS has no float64
+        tp = counts.diagonal(dim1=1, dim2=2)
+        gt = counts.sum(2)
+        iou = tp / (gt + counts.sum(1) - tp)
+        iou[gt == 0] = torch.nan
+        scored = gt.sum(1) > 0
+        image_miou = iou[scored].nanmean(dim=1)
+        extra = torch.stack([image_miou.sum(), scored.sum().to(image_miou.dtype)])
+        self._add(torch.cat([counts.sum(0).flatten(), extra]))
+
+    def _labels(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
+            raise TypeError("ConfusionMatrix.update takes tensors (pred, target).")
+        if target.is_floating_point() or target.is_complex():
+            raise ValueError(f"target must hold integer labels; got {target.dtype}.")
+        if target.dim() == 2:
+            target = target.unsqueeze(0)
+            pred = pred.unsqueeze(0)
+        from_argmax = pred.is_floating_point()
+        if from_argmax:
+            if pred.dim() != target.dim() + 1 or pred.size(1) != self.num_classes or pred.shape[:1] + pred.shape[2:] != target.shape:
+                raise ValueError(
+                    f"logits must have shape (N, {self.num_classes}, H, W) for a target (N, H, W); got {tuple(pred.shape)} "
+                    f"and {tuple(target.shape)}."
+                )
+            pred = pred.max(1).indices  # = argmax(1), first maximum on ties; several times faster on CPU
+        elif pred.shape != target.shape:
+            raise ValueError(f"prediction labels {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape.")
+        if pred.device != target.device:
+            pred = pred.to(target.device)
+        if pred.dtype == torch.bool:
+            pred = pred.to(torch.uint8)
+        if target.dtype == torch.bool:
+            target = target.to(torch.uint8)
+        return pred, target, from_argmax
+
+    def _histogram(self, pred: torch.Tensor, target: torch.Tensor, from_argmax: bool) -> torch.Tensor:
+        """Counts ``(N, C, C)`` per image, target x prediction, of the counted pixels."""
+        c, ignore, n = self.num_classes, self.ignore_index, target.size(0)
+        if target.numel() == 0:
+            return torch.zeros(n, c, c, dtype=torch.long, device=target.device)
+        lo, hi = (int(v) for v in torch.aminmax(target))
+        pred_in_range = from_argmax or all(0 <= int(v) < c for v in torch.aminmax(pred))
+        rows = max(hi + 1, c)
+        if pred_in_range and lo >= 0 and n * rows * c <= _MAX_BINS and (ignore is None or not 0 <= ignore < c):
+            # Fast path: one bin per (image, target value, prediction); rows >= C then show the
+            # target values outside [0, C), which are either ignore_index or errors. The ranges are
+            # known, so int32 is exact here, and much faster than int64 (bincount scans its input
+            # for min and max, which int64 does without SIMD).
+            index = torch.add(_int32(pred), _int32(target), alpha=c).reshape(n, -1)
+            if n > 1:
+                index += torch.arange(0, n * rows * c, rows * c, dtype=torch.int32, device=index.device).view(n, 1)
+            counts = torch.bincount(index.view(-1), minlength=n * rows * c).view(n, rows, c)
+            outside = counts[:, c:].sum((0, 2))
+            if ignore is not None and c <= ignore < rows:
+                outside[ignore - c] = 0
+            if outside.any():
+                self._bad_label("target", int(outside.nonzero()[0]) + c)
+            return counts[:, :c]
+        # General path: mask the ignored pixels (a negative ignore_index, one inside [0, C), ...).
+        target = target.long()
+        valid = torch.ones_like(target, dtype=torch.bool) if ignore is None else target != ignore
+        for what, labels in (("target", target), ("prediction", pred)):
+            bad = valid & ((labels < 0) | (labels >= c))
+            if bad.any():
+                self._bad_label(what, int(labels[bad][0]))
+        index = torch.add(pred.long(), target, alpha=c).view(n, -1)
+        index += torch.arange(0, n * c * c, c * c, device=index.device).view(n, 1)
+        index = torch.where(valid.view(n, -1), index, n * c * c)
+        return torch.bincount(index.view(-1), minlength=n * c * c + 1)[:-1].view(n, c, c)
+
+    def _bad_label(self, what: str, value: int) -> None:
+        ignore = "" if self.ignore_index is None else f" and is not ignore_index={self.ignore_index}"
+        raise ValueError(
+            f"{what} label {value} is outside [0, {self.num_classes}){ignore}; check num_classes and the "
+            f"{'masks (or set ignore_index)' if what == 'target' else 'predicted labels'}."
+        )
+
+    def compute(self, sync: bool = True) -> dict[str, float | list[float] | list[list[int]]]:
+        """The metrics of everything counted since ``reset()`` (summed over processes if ``sync``)."""
+        c = self.num_classes
+        state = self._counts(sync)
+        matrix = state[: c * c].view(c, c)
+        tp = matrix.diagonal()
+        gt = matrix.sum(1)
+        predicted = matrix.sum(0)
+        total = gt.sum()
+        iou = tp / (gt + predicted - tp)  # 0/0 = NaN: absent from both
+        dice = 2 * tp / (gt + predicted)
+        accuracy = tp / gt
+        fwiou = float((gt / total * iou).nansum()) if total > 0 else float("nan")
+        image_sum, images = state[c * c], state[c * c + 1]
+        result: dict[str, float | list[float] | list[list[int]]] = {
+            "miou": float(iou.nanmean()),
+            "iou": iou.tolist(),
+            "mdice": float(dice.nanmean()),
+            "dice": dice.tolist(),
+            "pixel_accuracy": float(tp.sum() / total),
+            "mean_accuracy": float(accuracy.nanmean()),
+            "accuracy": accuracy.tolist(),
+            "fwiou": fwiou,
+            "per_image_miou": float(image_sum / images),
+            "confusion_matrix": matrix.long().tolist(),
+        }
+        return result
+
+
+def _int32(labels: torch.Tensor) -> torch.Tensor:
+    """Labels known to lie in [0, 2**31) as int32 values, without a copy for int64 (the low words)."""
+    if labels.dtype == torch.int64 and sys.byteorder == "little" and labels.stride(-1) == 1:
+        return labels.view(torch.int32).unflatten(-1, (-1, 2))[..., 0]
+    return labels if labels.dtype == torch.int32 else labels.to(torch.int32)
+
+
+def _check_topk(topk: Sequence[int]) -> tuple[int, ...]:
+    ks = tuple(topk)
+    if not ks or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in ks):
+        raise ValueError(f"topk must be positive integers; got {topk!r}.")
+    return ks
+
+
+def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]) -> torch.Tensor:
+    """How many samples have their label among the k highest logits, for each k."""
+    if logits.dim() != 2 or target.shape != logits.shape[:1]:
+        raise ValueError(f"top-k accuracy takes logits (N, C) and labels (N,); got {tuple(logits.shape)} and {tuple(target.shape)}.")
+    num_classes = logits.size(1)
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
+        bad = int(target.max()) if int(target.max()) >= num_classes else int(target.min())
+        raise ValueError(f"label {bad} is outside [0, {num_classes}).")
+    # k >= C: every label is among the top k (timm's convention: k is clamped to C).
+    top = logits.topk(min(max(ks), num_classes), dim=1).indices
+    hit = top == target.view(-1, 1)
+    return torch.stack([hit[:, :k].any(1).sum() for k in ks]).double()
+
+
+@torch.no_grad()
+def topk_accuracy(logits: torch.Tensor, target: torch.Tensor, topk: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Fraction of samples whose label is among the k highest logits: ``{"top1": ..., "top5": ...}``.
+
+    ``logits`` ``(N, C)``, ``target`` ``(N,)`` labels in ``[0, C)``; nothing is ignored.
+    """
+    ks = _check_topk(topk)
+    correct = _topk_correct(logits, target, ks)
+    return {f"top{k}": float(v / target.numel()) for k, v in zip(ks, correct)}  # 0/0 -> NaN
+
+
+class TopKAccuracy(_Accumulator):
+    """Top-k accuracy of a classifier accumulated over batches (and processes, like ConfusionMatrix).
+
+    ``update(logits (N, C), target (N,))``; ``compute()`` -> ``{"top1": ..., "top5": ...}`` (fractions).
+    """
+
+    def __init__(self, topk: Sequence[int] = (1, 5), device: torch.device | str | None = None) -> None:
+        self.topk = _check_topk(topk)
+        super().__init__(len(self.topk) + 1, device)  # correct counts per k, then the sample count
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        correct = _topk_correct(logits, target, self.topk)
+        self._add(torch.cat([correct, correct.new_tensor([target.numel()])]))
+
+    def compute(self, sync: bool = True) -> dict[str, float]:
+        state = self._counts(sync)
+        return {f"top{k}": float(state[i] / state[-1]) for i, k in enumerate(self.topk)}
