@@ -42,6 +42,25 @@ def no_class_weights_in_binary(class_weights: object, mode: str) -> None:
         raise ValueError("class_weights are not supported with mode='binary' (there is a single channel).")
 
 
+def check_reduction(reduction: str, allowed: tuple[str, ...] = ("mean", "sum", "none")) -> str:
+    if reduction not in allowed:
+        raise ValueError(f"reduction must be one of {', '.join(allowed)}; got {reduction!r}.")
+    return reduction
+
+
+def class_mean(loss: torch.Tensor, weights: torch.Tensor | None, classes: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of the per-class losses ``(C,)`` over ``classes`` (default all), weighted by ``weights``."""
+    if weights is not None and weights.numel() != loss.numel():
+        raise ValueError(f"class_weights has {weights.numel()} entries for {loss.numel()} classes.")
+    if classes is not None:
+        loss = loss[classes]
+        weights = None if weights is None else weights[classes]
+    if weights is None:
+        return loss.mean()
+    weights = weights.to(loss.device, loss.dtype)
+    return (loss * weights).sum() / weights.sum()
+
+
 def check_batch(y_pred: torch.Tensor, y_true: torch.Tensor, mode: str) -> None:
     """The shapes each mode takes: binary ``(N, 1, H, W)`` vs ``(N, H, W)`` or ``(N, 1, H, W)``;
     multiclass ``(N, C, H, W)`` vs ``(N, H, W)``; multilabel ``(N, C, H, W)`` vs ``(N, C, H, W)``."""

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segkit.losses._base import float_tensor
+from segkit.losses._base import check_reduction, float_tensor
 from segkit.losses.weight_map import unet_weight_map
 
 __all__ = ["BCEWithLogitsLoss", "CrossEntropyLoss", "WeightMapCrossEntropyLoss"]
@@ -63,8 +63,7 @@ class BCEWithLogitsLoss(nn.Module):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be mean, sum or none; got {reduction!r}.")
+        check_reduction(reduction)
         if isinstance(pos_weight, (int, float)):
             pos_weight = [float(pos_weight)]
         self.register_buffer("pos_weight", float_tensor(pos_weight, "pos_weight"))
@@ -118,8 +117,7 @@ class WeightMapCrossEntropyLoss(nn.Module):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be mean, sum or none; got {reduction!r}.")
+        check_reduction(reduction)
         self.w0, self.sigma, self.class_weights, self.background = w0, sigma, class_weights, background
         self.ignore_index = ignore_index
         self.reduction = reduction

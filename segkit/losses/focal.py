@@ -9,17 +9,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from segkit.losses._base import (
-    BINARY_MODE,
     MULTICLASS_MODE,
     check_batch,
     check_mode,
+    check_reduction,
+    class_mean,
     float_tensor,
     no_class_weights_in_binary,
 )
 
 __all__ = ["FocalLoss", "focal_terms"]
-
-REDUCTIONS = ("mean", "sum", "batchwise_mean", "none")
 
 
 def focal_terms(
@@ -88,8 +87,7 @@ class FocalLoss(nn.Module):
         super().__init__()
         self.mode = check_mode(mode)
         no_class_weights_in_binary(class_weights, mode)
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}.")
+        check_reduction(reduction, ("mean", "sum", "batchwise_mean", "none"))
         self.alpha = alpha
         self.gamma = gamma
         self.ignore_index = ignore_index
@@ -132,12 +130,4 @@ class FocalLoss(nn.Module):
         per_class = loss.sum(dims)
         if self.reduction == "mean":
             per_class = per_class / (valid.sum(dims) if valid is not None else loss.size(0) * loss.size(2))
-        if self.mode == BINARY_MODE:
-            return per_class[0]
-        weights = self.class_weights
-        if weights is None:
-            return per_class.mean()
-        if weights.numel() != num_classes:
-            raise ValueError(f"class_weights has {weights.numel()} entries for {num_classes} classes.")
-        weights = weights.to(per_class.device, per_class.dtype)
-        return (per_class * weights).sum() / weights.sum()
+        return class_mean(per_class, self.class_weights)

@@ -21,6 +21,7 @@ from segkit.losses._base import (
     check_batch,
     check_mode,
     class_index,
+    class_mean,
     float_tensor,
     no_class_weights_in_binary,
 )
@@ -147,17 +148,7 @@ class DiceLoss(nn.Module):
         loss = -torch.log(scores.clamp_min(self.eps)) if self.log_loss else 1.0 - scores
         # The score is undefined for a class without target pixels: such a class contributes 0.
         loss = loss * (target.sum(dims) > 0).to(loss.dtype)
-        weights = self.class_weights
-        if weights is not None and weights.numel() != loss.numel():
-            raise ValueError(f"class_weights has {weights.numel()} entries for {loss.numel()} classes.")
-        if self.classes is not None:
-            loss = loss[self.classes]
-            weights = None if weights is None else weights[self.classes]
-        if weights is None:
-            mean = loss.mean()
-        else:
-            weights = weights.to(loss.device, loss.dtype)
-            mean = (loss * weights).sum() / weights.sum()
+        mean = class_mean(loss, self.class_weights, self.classes)
         return mean if self.gamma == 1.0 else mean**self.gamma
 
 
