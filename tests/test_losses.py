@@ -106,11 +106,12 @@ def test_region_loss_of_soft_targets_matches_smp():
         dict(),
         dict(alpha=0.25, gamma=1.5),
         dict(reduction="sum"),
+        dict(reduction="batchwise_mean"),
         dict(normalized=True),
         dict(reduced_threshold=0.5, reduction="sum"),
         dict(from_logits=False),
     ],
-    ids=["default", "alpha", "sum", "normalized", "reduced", "probabilities"],
+    ids=["default", "alpha", "sum", "batchwise_mean", "normalized", "reduced", "probabilities"],
 )
 def test_focal_matches_smp(mode, ignore, options):
     logits, target = make_batch(mode, ignore)
