@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segkit.losses._base import (
+    BINARY_MODE,
     MULTICLASS_MODE,
     check_batch,
     check_mode,
@@ -63,7 +64,10 @@ class FocalLoss(nn.Module):
             turned into logits (binary, multilabel) or, as smp does, into log-probabilities that the
             per-class sigmoid then reads as logits (multiclass).
         eps: the clamp for ``from_logits=False``.
-        reduction: per class, "mean" over the counted pixels, or "sum" (= "batchwise_mean").
+        reduction: per class, "mean" over the counted pixels, "sum", or "batchwise_mean", which
+            is smp's: the sum over the batch of each pixel position's loss, averaged over the
+            positions, in multiclass and multilabel modes without ignore_index; the plain sum
+            otherwise (smp flattens the pixels there).
             "none" returns the per-element loss shaped like the prediction, ignored elements 0
             (smp returns a scalar there).
         normalized: divide by the sum of the focal terms (Ross et al. 2019, normalised focal loss).
@@ -130,4 +134,6 @@ class FocalLoss(nn.Module):
         per_class = loss.sum(dims)
         if self.reduction == "mean":
             per_class = per_class / (valid.sum(dims) if valid is not None else loss.size(0) * loss.size(2))
+        elif self.reduction == "batchwise_mean" and self.mode != BINARY_MODE and valid is None:
+            per_class = per_class / loss.size(2)  # smp: summed over the batch, averaged over the pixels
         return class_mean(per_class, self.class_weights)
