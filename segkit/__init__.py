@@ -10,6 +10,6 @@ __version__ = "0.1.0"
 
 from segkit.encoders import create_encoder, list_classifiers, list_encoders  # noqa: E402
 from segkit.errors import SegkitError  # noqa: E402
-from segkit.models import create_classifier  # noqa: E402
+from segkit.models import create_classifier, create_model  # noqa: E402
 
-__all__ = ["SegkitError", "__version__", "create_classifier", "create_encoder", "list_classifiers", "list_encoders"]
+__all__ = ["SegkitError", "__version__", "create_classifier", "create_encoder", "create_model", "list_classifiers", "list_encoders"]

@@ -1,0 +1,186 @@
+"""FCN-32s / 16s / 8s (Long, Shelhamer, Darrell, "Fully Convolutional Networks for Semantic Segmentation", 2015).
+
+The backbone's classifier turned fully convolutional, then class scores upsampled back to the image:
+
+* **Head.** For VGG the classifier's fc6/fc7 become a 7x7 and a 1x1 convolution of ``fc_channels``
+  (4096) channels, each followed by ReLU and dropout, as in the paper; ``create_model`` loads them
+  from the VGG checkpoint's ``classifier.0`` / ``classifier.3`` (reshaped) when ``encoder_weights``
+  is given. fc6 is padded ("same") instead of the paper's 100-pixel padding of conv1 and crops:
+  segkit pads the image to a multiple of 32 instead, so every map is aligned without offsets.
+  ResNet, GoogLeNet and Inception-v3 end in global pooling and one fully connected layer; turned
+  convolutional, that layer *is* the 1x1 class-score convolution (what Long et al. did with
+  GoogLeNet), so their head is empty (``fc_channels=None``) unless asked for.
+* **Scores.** 1x1 convolutions to ``num_classes``: ``score_fr`` on the head, and for the skip
+  levels ``score_pool4`` (stride 16) and ``score_pool3`` (stride 8). All zero-initialised as in the
+  paper, so a fresh net predicts 0 everywhere and each added skip starts as a no-op.
+* **Upsampling and fusion.** ``fcn32s``: scores upsampled 32x at once. ``fcn16s``: 2x, fuse the
+  stride-16 scores, 16x. ``fcn8s``: 2x, fuse stride 16, 2x, fuse stride 8, 8x. Fusion
+  ``"add"`` (the paper) sums the two score maps; ``"concat"`` concatenates them and applies a 1x1
+  convolution initialised to ``[I, I]`` (the sum), so both start as the paper's net.
+
+Upsampling modes: ``"transposed"`` is the paper's learnable deconvolution initialised to bilinear
+interpolation (kernel ``2s``, stride ``s``); ``"nearest"`` and ``"bed_of_nails"`` upsample the
+score maps by ``s`` at once, without weights; ``"max_unpool"`` undoes the encoder's poolings one
+level at a time with its switches (each step projects to the switches' channel count by 1x1
+convolution, and a last 1x1 convolution maps back to the classes). Bed-of-nails and unpooling leave
+most pixels at zero (or at the projection's bias): FCN has no convolutions after its upsampling to
+fill them, which is the point of comparing the modes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from segkit.decoders.upsample import MODES, Upsample, check_choice
+from segkit.errors import SegkitError
+
+__all__ = ["FCNDecoder", "FCN_STRIDES", "SKIP_FUSIONS"]
+
+FCN_STRIDES = (32, 16, 8)
+SKIP_FUSIONS = ("add", "concat")
+
+
+def _zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
+    conv = nn.Conv2d(in_channels, out_channels, 1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class ScoreUpsample(nn.Module):
+    """Upsample class scores from encoder level ``source`` to level ``target`` (``-1`` = the image).
+
+    Levels are encoder feature indices; level ``l`` has stride ``2 ** (l + 1)``. See the module
+    docstring for what each mode does.
+    """
+
+    def __init__(self, mode: str, num_classes: int, source: int, target: int, switch_channels: Sequence[int] | None) -> None:
+        super().__init__()
+        self.target = target
+        self.unpool = mode == "max_unpool"
+        steps: list[nn.Module] = []
+        self.levels: List[int] = []
+        if self.unpool:
+            if switch_channels is None:
+                raise SegkitError("the max_unpool FCN decoder needs the channel count of each of the encoder's switch tensors.")
+            channels = num_classes
+            for level in range(source, target, -1):  # undo the pooling that produced `level`
+                steps.append(Upsample(mode, channels, switch_channels[level]))
+                self.levels.append(level)
+                channels = switch_channels[level]
+            self.classes = nn.Conv2d(channels, num_classes, 1)
+        else:
+            scale = 2 ** (source - target)
+            steps.append(Upsample(mode, num_classes, num_classes, scale, bilinear_init=mode == "transposed"))
+            self.levels.append(source)
+            self.classes = nn.Identity()
+        self.steps = nn.ModuleList(steps)
+
+    def forward(self, x: Tensor, switches: Optional[List[Tensor]], sizes: List[List[int]]) -> Tensor:
+        """``sizes[l + 1]`` is the ``[H, W]`` of level ``l`` (``sizes[0]`` the image's)."""
+        for i, step in enumerate(self.steps):
+            level = self.levels[i]
+            indices: Optional[Tensor] = None
+            if switches is not None and self.unpool:
+                indices = switches[level]
+            x = step(x, indices, sizes[level if self.unpool else self.target + 1])
+        return self.classes(x)
+
+
+class SkipFusion(nn.Module):
+    """Upsample scores one level (``level + 1 -> level``) and fuse the scores of encoder level ``level``."""
+
+    def __init__(self, mode: str, num_classes: int, level: int, skip_channels: int, fusion: str, switch_channels: Sequence[int] | None) -> None:
+        super().__init__()
+        self.level = level
+        self.up = ScoreUpsample(mode, num_classes, level + 1, level, switch_channels)
+        self.score = _zero_conv(skip_channels, num_classes)
+        self.concat = fusion == "concat"
+        self.fuse: nn.Module = nn.Identity()
+        if self.concat:
+            self.fuse = nn.Conv2d(2 * num_classes, num_classes, 1)
+            with torch.no_grad():
+                eye = torch.eye(num_classes)[:, :, None, None]
+                self.fuse.weight.copy_(torch.cat([eye, eye], dim=1))
+                self.fuse.bias.zero_()
+
+    def forward(self, x: Tensor, features: List[Tensor], switches: Optional[List[Tensor]], sizes: List[List[int]]) -> Tensor:
+        x = self.up(x, switches, sizes)
+        skip = self.score(features[self.level])
+        if self.concat:
+            return self.fuse(torch.cat([x, skip], dim=1))
+        return x + skip
+
+
+class FCNDecoder(nn.Module):
+    """FCN-``stride``s decoder: encoder features -> class logits ``(N, num_classes, H, W)``.
+
+    Args:
+        encoder_channels: the encoder's ``out_channels`` (five levels, strides 2..32).
+        num_classes: output channels.
+        stride: 32, 16 or 8 (fcn32s, fcn16s, fcn8s).
+        upsampling: one of ``MODES``.
+        skip_fusion: ``"add"`` (the paper) or ``"concat"``.
+        fc_channels: width of the VGG-style fc6 (7x7) / fc7 (1x1) head, or None for no head.
+        dropout: dropout probability after fc6 and fc7.
+        switch_channels: the encoder's switch channel counts (``"max_unpool"`` only).
+
+    ``forward(features, switches=None, size=None)`` as :class:`segkit.decoders.UnetDecoder`.
+    """
+
+    def __init__(
+        self,
+        encoder_channels: Sequence[int],
+        num_classes: int,
+        stride: int = 32,
+        upsampling: str = "transposed",
+        skip_fusion: str = "add",
+        fc_channels: int | None = None,
+        dropout: float = 0.5,
+        switch_channels: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        check_choice(upsampling, MODES, "upsampling mode")
+        check_choice(skip_fusion, SKIP_FUSIONS, "skip_fusion")
+        if stride not in FCN_STRIDES:
+            raise SegkitError(f"FCN stride must be one of {', '.join(map(str, FCN_STRIDES))}; got {stride!r}.")
+        if fc_channels is not None and (not isinstance(fc_channels, int) or isinstance(fc_channels, bool) or fc_channels < 1):
+            raise SegkitError(f"fc_channels must be a positive integer or None; got {fc_channels!r}.")
+        if not 0.0 <= dropout < 1.0:
+            raise SegkitError(f"dropout must be in [0, 1); got {dropout!r}.")
+        levels = len(encoder_channels)
+        deepest = levels - 1
+        self.upsampling = upsampling
+        self.out_channels = num_classes
+        self.head: nn.Module = nn.Identity()
+        head_channels = encoder_channels[-1]
+        if fc_channels is not None:
+            self.head = nn.Sequential(
+                nn.Conv2d(head_channels, fc_channels, 7, padding=3),  # fc6
+                nn.ReLU(inplace=True),
+                nn.Dropout(dropout),
+                nn.Conv2d(fc_channels, fc_channels, 1),  # fc7
+                nn.ReLU(inplace=True),
+                nn.Dropout(dropout),
+            )
+            head_channels = fc_channels
+        self.score = _zero_conv(head_channels, num_classes)  # score_fr
+        skip_levels = {32: [], 16: [deepest - 1], 8: [deepest - 1, deepest - 2]}[stride]
+        self.fusions = nn.ModuleList(
+            SkipFusion(upsampling, num_classes, level, encoder_channels[level], skip_fusion, switch_channels) for level in skip_levels
+        )
+        last = skip_levels[-1] if skip_levels else deepest
+        self.upsample = ScoreUpsample(upsampling, num_classes, last, -1, switch_channels)
+
+    def forward(self, features: List[Tensor], switches: Optional[List[Tensor]] = None, size: Optional[List[int]] = None) -> Tensor:
+        if size is None:
+            size = [2 * features[0].shape[-2], 2 * features[0].shape[-1]]
+        sizes = [size] + [[f.shape[-2], f.shape[-1]] for f in features]
+        x = self.score(self.head(features[-1]))
+        for fusion in self.fusions:
+            x = fusion(x, features, switches, sizes)
+        return self.upsample(x, switches, sizes)

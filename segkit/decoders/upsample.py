@@ -1,0 +1,199 @@
+"""The four upsampling modes every segkit decoder takes.
+
+* ``"transposed"``: a learnable transposed convolution ("up-conv"). In U-Net it is the paper's
+  2x2 / stride-2 up-conv (kernel = stride = ``scale``); in FCN it is Long et al.'s deconvolution,
+  kernel ``2 * scale - scale % 2``, stride ``scale``, initialised to bilinear interpolation
+  (:func:`bilinear_kernel`). Padding is chosen so the output is exactly ``scale`` times the input.
+* ``"nearest"``: every value copied into its ``scale x scale`` block (:func:`nearest_upsample`).
+* ``"bed_of_nails"``: every value at the top-left corner of its block, zeros elsewhere
+  (:func:`bed_of_nails`).
+* ``"max_unpool"``: every value put back where the encoder's max-pool found its maximum, zeros
+  elsewhere (:func:`max_unpool`, SegNet's max-location unpooling). The positions are the encoder's
+  *switches* (see :mod:`segkit.encoders.base`); an encoder stage that downsamples by strided
+  convolution records the switches of a 2x2 max over that stage's input, so the mode works with
+  every encoder.
+
+:class:`Upsample` wraps the four behind one module ``Upsample(mode, in_channels, out_channels,
+scale)``. Channel counts are changed *before* upsampling, where the map is ``scale**2`` times
+smaller:
+
+* ``"transposed"`` maps ``in_channels`` to ``out_channels`` itself;
+* ``"nearest"`` and ``"bed_of_nails"`` have no weights; a 1x1 convolution projects to
+  ``out_channels`` first when the two counts differ (for nearest the order does not matter, since a
+  1x1 convolution commutes with copying; for bed-of-nails it keeps the holes exactly zero);
+* ``"max_unpool"``: the switches carry one position per channel of the pooled encoder map, so the
+  tensor must have the switches' channel count: ``out_channels`` *is* that count, and a 1x1
+  convolution projects ``in_channels`` to it when they differ. The decoders read the counts from
+  the encoder (:func:`switch_channels`). ``scale`` must be 2 (one pooling level per step).
+
+``forward(x, indices=None, output_size=None)``: ``indices`` are the switches (max_unpool only);
+``output_size`` ``[H, W]`` is the size of the map being upsampled to. Max-unpooling needs it to tell
+e.g. a 35-pixel level from a 34-pixel one; the other modes crop or zero-pad their bottom/right edge
+to it, so a decoder's tensor always matches its skip connection whatever rounding the encoder did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segkit.errors import SegkitError
+
+__all__ = [
+    "MODES",
+    "Upsample",
+    "bed_of_nails",
+    "bilinear_kernel",
+    "check_choice",
+    "fit_to",
+    "max_unpool",
+    "nearest_upsample",
+    "switch_channels",
+]
+
+MODES = ("transposed", "nearest", "bed_of_nails", "max_unpool")
+
+
+def check_choice(value: object, choices: Sequence[str], what: str) -> str:
+    """``value`` if it is one of ``choices``, else a SegkitError that lists them all."""
+    if not isinstance(value, str) or value not in choices:
+        raise SegkitError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}.")
+    return value
+
+
+def _check_scale(scale: int) -> int:
+    if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1:
+        raise SegkitError(f"upsampling scale must be a positive integer; got {scale!r}.")
+    return scale
+
+
+def nearest_upsample(x: Tensor, scale: int = 2) -> Tensor:
+    """``(N, C, H, W)`` -> ``(N, C, scale*H, scale*W)``, each value copied into its ``scale x scale`` block."""
+    return F.interpolate(x, scale_factor=float(scale), mode="nearest")
+
+
+def bed_of_nails(x: Tensor, scale: int = 2) -> Tensor:
+    """``(N, C, H, W)`` -> ``(N, C, scale*H, scale*W)``: each value at the top-left of its block, zeros elsewhere."""
+    n, c, h, w = x.shape
+    # (N, C, H, 1, W, 1) padded to (N, C, H, s, W, s): the value sits at offset (0, 0) of each block.
+    nails = F.pad(x.reshape(n, c, h, 1, w, 1), [0, scale - 1, 0, 0, 0, scale - 1])
+    return nails.reshape(n, c, h * scale, w * scale)
+
+
+def max_unpool(x: Tensor, indices: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
+    """Put each value of ``x`` ``(N, C, h, w)`` where its max-pool switch says, zeros elsewhere.
+
+    ``indices`` ``(N, C, h, w)`` are flat positions in the pooled map (as
+    ``F.max_pool2d(..., return_indices=True)`` returns them); ``output_size`` ``[H, W]`` is that
+    map's size, by default ``(2h, 2w)``. Where pooling windows overlap (3x3 / stride-2 pools) two
+    values may share a position; one of them is kept.
+    """
+    if indices.shape != x.shape:
+        raise SegkitError(
+            f"max_unpool needs one switch per value: the tensor has shape {list(x.shape)} but the "
+            f"switches {list(indices.shape)}; project the tensor to the switches' channel count first (Upsample does)."
+        )
+    return F.max_unpool2d(x, indices, kernel_size=2, stride=2, output_size=output_size)
+
+
+def fit_to(x: Tensor, size: List[int]) -> Tensor:
+    """Crop or zero-pad the bottom/right edge of ``x`` ``(N, C, h, w)`` to ``size`` ``[H, W]``."""
+    dh = size[0] - x.shape[-2]
+    dw = size[1] - x.shape[-1]
+    if dh == 0 and dw == 0:
+        return x
+    return F.pad(x, [0, dw, 0, dh])  # negative padding crops
+
+
+def bilinear_kernel(channels: int, kernel_size: int) -> Tensor:
+    """Weight ``(channels, channels, k, k)`` of a transposed convolution that upsamples bilinearly.
+
+    The filter of Long et al. (FCN, ``surgery.upsample_filt``): factor ``f = (k + 1) // 2``,
+    ``1 - |i - c| / f`` per axis around ``c = f - 1`` (odd ``k``) or ``f - 0.5`` (even ``k``), each
+    channel mapped to itself only. With stride ``f`` and padding ``(k - f) // 2`` it reproduces
+    ``F.interpolate(mode="bilinear", align_corners=False)`` except within ``f`` pixels of the border
+    (where interpolate clamps and the convolution sees zeros).
+    """
+    factor = (kernel_size + 1) // 2
+    center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
+    taps = 1 - (torch.arange(kernel_size, dtype=torch.float64) - center).abs() / factor
+    filt = (taps[:, None] * taps[None, :]).float()
+    weight = torch.zeros(channels, channels, kernel_size, kernel_size)
+    weight[range(channels), range(channels)] = filt
+    return weight
+
+
+class Upsample(nn.Module):
+    """Upsample ``(N, in_channels, h, w)`` to ``(N, out_channels, scale*h, scale*w)`` in ``mode``.
+
+    See the module docstring for the four modes and how channels change. ``bilinear_init=True``
+    (transposed only, ``in_channels == out_channels``) gives FCN's bilinear-initialised,
+    bias-free deconvolution; otherwise the up-conv is U-Net's ``scale x scale`` one with bias.
+    """
+
+    def __init__(self, mode: str, in_channels: int, out_channels: int, scale: int = 2, *, bilinear_init: bool = False) -> None:
+        super().__init__()
+        self.mode = check_choice(mode, MODES, "upsampling mode")
+        self.scale = _check_scale(scale)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        # The learnable part: the up-conv itself, or a 1x1 projection applied before upsampling.
+        self.conv: nn.Module
+        if mode == "transposed":
+            if bilinear_init:
+                if in_channels != out_channels:
+                    raise SegkitError(f"a bilinear-initialised up-conv maps channels to themselves; got {in_channels} -> {out_channels}.")
+                kernel = 2 * scale - scale % 2
+                self.conv = nn.ConvTranspose2d(in_channels, out_channels, kernel, stride=scale, padding=(kernel - scale) // 2, bias=False)
+                with torch.no_grad():
+                    self.conv.weight.copy_(bilinear_kernel(in_channels, kernel))
+            else:
+                self.conv = nn.ConvTranspose2d(in_channels, out_channels, scale, stride=scale)
+        else:
+            if bilinear_init:
+                raise SegkitError(f"bilinear_init applies to the 'transposed' mode only, not {mode!r}.")
+            if mode == "max_unpool" and scale != 2:
+                raise SegkitError(f"max_unpool undoes one 2x2 pooling at a time (scale=2); got scale={scale}: chain {scale}x as 2x steps.")
+            self.conv = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: Tensor, indices: Optional[Tensor] = None, output_size: Optional[List[int]] = None) -> Tensor:
+        x = self.conv(x)
+        if self.mode == "max_unpool":
+            if indices is None:
+                raise SegkitError("Upsample('max_unpool') needs the encoder's switches: call it with indices=...")
+            return max_unpool(x, indices, output_size)
+        if self.mode == "nearest":
+            x = nearest_upsample(x, self.scale)
+        elif self.mode == "bed_of_nails":
+            x = bed_of_nails(x, self.scale)
+        if output_size is not None:
+            x = fit_to(x, output_size)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, in_channels={self.in_channels}, out_channels={self.out_channels}, scale={self.scale}"
+
+
+def switch_channels(encoder: nn.Module) -> list[int]:
+    """Channel count of each of ``encoder``'s switch tensors, read from one small forward pass.
+
+    The contract fixes the switches' positions but not their channel count (a VGG pool's switches
+    have the pooled level's channels, a ResNet stage's those of the level above it, the first one
+    the image's), so decoders built for ``"max_unpool"`` ask the encoder once, in eval mode and
+    without gradients, on an image of the smallest size it takes rounded up to a multiple of 32.
+    """
+    reduction = max(encoder.reductions)
+    side = -(-max(encoder.min_input_size, reduction) // reduction) * reduction
+    param = next(encoder.parameters())
+    probe = torch.zeros(1, encoder.in_channels, side, side, dtype=param.dtype, device=param.device)
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            _, switches = encoder.forward_with_switches(probe)
+    finally:
+        encoder.train(was_training)
+    return [int(s.shape[1]) for s in switches]
