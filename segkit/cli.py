@@ -36,6 +36,65 @@ def _run_encoders(args: argparse.Namespace) -> int:
 COMMANDS["list"] = ("list the encoder (or classifier) names segkit knows", _add_encoders_args, _run_encoders)
 
 
+def _add_check_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("root", help="dataset folder (images/ + masks/, or img_dir/ + ann_dir/)")
+    parser.add_argument("--split", help="split folder or split-file name; default: every split folder found")
+    parser.add_argument("--num-classes", type=int, help="labels must lie in [0, N) or equal --ignore-index")
+    parser.add_argument("--ignore-index", type=int, default=255, help="label value that is not a class (default 255)")
+    parser.add_argument("--binary", action="store_true", help="masks are 0/255; read 255 as class 1")
+    parser.add_argument("--reduce-zero-label", action="store_true", help="0 is unlabelled: 0 -> ignore, v -> v-1")
+    parser.add_argument("--image-dir", help="image folder under ROOT (default images, or img_dir)")
+    parser.add_argument("--mask-dir", help="mask folder under ROOT (default masks, or ann_dir)")
+    parser.add_argument("--image-suffix", help="image file ending that pairs, e.g. _leftImg8bit.png")
+    parser.add_argument("--mask-suffix", help="mask file ending that pairs, e.g. _gtFine_labelTrainIds.png")
+    parser.add_argument("--split-file", help="text file listing the stems of the split, one a line")
+    parser.add_argument(
+        "--class-colors", metavar="JSON", help='colour masks: JSON list of [r, g, b] by class, e.g. "[[0,0,0],[255,0,0]]"'
+    )
+    parser.add_argument("--unknown-color", choices=("error", "ignore"), default="error", help="colour not in the table")
+
+
+def _run_check_data(args: argparse.Namespace) -> int:
+    import json
+
+    from segkit.data import check_folder, list_splits
+
+    colors = None
+    if args.class_colors:
+        try:
+            colors = json.loads(args.class_colors)
+        except json.JSONDecodeError as err:
+            raise SegkitError(f"--class-colors is not valid JSON ({err}); write e.g. [[0,0,0],[255,0,0]]") from err
+    splits = [args.split] if args.split else list_splits(args.root, args.image_dir, args.mask_dir) or [None]
+    reports = [
+        check_folder(
+            args.root,
+            split,
+            num_classes=args.num_classes,
+            ignore_index=args.ignore_index,
+            binary=args.binary,
+            reduce_zero_label=args.reduce_zero_label,
+            class_colors=colors,
+            unknown_color=args.unknown_color,
+            image_dir=args.image_dir,
+            mask_dir=args.mask_dir,
+            image_suffix=args.image_suffix,
+            mask_suffix=args.mask_suffix,
+            split_file=args.split_file,
+        )
+        for split in splits
+    ]
+    print("\n\n".join(report.format() for report in reports))
+    return 0 if all(report.ok for report in reports) else 1
+
+
+COMMANDS["check-data"] = (
+    "check a folder dataset: pairing, sizes, label values, class histogram; lists every problem",
+    _add_check_data_args,
+    _run_check_data,
+)
+
+
 def _add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
     parser.add_argument("--out", required=True, help="run directory (config, checkpoints, metrics log, plots)")
@@ -88,7 +147,12 @@ def _setup_logging() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # KEY=VALUE overrides may stand anywhere after the config, also after options.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     if args.command is None:
         parser.print_help()
         return 0

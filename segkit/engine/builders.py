@@ -35,7 +35,11 @@ class SeededDataset(Dataset):
     def __getitem__(self, item: tuple[int, int] | int) -> tuple[Tensor, Tensor]:
         if isinstance(item, tuple):
             index, seed = item
-            return self.dataset.get(index, seed=seed)
+            if self.dataset.transforms is not None:
+                from segkit.data.transforms import seed_transforms
+
+                seed_transforms(self.dataset.transforms, seed)
+            return self.dataset[index]
         return self.dataset[item]
 
     def __getattr__(self, name: str) -> Any:  # in_channels, classes, image_path, ... of the wrapped set

@@ -222,6 +222,10 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     start_epoch, batch_in_epoch, step, best_miou = 0, 0, 0, None
     if resume:
         state = load_checkpoint(last_path)
+        trained_with = state.get("config", {}).get("optimizer", {}).get("name")
+        if trained_with != cfg.optimizer.name:
+            raise SegkitError(f"optimizer.name is {cfg.optimizer.name!r} but the run in {out_dir} was trained with "
+                              f"{trained_with!r}; resume with the run's own config ({out_dir}/config.yaml).")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -1,0 +1,153 @@
+"""The training engine end to end on tiny generated data (CPU): learning, exact resume, failures, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from segkit import SegkitError
+from segkit.cli import main
+from segkit.config import config_from_dict, load_config
+from segkit.engine.checkpoint import load_checkpoint
+from segkit.engine.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(root: Path, **trainer) -> dict:
+    return {
+        "model": {"arch": "unet", "encoder": "resnet18", "num_classes": 3, "in_channels": 1,
+                  "decoder": {"decoder_channels": [16, 16, 16, 16, 16]}},
+        "data": {"kind": "synthetic", "root": str(root), "synthetic": {"n": 8, "size": 64, "seed": 1},
+                 "train_transforms": ["hflip", "vflip", {"name": "rotate", "limit": 20}], "val_transforms": []},
+        "loss": [{"name": "ce", "weight": 1.0}, {"name": "dice", "weight": 0.5, "mode": "multiclass"}],
+        "optimizer": {"name": "adamw", "lr": 0.01},
+        "schedule": {"name": "poly", "warmup_iters": 2},
+        "trainer": {"epochs": 2, "batch_size": 2, "seed": 3, "log_interval": 1, **trainer},
+        "output": {"plots": False},
+    }
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from segkit.data import make_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic(root, n=8, size=64, seed=1)
+    return root
+
+
+def test_training_lowers_the_loss_and_writes_the_run_directory(tmp_path, data_root):
+    cfg = config_from_dict(tiny_config(data_root, epochs=3), ["output.plots=true"])
+    result = train(cfg, tmp_path / "run", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert len(epochs) == 3 and epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert 0.0 <= epochs[-1]["val_miou"] <= 1.0
+    for name in ("config.yaml", "last.pt", "best.pt", "curves.png", "predictions.png"):
+        assert (tmp_path / "run" / name).is_file(), name
+    # Checkpoints are plain: they load with weights_only=True.
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["epoch"] == 3 and state["step"] == result.steps == 9
+    # The saved config reproduces the run's settings.
+    assert load_config(tmp_path / "run" / "config.yaml") == cfg
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, data_root):
+    cfg = config_from_dict(tiny_config(data_root, epochs=2))  # 6 training images: 3 steps per epoch, 6 in all
+    train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "split", max_steps=2, progress=False)  # stops inside epoch 1
+    mid = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert (mid["epoch"], mid["batch_in_epoch"], mid["step"]) == (0, 2, 2)
+    train(cfg, tmp_path / "split", max_steps=4, resume=True, progress=False)  # stops inside epoch 2
+    train(cfg, tmp_path / "split", resume=True, progress=False)
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "split" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, data_root, monkeypatch):
+    cfg = config_from_dict(tiny_config(data_root, epochs=2))
+    train(cfg, tmp_path / "run", max_steps=3, progress=False)  # one good epoch: last.pt at step 3
+    good = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+
+    import segkit.engine.train as engine
+
+    real_build = engine.build_loss_fn
+
+    def poisoned(cfg):  # a loss that turns NaN on its second call, as a diverging run does
+        loss_fn, calls = real_build(cfg), []
+
+        class Poisoned(torch.nn.Module):
+            def forward(self, logits, target):
+                calls.append(1)
+                value = loss_fn(logits, target)
+                return value * float("nan") if len(calls) == 2 else value
+
+        return Poisoned()
+
+    monkeypatch.setattr(engine, "build_loss_fn", poisoned)
+    with pytest.raises(SegkitError, match=r"the loss became nan at step 5 \(epoch 2\)"):
+        train(cfg, tmp_path / "run", resume=True, progress=False)
+    kept = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert kept["step"] == 3 and all(torch.equal(kept["model"][k], v) for k, v in good.items())
+
+
+def test_resume_with_another_optimizer_is_refused(tmp_path, data_root):
+    train(config_from_dict(tiny_config(data_root, epochs=2)), tmp_path / "run", max_steps=1, progress=False)
+    with pytest.raises(SegkitError, match="optimizer.name is 'sgd' but the run in .* was trained with 'adamw'"):
+        train(config_from_dict(tiny_config(data_root, epochs=2), ["optimizer.name=sgd"]), tmp_path / "run", resume=True, progress=False)
+
+
+def test_existing_run_directory_needs_resume(tmp_path, data_root):
+    cfg = config_from_dict(tiny_config(data_root, epochs=1))
+    with pytest.raises(SegkitError, match="--resume needs"):
+        train(cfg, tmp_path / "fresh", resume=True, progress=False)
+    train(cfg, tmp_path / "run", max_steps=1, progress=False)
+    with pytest.raises(SegkitError, match="already holds a run"):
+        train(cfg, tmp_path / "run", progress=False)
+
+
+def test_channel_mismatch_between_data_and_model(tmp_path, data_root):
+    cfg = config_from_dict(tiny_config(data_root), ["model.in_channels=3"])
+    with pytest.raises(SegkitError, match="have 1 channel\\(s\\) but model.in_channels is 3"):
+        train(cfg, tmp_path / "run", progress=False)
+
+
+def test_cli_prints_user_errors_in_one_line(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segkit: error: config file") and "Traceback" not in err and err.count("\n") == 1
+    config = tmp_path / "c.yaml"
+    config.write_text("trainer: {epochs: 1}\n")
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), "trainer.epoch=3"]) == 2
+    assert "did you mean 'trainer.epochs'?" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path, data_root):
+    """torchrun --nproc_per_node 2 scripts/train.py ... --device cpu: gloo, one run directory, rank 0 writes."""
+    config = tmp_path / "c.yaml"
+    from omegaconf import OmegaConf
+
+    OmegaConf.save(OmegaConf.create(tiny_config(data_root, epochs=1)), config)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(REPO / "scripts" / "train.py"), str(config), "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["step"] == 1  # 6 training images / 2 ranks = 3 each; batch 2 with drop_last: 1 step
+    assert result.stdout.count("epoch 1/1") == 1  # printed by rank 0 only
+    # Validation counted each of the 2 validation images once, across both ranks (no padding duplicates).
+    matrix = torch.tensor(state["metrics"]["confusion_matrix"])
+    assert int(matrix.sum()) == 2 * 64 * 64
