@@ -116,7 +116,7 @@ def _run_train(args: argparse.Namespace) -> int:
     result = train(cfg, args.out, max_steps=args.max_steps, resume=args.resume, progress=not args.quiet)
     if result.best_miou is not None:
         print(f"best mIoU: {result.best_miou:.4f} ({args.out}/best.pt)")
-    return 0
+    return 130 if result.interrupted else 0  # the shell's code for "stopped by Ctrl-C"
 
 
 COMMANDS["train"] = ("train a model from a YAML config", _add_train_args, _run_train)

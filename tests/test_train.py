@@ -151,3 +151,33 @@ def test_torchrun_two_processes_on_cpu(tmp_path, data_root):
     # Validation counted each of the 2 validation images once, across both ranks (no padding duplicates).
     matrix = torch.tensor(state["metrics"]["confusion_matrix"])
     assert int(matrix.sum()) == 2 * 64 * 64
+
+
+def test_sigint_saves_last_checkpoint_and_resume_finishes(tmp_path, data_root):
+    """Ctrl-C mid-run: the step in flight finishes, last.pt records the position, --resume completes the run."""
+    import signal
+    import time
+
+    from omegaconf import OmegaConf
+
+    config = tmp_path / "c.yaml"
+    OmegaConf.save(OmegaConf.create(tiny_config(data_root, epochs=50)), config)
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(REPO / "scripts" / "train.py"), str(config), "--out", str(run), "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    log = run / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and log.read_text().count('"kind": "train"') >= 2):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "interrupted" in out and "Traceback" not in err
+    state = load_checkpoint(run / "last.pt")
+    assert 2 <= state["step"] < 150
+    resumed = subprocess.run([*command, "--resume", "trainer.epochs=50", "--max-steps", str(state["step"] + 1)],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert load_checkpoint(run / "last.pt")["step"] == state["step"] + 1
