@@ -69,14 +69,20 @@ def test_switch_channels_follow_the_encoder():
     assert encoder.training  # the probe restores the mode
 
 
+# 70x90 is not a multiple of 32: the pooling encoder rounds down (35, 17, 8, 4, 2 rows), the strided
+# one up (35, 18, 9, 5, 3); the decoders must still meet every skip and return the image's size.
+SIZES = [(64, 96), (70, 90)]
+
+
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("kind", sorted(ENCODERS))
 @pytest.mark.parametrize("mode", MODES)
-def test_unet_decoder_shapes(kind, mode):
+def test_unet_decoder_shapes(kind, mode, size):
     encoder = ENCODERS[kind]()
     decoder = UnetDecoder(encoder.out_channels, (16, 12, 8, 6, 5), mode, switch_channels(encoder) if mode == "max_unpool" else None)
-    x = torch.randn(2, 1, 64, 96)
+    x = torch.randn(2, 1, *size)
     y = run_decoder(decoder, encoder, x)
-    assert y.shape == (2, 5, 64, 96) and decoder.out_channels == 5
+    assert y.shape == (2, 5, *size) and decoder.out_channels == 5
     y.mean().backward()
     assert all(p.grad is not None for p in decoder.parameters())
 
@@ -113,15 +119,16 @@ def test_unet_decoder_errors():
         UnetDecoder((4, 6, 8, 10, 12), upsampling="max_unpool")
 
 
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("kind", sorted(ENCODERS))
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("stride", [32, 16, 8])
-def test_fcn_decoder_shapes(kind, mode, stride):
+def test_fcn_decoder_shapes(kind, mode, stride, size):
     encoder = ENCODERS[kind]()
     decoder = FCNDecoder(encoder.out_channels, 3, stride, mode, switch_channels=switch_channels(encoder) if mode == "max_unpool" else None)
-    x = torch.randn(2, 1, 64, 96)
+    x = torch.randn(2, 1, *size)
     y = run_decoder(decoder, encoder, x)
-    assert y.shape == (2, 3, 64, 96)
+    assert y.shape == (2, 3, *size)
     y.mean().backward()
     assert all(p.grad is not None for p in decoder.parameters())
 
@@ -237,6 +244,8 @@ def test_unet_original_errors():
         UNetOriginal(padding="full")
     with pytest.raises(SegkitError, match="16\\*b \\+ 60"):
         UNetOriginal()(torch.randn(1, 1, 64, 64))
+    with pytest.raises(SegkitError, match=r"\(N, 1, H, W\); got shape \[1, 3, 64, 64\]"):
+        UNetOriginal(padding="same")(torch.randn(1, 3, 64, 64))
 
 
 @pytest.mark.slow

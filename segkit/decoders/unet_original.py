@@ -29,7 +29,7 @@ values inside the crop land exactly where the crop of the switches sends them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import List, Optional, Tuple, Union
+from typing import List, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +92,7 @@ class UNetOriginal(nn.Module):
         self.padding = check_choice(padding, PADDINGS, "unet_original padding")
         self.upsampling = check_choice(upsampling, MODES, "upsampling mode")
         self.valid = padding == "valid"
+        self.in_channels = in_channels
         pad = 0 if self.valid else 1
         widths = tuple(widths)
         self.down = nn.ModuleList(_double_conv(c_in, c_out, pad) for c_in, c_out in zip((in_channels, *widths[:-1]), widths))
@@ -124,6 +125,11 @@ class UNetOriginal(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """``(logits, bottom features)``."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise SegkitError(
+                f"unet_original was built for batches (N, {self.in_channels}, H, W); got shape {list(x.shape)}: "
+                f"create it with the image's channel count as in_channels."
+            )
         h, w = x.shape[-2], x.shape[-1]
         if self.valid:
             unet_original_output_size(h)
