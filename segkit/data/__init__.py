@@ -1,0 +1,35 @@
+"""Datasets: image/mask folders, COCO-style annotations, a built-in synthetic dataset, and
+albumentations pipelines.
+
+Items are ``(image, mask)``: image float32 ``(C, H, W)``, mask int64 ``(H, W)``.
+
+    from segkit.data import FolderDataset, build_transforms, make_synthetic
+    make_synthetic("data/synthetic", n=32, size=128, seed=0)
+    train = FolderDataset("data/synthetic", "train", num_classes=3,
+                          transforms=build_transforms(train=True, size=96, seed=0))
+    image, mask = train[0]        # (1, 96, 96) float32, (96, 96) int64
+    print(FolderDataset("data/synthetic", "val", num_classes=3).validate().format())
+"""
+
+from segkit.data.base import SegmentationDataset, default_mean_std
+from segkit.data.coco import CocoDataset
+from segkit.data.folder import DataReport, FolderDataset, check_folder, list_splits
+from segkit.data.masks import MaskDecoder
+from segkit.data.synthetic import SYNTHETIC_CLASSES, make_synthetic
+from segkit.data.transforms import build_transforms, default_spec, list_transforms
+
+__all__ = [
+    "SYNTHETIC_CLASSES",
+    "CocoDataset",
+    "DataReport",
+    "FolderDataset",
+    "MaskDecoder",
+    "SegmentationDataset",
+    "build_transforms",
+    "check_folder",
+    "default_mean_std",
+    "default_spec",
+    "list_splits",
+    "list_transforms",
+    "make_synthetic",
+]

@@ -1,0 +1,158 @@
+"""What every segkit dataset shares: from (image, mask) files to (image tensor, mask tensor).
+
+An item is made in four steps:
+
+1. read the image and scale it to float32 (H, W, C) in [0, 1] (``segkit.data.io.to_unit_float``:
+   8-bit / 255, 16-bit and float by per-image percentiles);
+2. read the mask as class indices and check its values (``SegmentationDataset.check_mask``);
+3. apply ``transforms`` (an albumentations pipeline from ``build_transforms``, or any callable
+   taking ``image=`` and ``mask=`` and returning a dict with both);
+4. standardise per channel: ``(x - mean) / std``. ``mean``/``std`` come from the config, or default
+   to ImageNet's (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) for 3 channels, and to their
+   averages 0.449 / 0.226 for any other channel count, which matches ImageNet weights whose
+   first convolution was averaged over RGB. ``mean=0, std=1`` leaves the [0, 1] scaling alone.
+
+The result is ``(image float32 (C, H, W), mask int64 (H, W))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from segkit.data.io import SCALINGS, to_unit_float
+from segkit.data.masks import bad_value_message
+from segkit.data.transforms import reseed_for_worker
+from segkit.errors import SegkitError
+
+__all__ = ["SegmentationDataset", "default_mean_std"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_mean_std(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet's mean/std for 3 channels; their averages, repeated, for any other count."""
+    if channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return (0.449,) * channels, (0.226,) * channels
+
+
+def _per_channel(value: float | Sequence[float], channels: int, name: str) -> torch.Tensor:
+    values = [float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
+    if len(values) == 1:
+        values = values * channels
+    if len(values) != channels:
+        raise SegkitError(
+            f"{name} has {len(values)} values but the images have {channels} channels; give one value per channel"
+        )
+    if name == "std" and any(v <= 0 for v in values):
+        raise SegkitError(f"std {values} has a value <= 0; every std must be positive")
+    return torch.tensor(values, dtype=torch.float32).view(-1, 1, 1)
+
+
+class SegmentationDataset(Dataset):
+    """Base class: subclasses set ``in_channels`` and implement ``image_path`` and ``read_mask``."""
+
+    in_channels: int
+    num_classes: int | None
+    classes: list[str] | None
+    ignore_index: int
+    transforms: Callable[..., dict[str, Any]] | None = None
+
+    def _setup_intensity(
+        self,
+        mean: float | Sequence[float] | None,
+        std: float | Sequence[float] | None,
+        scaling: str,
+        percentiles: Sequence[float],
+    ) -> None:
+        if scaling not in SCALINGS:
+            raise SegkitError(f"scaling {scaling!r} is not one of {', '.join(SCALINGS)}; pick one of those")
+        if len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100:
+            raise SegkitError(f"percentiles {list(percentiles)} must be two numbers 0 <= low < high <= 100")
+        default_mean, default_std = default_mean_std(self.in_channels)
+        self.mean = _per_channel(default_mean if mean is None else mean, self.in_channels, "mean")
+        self.std = _per_channel(default_std if std is None else std, self.in_channels, "std")
+        self.scaling = scaling
+        self.percentiles = (float(percentiles[0]), float(percentiles[1]))
+
+    # -- subclass interface -------------------------------------------------------------------
+    def image_path(self, index: int) -> Path:
+        raise NotImplementedError
+
+    def read_mask(self, index: int) -> np.ndarray:
+        """Class indices (H, W) as uint8 or uint16, values not yet checked."""
+        raise NotImplementedError
+
+    def read_raw_image(self, index: int) -> np.ndarray:
+        from segkit.data.io import read_image
+
+        return read_image(self.image_path(index))
+
+    # -- shared ------------------------------------------------------------------------------
+    def load_image(self, index: int) -> np.ndarray:
+        """Float32 (H, W, in_channels) in [0, 1] (before transforms and standardisation)."""
+        raw = self.read_raw_image(index)
+        if raw.shape[2] != self.in_channels:
+            if raw.shape[2] == 1 and self.in_channels == 3:
+                raw = np.repeat(raw, 3, axis=2)  # a grayscale image among RGB ones
+            else:
+                raise SegkitError(
+                    f"image {self.image_path(index)} has {raw.shape[2]} channels but the dataset has {self.in_channels}; "
+                    "convert the images to one channel count"
+                )
+        return to_unit_float(raw, self.scaling, self.percentiles)
+
+    def check_mask(self, mask: np.ndarray, path: str | Path) -> None:
+        """Raise a SegkitError naming the file and value when a label is outside [0, num_classes)."""
+        if self.num_classes is None:
+            return
+        counts = np.bincount(mask.ravel(), minlength=self.num_classes)
+        bad = np.flatnonzero(counts[self.num_classes :]) + self.num_classes
+        bad = bad[bad != self.ignore_index]
+        if bad.size:
+            values = bad.tolist()
+            raise SegkitError(
+                bad_value_message(path, values, [int(counts[v]) for v in values], self.num_classes, self.ignore_index)
+            )
+
+    def load_mask(self, index: int) -> np.ndarray:
+        mask = self.read_mask(index)
+        self.check_mask(mask, self.mask_source(index))
+        return mask
+
+    def mask_source(self, index: int) -> str | Path:
+        """What to name in an error about item ``index``'s mask."""
+        return self.image_path(index)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.load_image(index)
+        mask = self.load_mask(index)
+        if image.shape[:2] != mask.shape[:2]:
+            raise SegkitError(
+                f"image {self.image_path(index)} is {image.shape[1]}x{image.shape[0]} but its mask "
+                f"{self.mask_source(index)} is {mask.shape[1]}x{mask.shape[0]}; make them the same size"
+            )
+        if self.transforms is not None:
+            reseed_for_worker(self.transforms)
+            out = self.transforms(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        image_t = (
+            image
+            if isinstance(image, torch.Tensor)
+            else torch.from_numpy(np.ascontiguousarray(image).transpose(2, 0, 1))
+        )
+        mask_t = mask if isinstance(mask, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(mask))
+        if image_t.ndim == 2:
+            image_t = image_t.unsqueeze(0)
+        image_t = (image_t.float() - self.mean) / self.std
+        return image_t, mask_t.long()
+
+    def __len__(self) -> int:
+        raise NotImplementedError

@@ -1,0 +1,279 @@
+"""COCO-style instance annotations read as semantic segmentation.
+
+``CocoDataset(image_dir, annotation_file, categories=None)`` renders each image's annotations
+(polygons, compressed and uncompressed RLE; rasterised by pycocotools) into one class mask:
+
+- background is 0; the chosen categories are 1..K, in ascending category id, or in the order of
+  ``categories`` (ids or names), which may also pick a subset; annotations of other categories
+  are left out (their pixels are background). ``classes`` is ``["background", names...]``.
+- a pixel gets class c when every chosen annotation covering it is of class c and at least one of
+  them is a non-crowd instance: overlapping instances of one class keep that class (torchvision's
+  reference marks every overlap as ignore, which throws away unambiguous pixels);
+- pixels covered by annotations of two different classes become ``ignore_index``;
+- pixels covered only by crowd annotations become ``ignore_index`` (torchvision's reference drops
+  crowds, which teaches them as background).
+
+Images without annotations of the chosen categories stay in, all background, unless
+``skip_empty=True``. With ``cache_dir`` the rendered masks are stored as PNGs in a subfolder keyed
+by the sha256 of the annotation file's bytes and the label mapping, so later epochs read a PNG
+instead of rasterising again, and an edited annotation file (or another category choice) never
+serves stale masks. Old subfolders are not removed; delete ``cache_dir`` whenever you like.
+
+Construction checks that the annotation file parses, every image file exists, and each image's
+header size matches the file's ``width``/``height``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from segkit.data.base import SegmentationDataset
+from segkit.data.io import read_header
+from segkit.errors import SegkitError
+
+__all__ = ["CocoDataset"]
+
+_CACHE_VERSION = 1  # bump when the rendering rules change
+
+
+def _load_coco(path: Path) -> tuple[Any, str]:
+    """(pycocotools COCO, sha256 of the file's bytes); SegkitError for a missing or malformed file."""
+    from pycocotools.coco import COCO
+
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise SegkitError(f"cannot read annotation file {path} ({err.strerror or err}); check the path") from err
+    try:
+        dataset = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SegkitError(f"annotation file {path} is not valid JSON ({err}); fix or regenerate it") from err
+    if not isinstance(dataset, dict) or not all(isinstance(dataset.get(k), list) for k in ("images", "categories")):
+        raise SegkitError(
+            f"annotation file {path} lacks the COCO 'images' and 'categories' lists; give a COCO-format file"
+        )
+    dataset.setdefault("annotations", [])
+    for key, needed in (("images", ("id", "file_name", "height", "width")), ("categories", ("id", "name"))):
+        for entry in dataset[key]:
+            missing = [k for k in needed if k not in entry]
+            if missing:
+                raise SegkitError(
+                    f"annotation file {path} has an entry in '{key}' without {', '.join(missing)}: {entry!r}; add the fields"
+                )
+    for ann in dataset["annotations"]:
+        missing = [k for k in ("image_id", "category_id", "segmentation") if k not in ann]
+        if missing:
+            raise SegkitError(f"annotation {ann.get('id', '?')} in {path} has no {', '.join(missing)}; add the fields")
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+    return coco, hashlib.sha256(raw).hexdigest()
+
+
+def _clean_segmentation(ann: dict[str, Any]) -> dict[str, Any] | None:
+    """The annotation with degenerate polygons (< 3 points) dropped; None when nothing is left."""
+    seg = ann["segmentation"]
+    if isinstance(seg, list):
+        polygons = [p for p in seg if len(p) >= 6]
+        if not polygons:
+            return None
+        if len(polygons) != len(seg):
+            ann = {**ann, "segmentation": polygons}
+    return ann
+
+
+class CocoDataset(SegmentationDataset):
+    """COCO annotations as semantic masks; items are (image float32 (C, H, W), mask int64 (H, W)).
+
+    Args:
+        image_dir: folder the images' ``file_name`` entries are relative to.
+        annotation_file: the COCO json (instances format).
+        categories: category ids or names, in label order (1..K); None = all, ascending id.
+        transforms, ignore_index, mean, std, scaling, percentiles: as for ``FolderDataset``.
+        skip_empty: leave out images with no annotation of the chosen categories.
+        cache_dir: where to keep rendered masks (None: render on every load).
+    """
+
+    def __init__(
+        self,
+        image_dir: str | os.PathLike,
+        annotation_file: str | os.PathLike,
+        categories: Sequence[int | str] | None = None,
+        *,
+        transforms: Any = None,
+        ignore_index: int = 255,
+        skip_empty: bool = False,
+        cache_dir: str | os.PathLike | None = None,
+        mean: float | Sequence[float] | None = None,
+        std: float | Sequence[float] | None = None,
+        scaling: str = "auto",
+        percentiles: Sequence[float] = (1.0, 99.8),
+    ) -> None:
+        self.image_dir = Path(image_dir)
+        self.annotation_file = Path(annotation_file)
+        self.ignore_index = int(ignore_index)
+        if not self.image_dir.is_dir():
+            raise SegkitError(f"image folder {self.image_dir} does not exist; point image_dir at the COCO images")
+        self.coco, self.annotation_sha256 = _load_coco(self.annotation_file)
+        cats = self.coco.cats
+        if categories is None:
+            chosen = sorted(cats)
+        else:
+            by_name = {c["name"]: cid for cid, c in cats.items()}
+            chosen = []
+            for entry in categories:
+                cid = by_name.get(entry) if isinstance(entry, str) else entry
+                if cid not in cats:
+                    known = ", ".join(f"{cid} ({c['name']})" for cid, c in sorted(cats.items()))
+                    raise SegkitError(f"category {entry!r} is not in {self.annotation_file}; known categories: {known}")
+                if cid in chosen:
+                    raise SegkitError(f"category {entry!r} appears twice in categories; list each once")
+                chosen.append(cid)
+        if not chosen:
+            raise SegkitError(f"{self.annotation_file} has no categories; add some or pick another file")
+        self.category_ids = chosen
+        self.label_of = {cid: i + 1 for i, cid in enumerate(chosen)}
+        self.classes = ["background"] + [str(cats[cid]["name"]) for cid in chosen]
+        self.num_classes = len(self.classes)
+        if 0 <= self.ignore_index < self.num_classes:
+            raise SegkitError(
+                f"ignore_index {self.ignore_index} is also a class label (labels run 0..{self.num_classes - 1}); "
+                "set ignore_index outside that range"
+            )
+
+        ids = [img["id"] for img in self.coco.dataset["images"]]
+        if skip_empty:
+            ids = [i for i in ids if any(a["category_id"] in self.label_of for a in self.coco.imgToAnns.get(i, []))]
+        if not ids:
+            raise SegkitError(
+                f"{self.annotation_file} leaves no images"
+                + (" with annotations of the chosen categories (skip_empty=True)" if skip_empty else "")
+                + "; check the file and the categories"
+            )
+        self.ids = ids
+        self._check_images()
+        self._setup_intensity(mean, std, scaling, percentiles)
+        self.transforms = transforms
+
+        self.cache_dir: Path | None = None
+        if cache_dir is not None:
+            key = hashlib.sha256(
+                json.dumps(
+                    {
+                        "annotations": self.annotation_sha256,
+                        "labels": chosen,
+                        "ignore": self.ignore_index,
+                        "v": _CACHE_VERSION,
+                    }
+                ).encode()
+            ).hexdigest()[:24]
+            self.cache_dir = Path(cache_dir) / f"coco-masks-{key}"
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise SegkitError(
+                    f"cannot create mask cache {self.cache_dir} ({err.strerror or err}); set cache_dir to a writable folder"
+                ) from err
+
+    def _check_images(self) -> None:
+        missing: list[Path] = []
+        channels: dict[int, Path] = {}
+        for image_id in self.ids:
+            info = self.coco.imgs[image_id]
+            path = self.image_dir / info["file_name"]
+            if not path.is_file():
+                missing.append(path)
+                continue
+            header = read_header(path, "image")
+            if header.size != (info["height"], info["width"]):
+                raise SegkitError(
+                    f"image {path} is {header.width}x{header.height} but {self.annotation_file} says "
+                    f"{info['width']}x{info['height']}; use the images the annotations were made on"
+                )
+            channels.setdefault(header.channels, path)
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise SegkitError(
+                f"image {missing[0]}{more} listed in {self.annotation_file} do{'' if more else 'es'} not exist; "
+                "check image_dir or add the files"
+            )
+        if set(channels) <= {1, 3}:
+            self.in_channels = max(channels)
+        else:
+            examples = ", ".join(f"{path} has {c}" for c, path in sorted(channels.items()))
+            raise SegkitError(f"images have different channel counts ({examples}); convert them to one channel count")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_path(self, index: int) -> Path:
+        return self.image_dir / self.coco.imgs[self.ids[index]]["file_name"]
+
+    def mask_source(self, index: int) -> str:
+        return f"{self.annotation_file} (image id {self.ids[index]})"
+
+    def render_mask(self, image_id: Any) -> np.ndarray:
+        """The semantic mask (H, W) of one image, rendered from its annotations (no cache)."""
+        info = self.coco.imgs[image_id]
+        height, width = int(info["height"]), int(info["width"])
+        label = np.zeros((height, width), np.int32)
+        conflict = np.zeros((height, width), bool)
+        covered = np.zeros((height, width), bool)
+        instance = np.zeros((height, width), bool)
+        for ann in self.coco.imgToAnns.get(image_id, []):
+            cls = self.label_of.get(ann["category_id"])
+            if cls is None:
+                continue
+            ann = _clean_segmentation(ann)
+            if ann is None:
+                continue
+            try:
+                with warnings.catch_warnings():  # pycocotools' numpy-2 DeprecationWarning, once per call
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    m = self.coco.annToMask(ann).astype(bool)
+            except Exception as err:  # pycocotools raises bare Exceptions and TypeErrors for bad segmentations
+                raise SegkitError(
+                    f"annotation {ann.get('id', '?')} of image {image_id} in {self.annotation_file} has a segmentation "
+                    f"pycocotools cannot read ({err}); fix or remove it"
+                ) from err
+            if m.shape != (height, width):
+                raise SegkitError(
+                    f"annotation {ann.get('id', '?')} in {self.annotation_file} has an RLE of size {list(m.shape)} "
+                    f"but its image is {height}x{width}; fix the annotation"
+                )
+            conflict |= m & (label != 0) & (label != cls)
+            label[m & (label == 0)] = cls
+            covered |= m
+            if not ann.get("iscrowd", 0):
+                instance |= m
+        label[conflict | (covered & ~instance)] = self.ignore_index
+        return label.astype(np.uint8 if max(self.num_classes - 1, self.ignore_index) <= 255 else np.uint16)
+
+    def read_mask(self, index: int) -> np.ndarray:
+        image_id = self.ids[index]
+        if self.cache_dir is None:
+            return self.render_mask(image_id)
+        path = self.cache_dir / f"{image_id}.png"
+        if path.is_file():
+            try:
+                with Image.open(path) as im:
+                    return np.array(im)
+            except OSError:
+                pass  # a broken cache file: render again
+        mask = self.render_mask(image_id)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        Image.fromarray(mask).save(tmp, format="PNG")
+        os.replace(tmp, path)  # atomic: workers never read half-written files
+        return mask

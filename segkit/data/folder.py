@@ -1,0 +1,521 @@
+"""Image/mask folders: the layout biomedical and most custom datasets use.
+
+Layouts (``root`` is the folder you pass):
+
+- ``root/images/`` and ``root/masks/``, paired by file stem (``a.jpg`` <-> ``a.png``; nested
+  folders pair by relative path, ``x/a.jpg`` <-> ``x/a.png``);
+- splits as subfolders: ``root/images/train`` + ``root/masks/train`` (``split="train"``), or as
+  split files listing stems, one a line: ``split_file=...`` or, found by name, ``root/train.txt``,
+  ``root/splits/train.txt``, ``root/ImageSets/Segmentation/train.txt`` (VOC);
+- MMSegmentation's ``img_dir/`` + ``ann_dir/`` (used when ``root/images`` is absent), with
+  ``image_suffix`` / ``mask_suffix`` naming the file endings that pair (e.g. ``"_leftImg8bit.png"``
+  and ``"_gtFine_labelTrainIds.png"``); other folder names through ``image_dir`` / ``mask_dir``.
+
+Checks at construction are file-name and file-header work only (cheap on big folders): empty
+folder, image without mask, mask without image, two files with one stem, unreadable header,
+image/mask size mismatch, RGB masks without ``class_colors``. Each raises a ``SegkitError`` naming
+the file and the fix. Label values are checked when a mask is loaded. ``validate()`` (and
+``segkit check-data``) decodes every file and lists every problem at once, with a class pixel
+histogram and hints on label values that usually end in a NaN mIoU.
+
+Masks: see ``segkit.data.masks`` (index, palette, binary 0/255, colour tables, reduce_zero_label).
+Images and normalisation: see ``segkit.data.base``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segkit.data.base import SegmentationDataset
+from segkit.data.io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, read_header, read_image, read_mask_pixels
+from segkit.data.masks import Color, MaskDecoder, bad_value_message, label_hints
+from segkit.errors import SegkitError
+
+__all__ = ["DataReport", "FolderDataset", "check_folder", "list_splits"]
+
+SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "test", "testing")
+_SPLIT_FILE_PLACES = ("{split}.txt", "splits/{split}.txt", "ImageSets/Segmentation/{split}.txt")
+
+
+@dataclass
+class _Layout:
+    image_dir: Path
+    mask_dir: Path
+    stems: list[str] | None  # from a split file, in its order
+    split_file: Path | None
+
+
+@dataclass
+class _Scan:
+    layout: _Layout
+    pairs: list[tuple[str, Path, Path]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    in_channels: int | None = None
+
+
+def _default_dirs(root: Path, image_dir: str | None, mask_dir: str | None) -> tuple[Path, Path]:
+    if image_dir is None and mask_dir is None and not (root / "images").is_dir() and (root / "img_dir").is_dir():
+        image_dir, mask_dir = "img_dir", "ann_dir"  # MMSegmentation
+    return root / (image_dir or "images"), root / (mask_dir or "masks")
+
+
+def list_splits(root: str | os.PathLike, image_dir: str | None = None, mask_dir: str | None = None) -> list[str]:
+    """Split subfolder names (train, val, test, ...) under the image folder, sorted."""
+    images, _ = _default_dirs(Path(root), image_dir, mask_dir)
+    if not images.is_dir():
+        return []
+    return sorted(d.name for d in images.iterdir() if d.is_dir() and d.name.lower() in SPLIT_NAMES)
+
+
+def _read_split_file(path: Path) -> list[str]:
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SegkitError(
+            f"cannot read split file {path} ({err}); it must be a text file with one stem a line"
+        ) from err
+    stems: list[str] = []
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        for ext in IMAGE_EXTENSIONS:
+            if line.lower().endswith(ext):
+                line = line[: -len(ext)]
+                break
+        if line not in stems:
+            stems.append(line)
+    return stems
+
+
+def _resolve(
+    root: Path, split: str | None, image_dir: str | None, mask_dir: str | None, split_file: str | os.PathLike | None
+) -> _Layout:
+    if not root.is_dir():
+        raise SegkitError(
+            f"data folder {root} does not exist; point the dataset at a folder holding images/ and masks/"
+        )
+    images, masks = _default_dirs(root, image_dir, mask_dir)
+    if not images.is_dir():
+        raise SegkitError(
+            f"image folder {images} does not exist; put the images in {root / 'images'} and the masks in "
+            f"{root / 'masks'}, or set image_dir / mask_dir"
+        )
+    stems = None
+    found_file: Path | None = None
+    if split is not None and (images / split).is_dir():
+        images, masks = images / split, masks / split
+    if split_file is not None:
+        found_file = Path(split_file) if Path(split_file).is_absolute() else root / split_file
+        if not found_file.is_file():
+            raise SegkitError(f"split file {found_file} does not exist; create it with one image stem a line")
+    elif split is not None and images.name != split:
+        places = [root / p.format(split=split) for p in _SPLIT_FILE_PLACES]
+        found_file = next((p for p in places if p.is_file()), None)
+        if found_file is None:
+            raise SegkitError(
+                f"split {split!r} not found: there is no folder {images / split} and no split file {places[0]}; "
+                "create one of them or pass split_file"
+            )
+    elif split is None:
+        found = list_splits(root, image_dir, mask_dir)
+        if found:
+            raise SegkitError(
+                f"{images} holds split folders ({', '.join(found)}); pass split= one of them (segkit check-data checks each)"
+            )
+    if found_file is not None:
+        stems = _read_split_file(found_file)
+    if not masks.is_dir():
+        raise SegkitError(
+            f"mask folder {masks} does not exist; put the masks there, named like their images, or set mask_dir"
+        )
+    return _Layout(images, masks, stems, found_file)
+
+
+def _find_files(
+    folder: Path, extensions: Sequence[str], suffix: str | None, kind: str
+) -> tuple[dict[str, Path], list[str]]:
+    """stem -> file under ``folder`` (recursive, hidden entries skipped); problems for shared stems."""
+    files: dict[str, Path] = {}
+    problems: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = Path(dirpath).relative_to(folder)
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            rel = (rel_dir / name).as_posix()
+            if suffix:
+                if not rel.endswith(suffix):
+                    continue
+                stem = rel[: -len(suffix)]
+            else:
+                ext = os.path.splitext(name)[1].lower()
+                if ext not in extensions:
+                    continue
+                stem = rel[: -len(ext)]
+            path = Path(dirpath) / name
+            if stem in files:
+                problems.append(f"{kind}s {files[stem]} and {path} share the stem {stem!r}; keep one of them")
+                continue
+            files[stem] = path
+    return files, problems
+
+
+def _scan(
+    root: Path,
+    split: str | None,
+    options: Mapping[str, Any],
+    decoder: MaskDecoder,
+) -> _Scan:
+    layout = _resolve(root, split, options.get("image_dir"), options.get("mask_dir"), options.get("split_file"))
+    scan = _Scan(layout)
+    image_suffix, mask_suffix = options.get("image_suffix"), options.get("mask_suffix")
+    images, problems = _find_files(layout.image_dir, IMAGE_EXTENSIONS, image_suffix, "image")
+    masks, mask_problems = _find_files(layout.mask_dir, MASK_EXTENSIONS, mask_suffix, "mask")
+    scan.problems += problems + mask_problems
+    looked_for = (
+        f"files ending in {image_suffix!r}" if image_suffix else "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+    )
+    if layout.stems is not None:
+        if not layout.stems:
+            scan.problems.insert(0, f"split file {layout.split_file} lists no stems; add one image stem a line")
+        for stem in layout.stems:
+            if stem not in images:
+                scan.problems.append(
+                    f"split file {layout.split_file} lists {stem!r} but {layout.image_dir} has no image with that stem; "
+                    "fix the list or add the image"
+                )
+        keys = [s for s in layout.stems if s in images]
+    else:
+        if not images:
+            scan.problems.insert(
+                0,
+                f"no images found in {layout.image_dir} (looked for {looked_for}); put the images there or set image_dir",
+            )
+        keys = sorted(images)
+        for stem in sorted(set(masks) - set(images)):
+            scan.problems.append(
+                f"mask {masks[stem]} has no image in {layout.image_dir} (stem {stem!r}); add the image or remove the mask"
+            )
+    expected_end = mask_suffix or ".png"
+    for stem in keys:
+        if stem not in masks:
+            scan.problems.append(
+                f"image {images[stem]} has no mask (expected {layout.mask_dir / (stem + expected_end)}); "
+                "add the mask or remove the image"
+            )
+        else:
+            scan.pairs.append((stem, images[stem], masks[stem]))
+    _check_headers(scan, decoder)
+    return scan
+
+
+def _check_headers(scan: _Scan, decoder: MaskDecoder) -> None:
+    """Sizes and channels from file headers (no pixel decoding); drops pairs with problems."""
+    channels: dict[int, Path] = {}
+    good: list[tuple[str, Path, Path]] = []
+    for stem, image_path, mask_path in scan.pairs:
+        try:
+            image = read_header(image_path, "image")
+            mask = read_header(mask_path, "mask")
+        except SegkitError as err:
+            scan.problems.append(str(err))
+            continue
+        if image.size != mask.size:
+            scan.problems.append(
+                f"image {image_path} is {image.width}x{image.height} but its mask {mask_path} is "
+                f"{mask.width}x{mask.height}; make them the same size (resize masks with nearest-neighbour interpolation)"
+            )
+            continue
+        if mask.channels > 1 and not mask.palette and not decoder.is_color:
+            scan.problems.append(
+                f"mask {mask_path} is a colour (RGB) image; give class_colors (one colour per class) "
+                "or save masks as single-channel index or palette PNGs"
+            )
+            continue
+        channels.setdefault(image.channels, image_path)
+        good.append((stem, image_path, mask_path))
+    scan.pairs = good
+    counts = set(channels)
+    if counts == {1, 3}:
+        scan.in_channels = 3  # grayscale images among RGB ones are repeated to RGB
+    elif len(counts) == 1:
+        scan.in_channels = counts.pop()
+    elif counts:
+        examples = ", ".join(f"{path} has {c}" for c, path in sorted(channels.items()))
+        scan.problems.append(f"images have different channel counts ({examples}); convert them to one channel count")
+
+
+def _label_setup(
+    num_classes: int | None,
+    classes: Sequence[str] | None,
+    ignore_index: int,
+    binary: bool,
+    class_colors: Sequence[Color] | Mapping[int, Color] | None,
+    unknown_color: str,
+    reduce_zero_label: bool,
+) -> tuple[MaskDecoder, int | None, list[str] | None]:
+    """The mask decoder, and num_classes / classes made consistent with each other and the options."""
+    decoder = MaskDecoder(
+        ignore_index=ignore_index,
+        binary=binary,
+        class_colors=class_colors,
+        unknown_color=unknown_color,
+        reduce_zero_label=reduce_zero_label,
+    )
+    if classes is not None:
+        classes = [str(c) for c in classes]
+        if num_classes is not None and num_classes != len(classes):
+            raise SegkitError(f"num_classes is {num_classes} but classes names {len(classes)}; make them agree")
+        num_classes = len(classes)
+    if binary:
+        if num_classes not in (None, 2):
+            raise SegkitError(
+                f"binary=True gives 2 classes but num_classes is {num_classes}; set num_classes=2 or drop binary"
+            )
+        num_classes = 2
+    if decoder.colors is not None and num_classes is None:
+        labels = [c for c in decoder.colors.values() if c != decoder.ignore_index]
+        num_classes = max(labels) + 1 if labels else None
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+        raise SegkitError(f"num_classes is {num_classes!r}; it must be a positive integer")
+    return decoder, num_classes, classes
+
+
+def _first_problem(problems: list[str], root: Path, split: str | None) -> str:
+    more = len(problems) - 1
+    if not more:
+        return problems[0]
+    where = f"{root}" + (f" --split {split}" if split else "")
+    return f"{problems[0]} ({more} more problem{'s' if more > 1 else ''}: `segkit check-data {where}` lists them all)"
+
+
+class FolderDataset(SegmentationDataset):
+    """Images and masks paired by file stem; items are (image float32 (C, H, W), mask int64 (H, W)).
+
+    Args:
+        root: the dataset folder (see the module docstring for layouts).
+        split: a split subfolder name or split-file name (``"train"``), or None for a flat folder.
+        num_classes: labels must lie in [0, num_classes) or equal ``ignore_index``; checked on load.
+            Defaults to ``len(classes)``, 2 with ``binary``, or the colour table's size; None skips the check.
+        classes: class names, index = label.
+        transforms: a pipeline from ``build_transforms`` (or any callable ``f(image=, mask=) -> dict``).
+        ignore_index: label value left out of losses and metrics (default 255); passes through.
+        binary: masks stored as 0/255 (255 = foreground); read as 0/1.
+        class_colors, unknown_color: colour masks (see ``segkit.data.masks``).
+        reduce_zero_label: 0 -> ignore_index and v -> v - 1 (masks whose 0 means unlabelled).
+        mean, std, scaling, percentiles: intensity normalisation (see ``segkit.data.base``).
+        image_dir, mask_dir, image_suffix, mask_suffix, split_file: other layouts.
+
+    Attributes: ``samples`` (list of (image path, mask path)), ``stems``, ``in_channels``
+    (1 for grayscale data, 3 for RGB, C for C-channel TIFFs), ``num_classes``, ``classes``.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str | None = None,
+        *,
+        num_classes: int | None = None,
+        classes: Sequence[str] | None = None,
+        transforms: Any = None,
+        ignore_index: int = 255,
+        binary: bool = False,
+        class_colors: Sequence[Color] | Mapping[int, Color] | None = None,
+        unknown_color: str = "error",
+        reduce_zero_label: bool = False,
+        mean: float | Sequence[float] | None = None,
+        std: float | Sequence[float] | None = None,
+        scaling: str = "auto",
+        percentiles: Sequence[float] = (1.0, 99.8),
+        image_dir: str | None = None,
+        mask_dir: str | None = None,
+        image_suffix: str | None = None,
+        mask_suffix: str | None = None,
+        split_file: str | os.PathLike | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.split = split
+        self._label_options = {
+            "num_classes": num_classes,
+            "classes": classes,
+            "ignore_index": ignore_index,
+            "binary": binary,
+            "class_colors": class_colors,
+            "unknown_color": unknown_color,
+            "reduce_zero_label": reduce_zero_label,
+        }
+        self._layout_options = {
+            "image_dir": image_dir,
+            "mask_dir": mask_dir,
+            "image_suffix": image_suffix,
+            "mask_suffix": mask_suffix,
+            "split_file": split_file,
+        }
+        self.ignore_index = int(ignore_index)
+        self.decoder, self.num_classes, self.classes = _label_setup(**self._label_options)
+        scan = _scan(self.root, split, self._layout_options, self.decoder)
+        if scan.problems:
+            raise SegkitError(_first_problem(scan.problems, self.root, split))
+        self.stems = [stem for stem, _, _ in scan.pairs]
+        self.samples = [(image, mask) for _, image, mask in scan.pairs]
+        self.in_channels = int(scan.in_channels)  # type: ignore[arg-type]
+        self._setup_intensity(mean, std, scaling, percentiles)
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def image_path(self, index: int) -> Path:
+        return self.samples[index][0]
+
+    def mask_source(self, index: int) -> Path:
+        return self.samples[index][1]
+
+    def read_mask(self, index: int) -> np.ndarray:
+        path = self.samples[index][1]
+        return self.decoder.decode(read_mask_pixels(path), path)
+
+    def validate(self) -> DataReport:
+        """Decode every image and mask of this split and report every problem at once."""
+        return check_folder(self.root, self.split, **self._label_options, **self._layout_options)
+
+
+@dataclass
+class DataReport:
+    """What ``check_folder`` found: ``problems`` (each a sentence naming a file), ``hints``, and a
+    label histogram (value -> pixel count, after decoding; ignore_index included)."""
+
+    root: Path
+    split: str | None
+    num_pairs: int
+    in_channels: int | None
+    num_classes: int | None
+    ignore_index: int
+    histogram: dict[int, int]
+    image_kinds: dict[str, int]
+    problems: list[str]
+    hints: list[str]
+    classes: list[str] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def format(self) -> str:
+        title = f"{self.root}" + (f" (split {self.split})" if self.split else "")
+        kinds = ", ".join(f"{n} x {k}" for k, n in sorted(self.image_kinds.items()))
+        lines = [
+            f"data check: {title}",
+            f"  {self.num_pairs} image/mask pairs; in_channels {self.in_channels}; images: {kinds or 'none read'}",
+            f"  num_classes {self.num_classes if self.num_classes is not None else '(not set)'}; ignore_index {self.ignore_index}",
+        ]
+        total = sum(self.histogram.values())
+        if total:
+            lines.append("  label histogram (value: pixels, share):")
+            for value, count in sorted(self.histogram.items()):
+                name = ""
+                if value == self.ignore_index:
+                    name = " (ignore)"
+                elif self.classes and value < len(self.classes):
+                    name = f" ({self.classes[value]})"
+                lines.append(f"    {value}{name}: {count} ({100.0 * count / total:.2f}%)")
+        if self.problems:
+            lines.append(f"  {len(self.problems)} problem{'s' if len(self.problems) > 1 else ''}:")
+            lines += [f"    - {p}" for p in self.problems]
+        if self.hints:
+            lines.append("  hints:")
+            lines += [f"    - {h}" for h in self.hints]
+        lines.append("  OK" if self.ok else "  NOT OK: fix the problems above")
+        return "\n".join(lines)
+
+
+def check_folder(
+    root: str | os.PathLike,
+    split: str | None = None,
+    *,
+    num_classes: int | None = None,
+    classes: Sequence[str] | None = None,
+    ignore_index: int = 255,
+    binary: bool = False,
+    class_colors: Sequence[Color] | Mapping[int, Color] | None = None,
+    unknown_color: str = "error",
+    reduce_zero_label: bool = False,
+    image_dir: str | None = None,
+    mask_dir: str | None = None,
+    image_suffix: str | None = None,
+    mask_suffix: str | None = None,
+    split_file: str | os.PathLike | None = None,
+) -> DataReport:
+    """Scan a folder dataset, decoding every file, and list every problem at once.
+
+    Takes ``FolderDataset``'s layout and label options. Works on folders a ``FolderDataset`` would
+    refuse (that is its point); only a missing folder or split raises.
+    """
+    root = Path(root)
+    decoder, num_classes, classes = _label_setup(
+        num_classes, classes, ignore_index, binary, class_colors, unknown_color, reduce_zero_label
+    )
+    options = {
+        "image_dir": image_dir,
+        "mask_dir": mask_dir,
+        "image_suffix": image_suffix,
+        "mask_suffix": mask_suffix,
+        "split_file": split_file,
+    }
+    scan = _scan(root, split, options, decoder)
+    problems = list(scan.problems)
+    histogram = np.zeros(256, dtype=np.int64)
+    kinds: Counter[str] = Counter()
+    jpeg_masks: list[Path] = []
+    for _, image_path, mask_path in scan.pairs:
+        try:
+            image = read_image(image_path)
+            kinds[f"{image.dtype} {image.shape[2]}-channel"] += 1
+            mask = decoder.decode(read_mask_pixels(mask_path), mask_path)
+        except SegkitError as err:
+            problems.append(str(err))
+            continue
+        if image.shape[:2] != mask.shape:
+            problems.append(
+                f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
+                f"{mask.shape[1]}x{mask.shape[0]}; make them the same size"
+            )
+        if mask_path.suffix.lower() in (".jpg", ".jpeg"):
+            jpeg_masks.append(mask_path)
+        counts = np.bincount(mask.ravel())
+        if counts.size > histogram.size:
+            histogram = np.pad(histogram, (0, counts.size - histogram.size))
+        histogram[: counts.size] += counts
+        if num_classes is not None:
+            bad = [v for v in np.flatnonzero(counts).tolist() if v >= num_classes and v != ignore_index]
+            if bad:
+                counted = [int(counts[v]) for v in bad]
+                problems.append(bad_value_message(mask_path, bad, counted, num_classes, ignore_index, hint=False))
+    hints = label_hints(histogram, num_classes, ignore_index, binary, classes)
+    if jpeg_masks:
+        hints.append(
+            f"{len(jpeg_masks)} mask(s) are JPEG (e.g. {jpeg_masks[0]}): lossy compression changes label values "
+            "at edges; save masks as PNG"
+        )
+    return DataReport(
+        root=root,
+        split=split,
+        num_pairs=len(scan.pairs),
+        in_channels=scan.in_channels,
+        num_classes=num_classes,
+        ignore_index=ignore_index,
+        histogram={int(v): int(histogram[v]) for v in np.flatnonzero(histogram)},
+        image_kinds=dict(kinds),
+        problems=problems,
+        hints=hints,
+        classes=classes,
+    )

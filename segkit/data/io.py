@@ -1,0 +1,192 @@
+"""Reading image files: headers (cheap) and pixels, and scaling pixels to float32 in [0, 1].
+
+Images are read with tifffile for ``.tif``/``.tiff`` (keeps 16-bit and multi-channel data; Pillow
+would reduce a 16-bit RGB TIFF to 8 bits) and with Pillow for everything else. Every read error
+becomes a ``SegkitError`` that names the file.
+
+Intensity scaling (``to_unit_float``), the first half of segkit's normalisation:
+
+- ``"auto"`` (default): 8-bit images are divided by 255; anything else (16-bit, 32-bit integer,
+  float) is scaled per image and per channel by percentiles: the ``percentiles[0]``-th percentile
+  maps to 0, the ``percentiles[1]``-th to 1, and values outside are clipped (defaults (1, 99.8),
+  the microscopy convention of CSBDeep/StarDist). Per-image scaling makes 16-bit microscopy with
+  varying exposure comparable; use ``"dtype"`` where absolute intensity matters.
+- ``"percentile"``: percentile scaling for 8-bit images too.
+- ``"dtype"``: divide integers by their type's maximum (65535 for 16-bit); floats pass unchanged.
+
+The second half, subtracting a mean and dividing by a std per channel, happens in the dataset after
+augmentation (see ``segkit.data.base``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from segkit.errors import SegkitError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MASK_EXTENSIONS",
+    "ImageInfo",
+    "read_header",
+    "read_image",
+    "read_mask_pixels",
+    "to_unit_float",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".gif", ".jpg", ".jpeg")
+_TIFF = (".tif", ".tiff")
+SCALINGS = ("auto", "percentile", "dtype")
+
+# Pillow modes read as one channel; every other mode is read as RGB (alpha dropped, palette
+# expanded, CMYK/YCbCr converted).
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a file's header says: size, channel count, and whether it is a palette image."""
+
+    height: int
+    width: int
+    channels: int
+    palette: bool = False
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.height, self.width
+
+
+def _unreadable(path: Path, kind: str, err: Exception) -> SegkitError:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return SegkitError(f"cannot read {kind} {path} ({reason}); replace the file with a valid one or remove it")
+
+
+def _tiff_layout(axes: str, shape: tuple[int, ...], path: Path, kind: str) -> str:
+    """'yx', 'yxc' or 'cyx' for the 2-D layouts segkit reads; a SegkitError for stacks."""
+    if len(shape) == 2:
+        return "yx"
+    if len(shape) == 3:
+        if axes.endswith("S") or (axes[-1] not in "XY" and shape[-1] <= 4):
+            return "yxc"
+        if axes[0] in "SCQI" and shape[0] <= 16:
+            return "cyx"
+    raise SegkitError(
+        f"{kind} {path} is a TIFF with shape {tuple(shape)} (axes {axes}); "
+        "segkit reads 2-D images (YX, YXC or CYX): save one image per file"
+    )
+
+
+def read_header(path: str | os.PathLike, kind: str = "image") -> ImageInfo:
+    """Size and channels from the file header, without decoding the pixels."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in _TIFF:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                shape, axes = tuple(series.shape), series.axes
+            layout = _tiff_layout(axes, shape, path, kind)
+            if layout == "yx":
+                return ImageInfo(shape[0], shape[1], 1)
+            if layout == "yxc":
+                return ImageInfo(shape[0], shape[1], shape[2])
+            return ImageInfo(shape[1], shape[2], shape[0])
+        with Image.open(path) as im:
+            width, height = im.size
+            mode = im.mode
+        return ImageInfo(height, width, 1 if mode in _GRAY_MODES else 3, palette=mode in ("P", "PA"))
+    except SegkitError:
+        raise
+    except (OSError, UnidentifiedImageError, ValueError, IndexError, SyntaxError) as err:
+        raise _unreadable(path, kind, err) from err
+
+
+def _read_tiff(path: Path, kind: str) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        layout = _tiff_layout(series.axes, tuple(series.shape), path, kind)
+        arr = series.asarray()
+    if layout == "yx":
+        return arr
+    if layout == "cyx":
+        arr = np.moveaxis(arr, 0, -1)
+    return np.ascontiguousarray(arr)
+
+
+def _read_pil(path: Path, keep_palette: bool) -> np.ndarray:
+    with Image.open(path) as im:
+        im.load()
+        mode = im.mode
+        if mode in ("P", "PA") and keep_palette:
+            return np.array(im.convert("P") if mode == "PA" else im)
+        if mode == "1" or mode == "LA":
+            im = im.convert("L")
+        elif mode.startswith("I;16"):
+            return np.array(im).astype(np.uint16, copy=False)
+        elif mode not in _GRAY_MODES and mode != "RGB":
+            im = im.convert("RGB")
+        return np.array(im)
+
+
+def _read_pixels(path: Path, kind: str) -> np.ndarray:
+    try:
+        if path.suffix.lower() in _TIFF:
+            arr = _read_tiff(path, kind)
+        else:
+            arr = _read_pil(path, keep_palette=kind == "mask")
+    except SegkitError:
+        raise
+    except (OSError, UnidentifiedImageError, ValueError, IndexError, SyntaxError) as err:
+        raise _unreadable(path, kind, err) from err
+    if arr.dtype == np.bool_:  # 1-bit TIFFs: images 0/255, masks 0/1
+        arr = arr.astype(np.uint8) * np.uint8(255 if kind == "image" else 1)
+    return arr
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Pixels as (H, W, C) in the file's own dtype (uint8, uint16, int32 or float32).
+
+    Grayscale gives C = 1; palette, RGBA, CMYK and other colour modes give RGB (C = 3, alpha
+    dropped); TIFFs keep all their channels.
+    """
+    arr = _read_pixels(Path(path), "image")
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def read_mask_pixels(path: str | os.PathLike) -> np.ndarray:
+    """Mask pixels as stored: (H, W) integers (palette images give their palette indices), or
+    (H, W, 3) uint8 for colour masks (alpha dropped)."""
+    arr = _read_pixels(Path(path), "mask")
+    return arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr
+
+
+def to_unit_float(
+    image: np.ndarray, scaling: str = "auto", percentiles: tuple[float, float] = (1.0, 99.8)
+) -> np.ndarray:
+    """Scale (H, W, C) pixels of any dtype to float32, [0, 1] for the percentile and 8-bit paths.
+
+    See the module docstring for the three scalings.
+    """
+    if scaling not in SCALINGS:
+        raise SegkitError(f"scaling {scaling!r} is not one of {', '.join(SCALINGS)}; pick one of those")
+    if image.dtype == np.uint8 and scaling != "percentile":
+        return image.astype(np.float32) * np.float32(1.0 / 255.0)
+    if scaling == "dtype":
+        if np.issubdtype(image.dtype, np.integer):
+            return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
+        return image.astype(np.float32)
+    flat = image.reshape(-1, image.shape[-1]).astype(np.float32)
+    lo, hi = np.percentile(flat, percentiles, axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
+    out = (image.astype(np.float32) - lo.astype(np.float32)) / span
+    return np.clip(out, 0.0, 1.0, out=out)

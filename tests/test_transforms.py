@@ -1,0 +1,159 @@
+"""Albumentations pipelines from config: image and mask together, nearest masks, seeds, bad specs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from _data_helpers import labels, make_folder, write_png
+from torch.utils.data import DataLoader
+
+from segkit.data import FolderDataset, build_transforms, default_spec, list_transforms
+from segkit.data.transforms import seed_transforms
+from segkit.errors import SegkitError
+
+
+def _sample(h=64, w=48, seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.random((h, w, 1), dtype=np.float32)
+    mask = rng.integers(0, 3, (h, w), dtype=np.uint8)
+    return image, mask
+
+
+def _run(pipeline, n=5):
+    image, mask = _sample()
+    return [pipeline(image=image, mask=mask) for _ in range(n)]
+
+
+def test_same_seed_same_augmentations_other_seed_others():
+    a = _run(build_transforms(train=True, size=32, seed=7))
+    b = _run(build_transforms(train=True, size=32, seed=7))
+    c = _run(build_transforms(train=True, size=32, seed=8))
+    for x, y in zip(a, b):
+        assert torch.equal(x["image"], y["image"]) and torch.equal(x["mask"], y["mask"])
+    assert any(not torch.equal(x["image"], z["image"]) for x, z in zip(a, c))
+    assert a[0]["image"].shape == (1, 32, 32) and a[0]["image"].dtype == torch.float32
+    assert a[0]["mask"].shape == (32, 32)
+
+
+def test_steps_draw_from_one_generator():
+    # albumentations 2.0.8's Compose(seed=) gives every step the same seed, so two flips with equal p
+    # would always fire together; segkit's seeding must not.
+    pipeline = build_transforms(["hflip", "vflip"], train=True, seed=0)
+    image = np.arange(4, dtype=np.float32).reshape(2, 2, 1)
+    seen = set()
+    for _ in range(40):
+        out = pipeline(image=image, mask=np.zeros((2, 2), np.uint8))["image"][0]
+        seen.add((bool(out[0, 0] in (1, 3)), bool(out[0, 0] in (2, 3))))  # (h flipped, v flipped)
+    assert seen == {(False, False), (True, False), (False, True), (True, True)}
+
+
+def test_geometry_moves_image_and_mask_together_with_nearest_masks():
+    # A mask that is a function of the image: the pair must stay consistent after every step.
+    h, w = 64, 64
+    yy, xx = np.mgrid[0:h, 0:w]
+    mask = ((xx // 16 + yy // 16) % 3).astype(np.uint8)
+    image = (mask[:, :, None].astype(np.float32) + 0.5) / 3
+    # Nearest for the image too, so every image pixel must carry exactly its mask's value.
+    spec = [
+        {"name": "random_resized_crop", "size": 48, "interpolation": 0},
+        {"name": "hflip"},
+        {"name": "rotate", "limit": 45, "p": 1.0, "interpolation": 0},
+        {"name": "elastic", "p": 1.0, "interpolation": 0},
+    ]
+    pipeline = build_transforms(spec, train=True, seed=1)
+    for _ in range(5):
+        out = pipeline(image=image, mask=mask)
+        m = out["mask"].numpy()
+        assert set(np.unique(m)) <= {0, 1, 2, 255}  # nearest: no blended labels
+        assert (m == 255).any()  # rotation fills new pixels with ignore_index, not background
+        img = out["image"][0].numpy()
+        inner = m != 255
+        np.testing.assert_allclose(img[inner], (m[inner] + 0.5) / 3, atol=1e-6)  # moved together
+
+
+def test_val_default_pads_to_a_multiple_of_32_with_ignore():
+    image, mask = _sample(50, 70)
+    out = build_transforms(train=False)(image=image, mask=mask)
+    assert out["image"].shape == (1, 64, 96) and out["mask"].shape == (64, 96)
+    assert torch.equal(out["mask"][:50, :70], torch.from_numpy(mask))  # top-left: the original stays put
+    assert (out["mask"][50:] == 255).all() and (out["mask"][:, 70:] == 255).all()
+    assert default_spec(train=False) == [{"name": "pad", "divisor": 32}]
+
+
+def test_spec_forms():
+    image, mask = _sample(40, 40)
+    split = {"train": ["vflip", {"name": "center_crop", "size": [20, 30]}], "val": [{"name": "resize", "size": 16}]}
+    assert build_transforms(split, train=True)(image=image, mask=mask)["image"].shape == (1, 20, 30)
+    out = build_transforms(split, train=False)(image=image, mask=mask)
+    assert out["image"].shape == (1, 16, 16) and set(out["mask"].unique().tolist()) <= {0, 1, 2}
+    assert build_transforms([], train=True)(image=image, mask=mask)["image"].shape == (1, 40, 40)
+
+
+def test_unknown_names_and_options_are_segkit_errors():
+    with pytest.raises(SegkitError, match=r"unknown transform 'flip' in step 0; valid names: .*hflip.*vflip"):
+        build_transforms(["flip"], train=True)
+    assert "elastic" in list_transforms() and "brightness_contrast" in list_transforms()
+    with pytest.raises(SegkitError, match=r"'rotate'\) has no option 'angle'; valid options: .*limit"):
+        build_transforms([{"name": "rotate", "angle": 10}], train=True)
+    with pytest.raises(SegkitError, match="invalid options"):
+        build_transforms([{"name": "hflip", "p": 3}], train=True)
+    with pytest.raises(SegkitError, match="nearest"):
+        build_transforms([{"name": "rotate", "mask_interpolation": 1}], train=True)
+    with pytest.raises(SegkitError, match="needs size"):
+        build_transforms(["random_resized_crop"], train=True)
+    with pytest.raises(SegkitError, match="'train' and 'val'"):
+        build_transforms({"training": []}, train=True)
+
+
+def test_sixteen_bit_images_pass_through_the_train_pipeline(tmp_path):
+    (tmp_path / "images").mkdir()
+    image = np.random.default_rng(0).integers(0, 4000, (40, 40), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "images" / "a.tif", image)
+    write_png(tmp_path / "masks" / "a.png", labels(40, 40))
+    ds = FolderDataset(tmp_path, num_classes=3, transforms=build_transforms(train=True, size=32, seed=0))
+    x, y = ds[0]
+    assert x.dtype == torch.float32 and x.shape == (1, 32, 32) and torch.isfinite(x).all()
+    assert y.dtype == torch.int64 and set(y.unique().tolist()) <= {0, 1, 2, 255}
+    # standardised from [0, 1]: within the ImageNet-average range
+    assert (x >= (0 - 0.449) / 0.226 - 1e-4).all() and (x <= (1 - 0.449) / 0.226 + 1e-4).all()
+
+
+def _epoch(ds, seed):
+    loader = DataLoader(ds, batch_size=4, num_workers=2, generator=torch.Generator().manual_seed(seed))
+    return torch.cat([x for x, _ in loader])
+
+
+def test_dataloader_workers_are_reproducible_and_do_not_repeat_each_other(tmp_path):
+    make_folder(tmp_path, [f"s{i}" for i in range(8)])
+    # Every item is the same picture, so identical augmentation streams would show as equal outputs.
+    for i in range(8):
+        write_png(tmp_path / "images" / f"s{i}.png", np.tile(np.arange(32, dtype=np.uint8) * 8, (24, 1)))
+    ds = FolderDataset(tmp_path, transforms=build_transforms(train=True, size=16, seed=3))
+    first, again, other = _epoch(ds, 0), _epoch(ds, 0), _epoch(ds, 1)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert not torch.equal(first[:4], first[4:])  # worker 0's batch vs worker 1's
+
+
+class _PerItemSeeded(torch.utils.data.Dataset):
+    """Seeds the pipeline per item, as a training engine may: item i always gets seed 100 + i."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, index):
+        seed_transforms(self.ds.transforms, 100 + index)
+        return self.ds[index]
+
+
+def test_per_item_seeding_is_not_overridden_in_workers(tmp_path):
+    make_folder(tmp_path, [f"s{i}" for i in range(6)])
+    ds = _PerItemSeeded(FolderDataset(tmp_path, transforms=build_transforms(train=True, size=16, seed=3)))
+    in_process = torch.cat([x for x, _ in DataLoader(ds, batch_size=3)])
+    in_workers = torch.cat([x for x, _ in DataLoader(ds, batch_size=3, num_workers=2)])
+    assert torch.equal(in_process, in_workers)
