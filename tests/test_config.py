@@ -2,20 +2,53 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
+import torch
 
 from segkit import SegkitError
-from segkit.config import config_from_dict, load_config, save_config
+from segkit.config import config_from_dict, load_config, save_config, to_dict
+from segkit.data import CocoDataset, FolderDataset
+from segkit.engine.builders import build_loss_fn, build_model_from_config, transforms_from_config
 
-CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
+UPSAMPLING_MODES = ("transposed", "nearest", "bed_of_nails", "max_unpool")
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_shipped_configs_load(path):
+def test_the_promised_recipes_ship():
+    names = {p.relative_to(CONFIG_DIR).as_posix() for p in CONFIGS}
+    assert {"quickstart.yaml", "biomedical_unet_resnet34.yaml", "coco_fcn8s_vgg16.yaml"} <= names
+    modes = {load_config(CONFIG_DIR / "upsampling" / f"{m}.yaml").model.upsampling for m in UPSAMPLING_MODES}
+    assert modes == set(UPSAMPLING_MODES)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(CONFIG_DIR).as_posix())
+def test_shipped_configs_build(path):
+    """Every shipped config loads, and its model, loss, transforms and dataset options are accepted."""
     cfg = load_config(path)
     assert cfg.trainer.epochs > 0
+    model = build_model_from_config(cfg)
+    build_loss_fn(cfg)
+    for train in (True, False):
+        transforms_from_config(cfg, train)
+    dataset_class = {"folder": FolderDataset, "synthetic": FolderDataset, "coco": CocoDataset}[cfg.data.kind]
+    accepted = set(inspect.signature(dataset_class).parameters)
+    assert set(cfg.data.options) <= accepted, f"unknown data.options for {dataset_class.__name__}"
+    if cfg.data.kind == "synthetic":  # small enough to run: logits at the input's size
+        x = torch.zeros(1, cfg.model.in_channels, 64, 64)
+        assert model.eval()(x).shape == (1, cfg.model.num_classes, 64, 64)
+
+
+def test_upsampling_configs_differ_only_in_the_mode():
+    base = to_dict(load_config(CONFIG_DIR / "quickstart.yaml"))
+    for mode in UPSAMPLING_MODES:
+        cfg = to_dict(load_config(CONFIG_DIR / "upsampling" / f"{mode}.yaml"))
+        cfg["model"]["upsampling"] = base["model"]["upsampling"]
+        assert cfg == base
 
 
 def test_overrides_apply_with_types(tmp_path):

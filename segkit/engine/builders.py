@@ -54,7 +54,8 @@ def _resolve(path: str | None, key: str) -> Path:
     return Path(path).expanduser()
 
 
-def _transforms(cfg: DictConfig, train: bool) -> Any:
+def transforms_from_config(cfg: DictConfig, train: bool) -> Any:
+    """The augmentation pipeline ``data.train_transforms`` (or ``val_transforms``) describes, seeded by ``trainer.seed``."""
     from segkit.data import build_transforms
 
     spec = cfg.data.train_transforms if train else cfg.data.val_transforms
@@ -88,15 +89,15 @@ def build_datasets(cfg: DictConfig, info: DistInfo | None = None) -> tuple[Seede
         from segkit.data import FolderDataset
 
         root = _resolve(data.root, "data.root")
-        train = FolderDataset(root, data.train_split, transforms=_transforms(cfg, True), **common, **options)
-        val = FolderDataset(root, data.val_split, transforms=_transforms(cfg, False), **common, **options)
+        train = FolderDataset(root, data.train_split, transforms=transforms_from_config(cfg, True), **common, **options)
+        val = FolderDataset(root, data.val_split, transforms=transforms_from_config(cfg, False), **common, **options)
     elif kind == "coco":
         from segkit.data import CocoDataset
 
         train = CocoDataset(_resolve(data.train_images, "data.train_images"), _resolve(data.train_annotations, "data.train_annotations"),
-                            transforms=_transforms(cfg, True), ignore_index=data.ignore_index, **options)
+                            transforms=transforms_from_config(cfg, True), ignore_index=data.ignore_index, **options)
         val = CocoDataset(_resolve(data.val_images, "data.val_images"), _resolve(data.val_annotations, "data.val_annotations"),
-                          transforms=_transforms(cfg, False), ignore_index=data.ignore_index, **options)
+                          transforms=transforms_from_config(cfg, False), ignore_index=data.ignore_index, **options)
         if len(train.classes) != cfg.model.num_classes:
             raise SegkitError(f"the COCO data has {len(train.classes)} classes (background included) but model.num_classes is "
                               f"{cfg.model.num_classes}; set model.num_classes={len(train.classes)}.")
