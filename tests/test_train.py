@@ -59,6 +59,27 @@ def test_training_lowers_the_loss_and_writes_the_run_directory(tmp_path, data_ro
     assert load_config(tmp_path / "run" / "config.yaml") == cfg
 
 
+def test_tensorboard_gets_the_logged_scalars(tmp_path, data_root):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = config_from_dict(tiny_config(data_root, epochs=2), ["output.tensorboard=true", "trainer.log_interval=1"])
+    train(cfg, tmp_path / "run", progress=False)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [(r["step"], r["loss"]) for r in records if r["kind"] == "train"]
+    assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("train/loss")] == losses
+    miou = [(r["step"], r["val_miou"]) for r in records if r["kind"] == "epoch"]
+    assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("epoch/val_miou")] == miou
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, data_root, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
+    cfg = config_from_dict(tiny_config(data_root, epochs=1), ["output.tensorboard=true"])
+    with pytest.raises(SegkitError, match=r"output.tensorboard.*pip install"):
+        train(cfg, tmp_path / "run", progress=False)
+
+
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, data_root):
     cfg = config_from_dict(tiny_config(data_root, epochs=2))  # 6 training images: 3 steps per epoch, 6 in all
     train(cfg, tmp_path / "straight", progress=False)

@@ -116,20 +116,40 @@ def _presence_targets(mask: Tensor, num_classes: int, ignore_index: int) -> Tens
 
 
 class _Log:
-    """Metrics log (JSON lines) and console lines, rank 0 only."""
+    """Metrics log (JSON lines), optional TensorBoard scalars and console lines, rank 0 only."""
 
-    def __init__(self, out_dir: Path, enabled: bool) -> None:
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool = False) -> None:
         self.enabled = enabled
         self.path = out_dir / "metrics.jsonl"
+        self.writer = _tensorboard_writer(out_dir / "tensorboard") if enabled and tensorboard else None
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record, allow_nan=False, default=_json_default) + "\n")
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, allow_nan=False, default=_json_default) + "\n")
+        if self.writer is not None:  # train/loss, train/lr per log interval; epoch/val_miou, ... per epoch
+            for key, value in record.items():
+                if key not in ("kind", "epoch", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
     def print(self, line: str) -> None:
         if self.enabled:
             print(line, flush=True)
+
+
+def _tensorboard_writer(log_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:  # torch's writer needs the tensorboard package
+        raise SegkitError("output.tensorboard is true but the tensorboard package is not installed; "
+                          "pip install 'segkit[tensorboard]' or set output.tensorboard=false.") from err
+    return SummaryWriter(log_dir=str(log_dir))
 
 
 def _json_default(value: Any) -> Any:
@@ -185,7 +205,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
         if not resume and (last_path.exists() or (out_dir / "metrics.jsonl").exists()):
             raise SegkitError(f"run directory {out_dir} already holds a run; pass --resume to continue it or choose another --out.")
         save_config(cfg, out_dir / "config.yaml")
-    log = _Log(out_dir, info.is_main)
+    log = _Log(out_dir, info.is_main, cfg.output.tensorboard)
 
     torch.manual_seed(cfg.trainer.seed)
     train_set, val_set = build_datasets(cfg, info)
@@ -342,6 +362,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
         from segkit.engine.plots import plot_predictions
 
         plot_predictions(model, val_set, device, out_dir / "predictions.png", cfg.output.num_vis)
+    log.close()  # (each write flushed: a run that fails still leaves its TensorBoard events)
     return TrainResult(out_dir=out_dir, steps=step, epochs_done=epoch + (0 if interrupted else 1),
                        best_miou=best_miou, last_metrics=last_metrics, interrupted=interrupted)
 
