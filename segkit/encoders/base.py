@@ -114,6 +114,26 @@ class Classifier(nn.Module):
         return _conv_in_channels(self, self.first_conv)
 
 
+def check_classifier_input(model: Classifier, x: Tensor, min_size: int, exact: bool = False) -> None:
+    """Raise a ``SegkitError`` for a batch ``model`` cannot take: not 4-D, wrong channels, too small.
+
+    ``exact``: the net takes only ``min_size`` x ``min_size`` images (LeNet-5).
+    """
+    name = type(model).__name__
+    if x.dim() != 4:
+        raise SegkitError(f"{name} takes a batch (N, C, H, W); got a tensor of shape {tuple(x.shape)}.")
+    if x.shape[1] != model.in_channels:
+        raise SegkitError(
+            f"{name} was built for {model.in_channels} input channels but the batch has {x.shape[1]}; "
+            f"create it with in_channels={x.shape[1]}."
+        )
+    h, w = x.shape[-2:]
+    if exact and (h, w) != (min_size, min_size):
+        raise SegkitError(f"{name} takes {min_size}x{min_size} images; got {h}x{w}: resize or pad the input.")
+    if min(h, w) < min_size:
+        raise SegkitError(f"{name} needs images of at least {min_size}x{min_size} pixels; got {h}x{w}: resize or pad the input.")
+
+
 def _conv_in_channels(module: nn.Module, name: str) -> int:
     return int(module.get_submodule(name).weight.shape[1])
 

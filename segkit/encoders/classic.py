@@ -60,8 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segkit.encoders.base import Classifier, register_classifier
-from segkit.encoders.inception import check_classifier_input
+from segkit.encoders.base import Classifier, check_classifier_input, register_classifier
 
 __all__ = ["AlexNet", "LeNet5", "PartialConv2d", "Subsampling", "LENET5_C3_TABLE", "lenet_squash"]
 

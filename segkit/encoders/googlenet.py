@@ -33,11 +33,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segkit.encoders.base import Classifier, Encoder, register_classifier, register_encoder, switches_2x2
+from segkit.encoders.base import (
+    Classifier,
+    Encoder,
+    check_classifier_input,
+    register_classifier,
+    register_encoder,
+    switches_2x2,
+)
 from segkit.encoders.inception import (
     BasicConv2d,
     apply_transform_input,
-    check_classifier_input,
     max_pool_with_switches,
     trunc_normal_init,
 )

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segkit.encoders.base import Classifier, Encoder, register_classifier, register_encoder, switches_2x2
+from segkit.encoders.base import Classifier, Encoder, check_classifier_input, register_classifier, register_encoder, switches_2x2
 from segkit.errors import SegkitError
 
 __all__ = [
@@ -43,7 +43,6 @@ __all__ = [
     "Inception3",
     "Inception3Encoder",
     "apply_transform_input",
-    "check_classifier_input",
     "max_pool_with_switches",
 ]
 
@@ -89,26 +88,6 @@ def max_pool_with_switches(pool: nn.MaxPool2d, x: Tensor, record: bool) -> tuple
         x, pool.kernel_size, pool.stride, pool.padding, pool.dilation, ceil_mode=pool.ceil_mode, return_indices=True
     )
     return out, indices
-
-
-def check_classifier_input(model: Classifier, x: Tensor, min_size: int, exact: bool = False) -> None:
-    """Raise a ``SegkitError`` for a batch ``model`` cannot take: not 4-D, wrong channels, too small.
-
-    ``exact``: the net takes only ``min_size`` x ``min_size`` images (LeNet-5).
-    """
-    name = type(model).__name__
-    if x.dim() != 4:
-        raise SegkitError(f"{name} takes a batch (N, C, H, W); got a tensor of shape {tuple(x.shape)}.")
-    if x.shape[1] != model.in_channels:
-        raise SegkitError(
-            f"{name} was built for {model.in_channels} input channels but the batch has {x.shape[1]}; "
-            f"create it with in_channels={x.shape[1]}."
-        )
-    h, w = x.shape[-2:]
-    if exact and (h, w) != (min_size, min_size):
-        raise SegkitError(f"{name} takes {min_size}x{min_size} images; got {h}x{w}: resize or pad the input.")
-    if min(h, w) < min_size:
-        raise SegkitError(f"{name} needs images of at least {min_size}x{min_size} pixels; got {h}x{w}: resize or pad the input.")
 
 
 def trunc_normal_init(module: nn.Module, std: float) -> None:
