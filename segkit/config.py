@@ -32,6 +32,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("poly", "step", "multistep", "exponential", "inverse_time", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_DTYPES = ("auto", "bfloat16", "float16")
+AUGMENTS = ("auto", "pad_crop", "random_resized_crop", "none")  # classification training augmentation
+EVAL_CROPS = ("center", "ten_crop")  # classification evaluation
 
 
 @dataclass
@@ -73,6 +75,16 @@ class DataConfig:
     train_transforms: list[Any] = field(default_factory=list)
     val_transforms: list[Any] = field(default_factory=list)
     num_workers: int = 0
+    # task: classification (see segkit.data.classification). auto: pad_crop for cifar/synthetic
+    # (pad crop_padding, random crop, flip; the ResNet paper's CIFAR scheme), random_resized_crop
+    # for imagefolder (scale 0.08-1, aspect 3/4-4/3, flip; the ImageNet scheme). Mean/std go in
+    # data.options {mean, std}; default: the training images' own per-channel statistics for cifar,
+    # ImageNet's for imagefolder.
+    augment: str = "auto"
+    crop_size: Optional[int] = None  # None: 224 for imagefolder, the image size for cifar
+    resize_size: Optional[int] = None  # evaluation: shorter side resized to this, then cropped; None: crop_size / 0.875 for imagefolder, no resize for cifar
+    crop_padding: int = 4  # pad_crop: zero pixels added on each side before the random crop
+    hflip: bool = True  # random horizontal flips in training
 
 
 @dataclass
@@ -118,6 +130,7 @@ class TrainerConfig:
     device: str = "auto"
     log_interval: int = 10
     aux_weight: float = 0.3  # weight of auxiliary losses (image-level head, GoogLeNet/Inception aux heads)
+    eval_crops: str = "center"  # classification validation: center (one crop) | ten_crop (corners + center, and their flips, averaged)
 
 
 @dataclass
@@ -180,10 +193,14 @@ def validate(cfg: DictConfig, source: str) -> None:
     _check_choice(cfg, "schedule.name", SCHEDULES, source)
     _check_choice(cfg, "trainer.device", DEVICES, source)
     _check_choice(cfg, "trainer.amp_dtype", AMP_DTYPES, source)
+    _check_choice(cfg, "data.augment", AUGMENTS, source)
+    _check_choice(cfg, "trainer.eval_crops", EVAL_CROPS, source)
     for key in ("model.num_classes", "model.in_channels", "trainer.epochs", "trainer.batch_size", "trainer.grad_accum",
-                "trainer.val_interval", "trainer.log_interval", "optimizer.lr", "schedule.step_size"):
+                "trainer.val_interval", "trainer.log_interval", "optimizer.lr", "schedule.step_size",
+                "data.crop_size", "data.resize_size"):
         _check_positive(cfg, key, source)
-    for key in ("trainer.val_batch_size", "data.num_workers", "optimizer.weight_decay", "schedule.warmup_iters", "model.encoder_lr_mult"):
+    for key in ("trainer.val_batch_size", "data.num_workers", "optimizer.weight_decay", "schedule.warmup_iters", "model.encoder_lr_mult",
+                "data.crop_padding", "trainer.aux_weight"):
         _check_positive(cfg, key, source, allow_zero=True)
     if not cfg.loss:
         raise SegkitError(f"{source}: config key 'loss' is empty; give at least one term, e.g. [{{name: ce, weight: 1.0}}].")

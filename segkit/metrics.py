@@ -232,8 +232,8 @@ def _check_topk(topk: Sequence[int]) -> tuple[int, ...]:
     return ks
 
 
-def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]) -> torch.Tensor:
-    """How many samples have their label among the k highest logits, for each k."""
+def _topk_hits(logits: torch.Tensor, target: torch.Tensor, kmax: int) -> torch.Tensor:
+    """``(N, min(kmax, C))`` bool: column j is True where the label is the (j+1)-th highest logit."""
     if logits.dim() != 2 or target.shape != logits.shape[:1]:
         raise ValueError(f"top-k accuracy takes logits (N, C) and labels (N,); got {tuple(logits.shape)} and {tuple(target.shape)}.")
     num_classes = logits.size(1)
@@ -241,8 +241,13 @@ def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...
         bad = int(target.max()) if int(target.max()) >= num_classes else int(target.min())
         raise ValueError(f"label {bad} is outside [0, {num_classes}).")
     # k >= C: every label is among the top k (timm's convention: k is clamped to C).
-    top = logits.topk(min(max(ks), num_classes), dim=1).indices
-    hit = top == target.view(-1, 1)
+    top = logits.topk(min(kmax, num_classes), dim=1).indices
+    return top == target.view(-1, 1)
+
+
+def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]) -> torch.Tensor:
+    """How many samples have their label among the k highest logits, for each k."""
+    hit = _topk_hits(logits, target, max(ks))
     return torch.stack([hit[:, :k].any(1).sum() for k in ks]).double()
 
 
@@ -250,7 +255,8 @@ def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...
 def topk_accuracy(logits: torch.Tensor, target: torch.Tensor, topk: Sequence[int] = (1, 5)) -> dict[str, float]:
     """Fraction of samples whose label is among the k highest logits: ``{"top1": ..., "top5": ...}``.
 
-    ``logits`` ``(N, C)``, ``target`` ``(N,)`` labels in ``[0, C)``; nothing is ignored.
+    ``logits`` ``(N, C)``, ``target`` ``(N,)`` labels in ``[0, C)``; nothing is ignored. The
+    top-k *error* of the papers is ``1 - topk``.
     """
     ks = _check_topk(topk)
     correct = _topk_correct(logits, target, ks)
@@ -261,17 +267,38 @@ class TopKAccuracy(_Accumulator):
     """Top-k accuracy of a classifier accumulated over batches (and processes, like ConfusionMatrix).
 
     ``update(logits (N, C), target (N,))``; ``compute()`` -> ``{"top1": ..., "top5": ...}`` (fractions).
+    With ``num_classes`` it also counts per class: ``compute()`` then adds ``per_class_accuracy``
+    (top-1 accuracy of the samples of each class, i.e. its recall; NaN for a class with no sample)
+    and ``mean_class_accuracy`` (their nanmean).
     """
 
-    def __init__(self, topk: Sequence[int] = (1, 5), device: torch.device | str | None = None) -> None:
+    def __init__(self, topk: Sequence[int] = (1, 5), device: torch.device | str | None = None, num_classes: int | None = None) -> None:
         self.topk = _check_topk(topk)
-        super().__init__(len(self.topk) + 1, device)  # correct counts per k, then the sample count
+        if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1):
+            raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}.")
+        self.num_classes = num_classes
+        # correct counts per k, the sample count, then per class: top-1 hits and samples
+        super().__init__(len(self.topk) + 1 + 2 * (num_classes or 0), device)
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        correct = _topk_correct(logits, target, self.topk)
-        self._add(torch.cat([correct, correct.new_tensor([target.numel()])]))
+        hit = _topk_hits(logits, target, max(max(self.topk), 1))
+        correct = torch.stack([hit[:, :k].any(1).sum() for k in self.topk]).double()
+        parts = [correct, correct.new_tensor([target.numel()])]
+        if self.num_classes is not None:
+            if logits.size(1) != self.num_classes:
+                raise ValueError(f"logits have {logits.size(1)} classes but the metric counts {self.num_classes}.")
+            c = self.num_classes
+            parts += [torch.bincount(target[hit[:, 0]], minlength=c).double(), torch.bincount(target, minlength=c).double()]
+        self._add(torch.cat([p.to(correct.device) for p in parts]))
 
-    def compute(self, sync: bool = True) -> dict[str, float]:
+    def compute(self, sync: bool = True) -> dict[str, float | list[float]]:
         state = self._counts(sync)
-        return {f"top{k}": float(state[i] / state[-1]) for i, k in enumerate(self.topk)}
+        n = len(self.topk)
+        result: dict[str, float | list[float]] = {f"top{k}": float(state[i] / state[n]) for i, k in enumerate(self.topk)}
+        if self.num_classes is not None:
+            c = self.num_classes
+            per_class = state[n + 1 : n + 1 + c] / state[n + 1 + c :]  # 0/0 -> NaN: no sample of the class
+            result["per_class_accuracy"] = per_class.tolist()
+            result["mean_class_accuracy"] = float(per_class.nanmean())
+        return result

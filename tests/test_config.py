@@ -10,7 +10,7 @@ import torch
 
 from segkit import SegkitError
 from segkit.config import config_from_dict, load_config, save_config, to_dict
-from segkit.data import CocoDataset, FolderDataset
+from segkit.data import CifarDataset, CocoDataset, FolderDataset, ImageFolderDataset
 from segkit.engine.builders import build_loss_fn, build_model_from_config, transforms_from_config
 
 UPSAMPLING_MODES = ("transposed", "nearest", "bed_of_nails", "max_unpool")
@@ -35,7 +35,8 @@ def test_shipped_configs_build(path):
     build_loss_fn(cfg)
     for train in (True, False):
         transforms_from_config(cfg, train)
-    dataset_class = {"folder": FolderDataset, "synthetic": FolderDataset, "coco": CocoDataset}[cfg.data.kind]
+    dataset_class = {"folder": FolderDataset, "synthetic": FolderDataset, "coco": CocoDataset,
+                     "cifar": CifarDataset, "imagefolder": ImageFolderDataset}[cfg.data.kind]
     accepted = set(inspect.signature(dataset_class).parameters)
     assert set(cfg.data.options) <= accepted, f"unknown data.options for {dataset_class.__name__}"
     if cfg.data.kind == "synthetic":  # small enough to run: logits at the input's size

@@ -12,6 +12,8 @@ Items are ``(image, mask)``: image float32 ``(C, H, W)``, mask int64 ``(H, W)``.
 """
 
 from segkit.data.base import SegmentationDataset, default_mean_std
+from segkit.data.cifar import CifarDataset, make_synthetic_cifar
+from segkit.data.classification import ClassificationDataset, ClassificationTransform, ImageFolderDataset, ten_crop
 from segkit.data.coco import CocoDataset
 from segkit.data.folder import DataReport, FolderDataset, check_folder, list_splits
 from segkit.data.masks import MaskDecoder
@@ -20,6 +22,12 @@ from segkit.data.transforms import build_transforms, default_spec, list_transfor
 
 __all__ = [
     "SYNTHETIC_CLASSES",
+    "CifarDataset",
+    "ClassificationDataset",
+    "ClassificationTransform",
+    "ImageFolderDataset",
+    "make_synthetic_cifar",
+    "ten_crop",
     "CocoDataset",
     "DataReport",
     "FolderDataset",

@@ -1,6 +1,8 @@
 """From a validated config to the objects training needs: datasets, model, loss.
 
 Kept apart from the loop so that evaluation and prediction build the same things the same way.
+``task: classification`` configs are built by :mod:`segkit.engine.classify`; each function here
+hands them over.
 """
 
 from __future__ import annotations
@@ -63,12 +65,17 @@ def transforms_from_config(cfg: DictConfig, train: bool) -> Any:
     return build_transforms(spec, train=train, seed=cfg.trainer.seed, ignore_index=cfg.data.ignore_index)
 
 
-def build_datasets(cfg: DictConfig, info: DistInfo | None = None) -> tuple[SeededDataset, SeededDataset]:
+def build_datasets(cfg: DictConfig, info: DistInfo | None = None) -> tuple[Any, Any]:
     """Training and validation sets the config names, wrapped for seeded augmentation.
 
     ``data.kind: synthetic`` writes the built-in dataset into ``data.root`` first if it is not
-    there (rank 0 writes, the others wait).
+    there (rank 0 writes, the others wait). Classification datasets take ``(index, seed)`` items
+    themselves (:func:`segkit.engine.classify.build_classification_datasets`).
     """
+    if cfg.task == "classification":
+        from segkit.engine.classify import build_classification_datasets
+
+        return build_classification_datasets(cfg, info)
     data = cfg.data
     kind = data.kind
     options: dict[str, Any] = OmegaConf.to_container(data.options, resolve=True)  # type: ignore[assignment]
@@ -102,7 +109,7 @@ def build_datasets(cfg: DictConfig, info: DistInfo | None = None) -> tuple[Seede
             raise SegkitError(f"the COCO data has {len(train.classes)} classes (background included) but model.num_classes is "
                               f"{cfg.model.num_classes}; set model.num_classes={len(train.classes)}.")
     else:
-        raise SegkitError(f"data.kind {kind!r} is for task: classification; use folder, coco or synthetic for segmentation.")
+        raise SegkitError(f"data.kind {kind!r} is for task: classification; set task: classification, or use folder, coco or synthetic for segmentation.")
     if train.in_channels != cfg.model.in_channels:
         raise SegkitError(f"the images under {data.root or data.train_images} have {train.in_channels} channel(s) but "
                           f"model.in_channels is {cfg.model.in_channels}; set model.in_channels={train.in_channels}.")
@@ -110,9 +117,13 @@ def build_datasets(cfg: DictConfig, info: DistInfo | None = None) -> tuple[Seede
 
 
 def build_model_from_config(cfg: DictConfig) -> nn.Module:
-    """``segkit.create_model`` with the config's model section."""
+    """``segkit.create_model`` with the config's model section (``segkit.create_classifier`` for task: classification)."""
     from segkit.models import create_model
 
+    if cfg.task == "classification":
+        from segkit.engine.classify import build_classifier_from_config
+
+        return build_classifier_from_config(cfg)
     m = cfg.model
     decoder_kwargs: dict[str, Any] = OmegaConf.to_container(m.decoder, resolve=True)  # type: ignore[assignment]
     kwargs: dict[str, Any] = {"num_classes": m.num_classes, "in_channels": m.in_channels, "upsampling": m.upsampling,
@@ -123,9 +134,13 @@ def build_model_from_config(cfg: DictConfig) -> nn.Module:
 
 
 def build_loss_fn(cfg: DictConfig) -> nn.Module:
-    """The weighted sum of loss terms in ``cfg.loss``, ignoring ``data.ignore_index``."""
+    """The weighted sum of loss terms in ``cfg.loss``, ignoring ``data.ignore_index`` (classification: cross-entropy, nothing ignored)."""
     from segkit.losses import build_loss
 
+    if cfg.task == "classification":
+        from segkit.engine.classify import build_classification_loss
+
+        return build_classification_loss(cfg)
     spec = OmegaConf.to_container(cfg.loss, resolve=True)
     for term in spec:  # type: ignore[union-attr]
         term.setdefault("ignore_index", cfg.data.ignore_index)  # type: ignore[union-attr]

@@ -1,7 +1,8 @@
 """Optimizers and learning-rate schedules from the config, built from torch.optim.
 
 Parameter groups: the encoder may get its own learning rate (``model.encoder_lr_mult``, the
-fine-tuning recipe of transfer learning) or be frozen (``model.freeze_encoder``); norm-layer
+fine-tuning recipe of transfer learning) or be frozen (``model.freeze_encoder``); for a classifier
+the "encoder" is everything but its head (:func:`encoder_parameters`); norm-layer
 weights and biases get no weight decay unless ``optimizer.decay_norm_and_bias`` is set (Goyal
 et al. 2017; decaying them only pulls BN scales towards zero).
 
@@ -19,19 +20,31 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.optim import lr_scheduler
 
-__all__ = ["build_optimizer", "build_scheduler", "parameter_groups"]
+__all__ = ["build_optimizer", "build_scheduler", "encoder_parameters", "parameter_groups"]
+
+
+def encoder_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The "encoder" part: ``model.encoder`` of a segmentation model; everything but the head
+    (its ``head_prefixes`` layers, those replaced for new classes) of a classifier."""
+    encoder = getattr(model, "encoder", None)
+    if isinstance(encoder, nn.Module):
+        return list(encoder.parameters())
+    head = tuple(getattr(model, "head_prefixes", ()))
+    if not head:
+        return []
+    return [p for name, p in model.named_parameters() if not name.startswith(head)]
 
 
 def parameter_groups(model: nn.Module, cfg: DictConfig) -> list[dict[str, Any]]:
     """Split trainable parameters into (encoder?, decay?) groups with their lr and weight decay."""
-    encoder = getattr(model, "encoder", None)
-    encoder_ids = {id(p) for p in encoder.parameters()} if isinstance(encoder, nn.Module) else set()
+    encoder_params = encoder_parameters(model)
+    encoder_ids = {id(p) for p in encoder_params}
     if cfg.model.freeze_encoder:
         if not encoder_ids:
             from segkit.errors import SegkitError
 
             raise SegkitError(f"model.freeze_encoder is set but {type(model).__name__} has no encoder to freeze; remove the key.")
-        for p in encoder.parameters():  # type: ignore[union-attr]
+        for p in encoder_params:
             p.requires_grad_(False)
     opt = cfg.optimizer
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}

@@ -4,9 +4,13 @@ What a run does, in order: pick the device and join the torchrun process group i
 seed; build the datasets, the model (DDP, SyncBatchNorm, channels_last, torch.compile as the
 config asks), the loss, the optimizer and the per-iteration schedule; resume from ``last.pt`` if
 asked; then for each epoch train (AMP on CUDA, gradient accumulation and clipping), validate every
-``val_interval`` epochs with the ConfusionMatrix, and write ``last.pt`` (every epoch and on
-SIGINT/SIGTERM), ``best.pt`` (best validation mIoU), ``metrics.jsonl`` and the plots. Only rank 0
-writes files and prints.
+``val_interval`` epochs, and write ``last.pt`` (every epoch and on SIGINT/SIGTERM), ``best.pt``
+(best validation score), ``metrics.jsonl`` and the plots. Only rank 0 writes files and prints.
+
+The ``task`` (:mod:`segkit.engine.tasks`) supplies what differs: segmentation scores with the
+ConfusionMatrix and keeps the best mIoU; classification (``task: classification``) adds the
+auxiliary heads' losses, logs training and validation top-1 error, and keeps the best top-1
+accuracy. Checkpoints hold ``best_score`` (and ``best_miou`` for segmentation, as before).
 
 Exact resume: the data order and every sample's augmentation are functions of (seed, epoch,
 index) (:class:`~segkit.engine.distributed.SeededSampler`), the data loader draws from its own
@@ -39,6 +43,7 @@ from segkit.engine.builders import build_datasets, build_loss_fn, build_model_fr
 from segkit.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from segkit.engine.distributed import DistInfo, SeededSampler, cleanup_distributed, init_distributed
 from segkit.engine.optim import build_optimizer, build_scheduler
+from segkit.engine.tasks import make_task
 from segkit.engine.validate import validate
 from segkit.errors import SegkitError
 
@@ -52,9 +57,11 @@ class TrainResult:
     out_dir: Path
     steps: int
     epochs_done: int
-    best_miou: float | None
+    best_miou: float | None  # segmentation; None for classification
     last_metrics: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
+    best_score: float | None = None  # the task's score: mIoU, or top-1 accuracy for classification
+    score_key: str = "miou"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,20 +106,10 @@ def _amp_settings(cfg: DictConfig, device: torch.device) -> tuple[bool, torch.dt
     return True, torch.float16, True
 
 
-def _split_output(output: Any) -> tuple[Tensor, list[Tensor]]:
-    """Main logits and auxiliary logits from a model output (tensor or tuple)."""
-    if isinstance(output, (tuple, list)):
-        return output[0], list(output[1:])
-    return output, []
-
-
-def _presence_targets(mask: Tensor, num_classes: int, ignore_index: int) -> Tensor:
-    """Image-level multi-label targets (N, num_classes): which classes occur in each mask."""
-    valid = mask != ignore_index
-    flat = torch.where(valid, mask, num_classes).flatten(1)
-    present = torch.zeros(mask.shape[0], num_classes + 1, device=mask.device)
-    present.scatter_(1, flat, 1.0)
-    return present[:, :num_classes]
+def _frozen_norms(model: nn.Module) -> list[nn.Module]:
+    """BatchNorm layers whose parameters are all frozen: they run in eval mode (fixed statistics)."""
+    norms = (nn.modules.batchnorm._BatchNorm,)
+    return [m for m in model.modules() if isinstance(m, norms) and m.affine and not any(p.requires_grad for p in m.parameters())]
 
 
 class _Log:
@@ -208,6 +205,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     log = _Log(out_dir, info.is_main, cfg.output.tensorboard)
 
     torch.manual_seed(cfg.trainer.seed)
+    task = make_task(cfg)
     train_set, val_set = build_datasets(cfg, info)
     model = build_model_from_config(cfg).to(device)
     if cfg.trainer.sync_bn and info.enabled:
@@ -235,11 +233,13 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     total_steps = steps_per_epoch * cfg.trainer.epochs
 
     optimizer = build_optimizer(model, cfg)
+    # A frozen encoder computes its pretrained function: its BatchNorm statistics stay fixed too.
+    frozen_norms = _frozen_norms(model) if cfg.model.freeze_encoder else []
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     use_amp, amp_dtype, use_scaler = _amp_settings(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
-    start_epoch, batch_in_epoch, step, best_miou = 0, 0, 0, None
+    start_epoch, batch_in_epoch, step, best = 0, 0, 0, None
     if resume:
         state = load_checkpoint(last_path)
         trained_with = state.get("config", {}).get("optimizer", {}).get("name")
@@ -251,7 +251,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
-        best_miou = state.get("best_miou")
+        best = state.get("best_score", state.get("best_miou"))
         restore_rng(state["rng"])
         log.print(f"resumed from {last_path}: epoch {start_epoch + 1}, step {step}")
 
@@ -265,12 +265,11 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
         return {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "epoch": epoch, "batch_in_epoch": batch, "step": step,
-            "best_miou": best_miou, "rng": capture_rng(), "config": to_dict(cfg), "metrics": _clean(metrics or {}),
+            "best_miou": best if task.score_key == "miou" else None, "best_score": best, "score_key": task.score_key,
+            "rng": capture_rng(), "config": to_dict(cfg), "metrics": _clean(metrics or {}),
             "segkit_checkpoint": 1,
         }
 
-    num_classes, ignore_index = cfg.model.num_classes, cfg.data.ignore_index
-    aux_weight = cfg.trainer.aux_weight
     last_metrics: dict[str, Any] = {}
     interrupted = False
     epoch = start_epoch
@@ -278,23 +277,20 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
         for epoch in range(start_epoch, cfg.trainer.epochs):
             sampler.set_epoch(epoch, start=batch_in_epoch * batch_size)
             train_model.train()
+            for norm in frozen_norms:
+                norm.eval()
+            task.start_epoch(device)
             seen, loss_sum, loss_count, t0 = 0, 0.0, 0, time.perf_counter()
             bar = _progress(loader, epoch, cfg.trainer.epochs, enabled=progress and info.is_main)
             optimizer.zero_grad(set_to_none=True)
-            for images, masks in bar:
+            for images, targets in bar:  # targets: masks (N, H, W) or labels (N,)
                 images = images.to(device, non_blocking=True)
-                masks = masks.to(device, non_blocking=True)
+                targets = targets.to(device, non_blocking=True)
                 if channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    logits, aux = _split_output(train_model(images))
-                    loss = loss_fn(logits.float(), masks)
-                    for extra in aux:  # image-level head (B, K) or auxiliary mask logits
-                        if extra.dim() == 2:
-                            target = _presence_targets(masks, extra.shape[1], ignore_index)
-                            loss = loss + aux_weight * nn.functional.binary_cross_entropy_with_logits(extra.float(), target)
-                        else:
-                            loss = loss + aux_weight * loss_fn(extra.float(), masks)
+                    loss, logits = task.loss(loss_fn, train_model(images), targets)
+                task.observe(logits, targets)
                 if not torch.isfinite(loss):
                     raise SegkitError(
                         f"the loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}); training stopped and "
@@ -334,24 +330,23 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
             batch_in_epoch = 0
             elapsed = time.perf_counter() - t0
             summary: dict[str, Any] = {"kind": "epoch", "epoch": epoch + 1, "step": step,
-                                       "train_loss": loss_sum / max(loss_count, 1), "images_per_s": seen * info.world_size / elapsed}
+                                       "train_loss": loss_sum / max(loss_count, 1), "images_per_s": seen * info.world_size / elapsed,
+                                       **task.train_metrics()}
             last_epoch = epoch + 1 == cfg.trainer.epochs
             if (epoch + 1) % cfg.trainer.val_interval == 0 or last_epoch or (max_steps is not None and step >= max_steps):
                 metrics = validate(model, val_set, cfg, device, info, amp=(use_amp, amp_dtype), channels_last=channels_last)
-                summary.update({"val_" + k: v for k, v in metrics.items() if k in ("miou", "mdice", "pixel_accuracy", "mean_accuracy", "fwiou", "per_image_miou")})
+                summary.update({"val_" + k: v for k, v in metrics.items() if k in task.val_keys})
                 last_metrics = metrics
-                miou = metrics["miou"]
-                if info.is_main and miou == miou and (best_miou is None or miou > best_miou):
-                    best_miou = miou
+                score = metrics[task.score_key]
+                if info.is_main and score == score and (best is None or score > best):
+                    best = score
                     save_checkpoint(checkpoint_state(epoch + 1, 0, metrics), best_path)
             if info.is_main:
                 save_checkpoint(checkpoint_state(epoch + 1, 0, last_metrics), last_path)
             log.write(_clean(summary))
-            log.print(_summary_line(summary, cfg.trainer.epochs))
+            log.print(_summary_line(summary, cfg.trainer.epochs, task.line_keys))
             if info.is_main and cfg.output.plots:
-                from segkit.engine.plots import plot_curves
-
-                plot_curves(log.path, out_dir / "curves.png")
+                task.plot_curves(log.path, out_dir / "curves.png")
             if stop.signal is not None:
                 interrupted = True
                 log.print(f"interrupted after epoch {epoch + 1}; saved {last_path} (continue with --resume)")
@@ -359,12 +354,14 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
             if max_steps is not None and step >= max_steps:
                 break
     if info.is_main and cfg.output.plots and last_metrics:
-        from segkit.engine.plots import plot_predictions
-
-        plot_predictions(model, val_set, device, out_dir / "predictions.png", cfg.output.num_vis)
+        task.plot_final(model, val_set, device, out_dir)
+    closing = task.final_line(best, best_path)
+    if closing:
+        log.print(closing)
     log.close()  # (each write flushed: a run that fails still leaves its TensorBoard events)
     return TrainResult(out_dir=out_dir, steps=step, epochs_done=epoch + (0 if interrupted else 1),
-                       best_miou=best_miou, last_metrics=last_metrics, interrupted=interrupted)
+                       best_miou=best if task.score_key == "miou" else None, last_metrics=last_metrics,
+                       interrupted=interrupted, best_score=best, score_key=task.score_key)
 
 
 def _progress(loader: DataLoader, epoch: int, epochs: int, enabled: bool) -> Iterator[Any]:
@@ -375,12 +372,12 @@ def _progress(loader: DataLoader, epoch: int, epochs: int, enabled: bool) -> Ite
     return tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
-def _summary_line(summary: dict[str, Any], epochs: int) -> str:
+def _summary_line(summary: dict[str, Any], epochs: int, keys: tuple[tuple[str, str], ...]) -> str:
     parts = [f"epoch {summary['epoch']}/{epochs}", f"step {summary['step']}", f"loss {summary['train_loss']:.4f}",
              f"{summary['images_per_s']:.1f} img/s"]
-    for key in ("val_miou", "val_mdice", "val_pixel_accuracy"):
+    for key, label in keys:
         if summary.get(key) is not None:
-            parts.append(f"{key[4:]} {summary[key]:.4f}")
+            parts.append(f"{label} {summary[key]:.4f}")
     return " | ".join(parts)
 
 

@@ -1,4 +1,5 @@
-"""Validation during training: the ConfusionMatrix over the validation split, summed across ranks."""
+"""Validation during training: the ConfusionMatrix over the validation split, summed across ranks
+(for ``task: classification``, top-k accuracy: :func:`segkit.engine.classify.validate_classification`)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ def validate(
     """
     from segkit.metrics import ConfusionMatrix
 
+    if cfg.task == "classification":
+        from segkit.engine.classify import validate_classification
+
+        return validate_classification(model, dataset, cfg, device, info, amp=amp, channels_last=channels_last)
     was_training = model.training
     model.eval()
     sampler = SeededSampler(dataset, shuffle=False, seed=cfg.trainer.seed, rank=info.rank, world_size=info.world_size, pad=False)

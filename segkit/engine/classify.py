@@ -1,0 +1,234 @@
+"""Image classification in the training engine (``task: classification``): data, model, loss, validation.
+
+- Data: ``data.kind`` ``cifar`` (the "python version" batch files), ``imagefolder``
+  (``root/<split>/<class>/<image>``) or ``synthetic`` (generated CIFAR-format shapes, written to
+  ``data.root`` when missing). Augmentation per ``data.augment`` (see
+  :mod:`segkit.data.classification`); ``data.options`` takes ``mean``/``std`` (default: the
+  CIFAR training images' own per-channel statistics, ImageNet's for folders), and for CIFAR
+  ``labels`` (CIFAR-100 fine/coarse) and ``holdout``.
+- Model: ``segkit.create_classifier(model.arch, ...)``; ``model.encoder_weights`` is the path of
+  the classifier's checkpoint (torchvision's file, or a segkit run's ``best.pt``); a head of
+  another class count keeps its fresh initialisation.
+- Loss: cross-entropy on the main logits plus ``trainer.aux_weight`` (0.3, the GoogLeNet paper's)
+  times the cross-entropy of each auxiliary head (GoogLeNet's two, Inception-v3's one). The
+  auxiliary heads exist in training mode only, so validation never sees them.
+- Validation: top-1/top-5 accuracy and error, per-class accuracy, on one centre crop or ten crops
+  (``trainer.eval_crops: ten_crop``) whose softmax probabilities are averaged (the VGG paper
+  averages the soft-max class posteriors of its crops).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from segkit.engine.distributed import DistInfo, SeededSampler
+from segkit.errors import SegkitError
+
+__all__ = [
+    "average_crops",
+    "build_classification_datasets",
+    "build_classification_loss",
+    "build_classifier_from_config",
+    "classification_loss",
+    "plot_classification_curves",
+    "predict_ten_crop",
+    "validate_classification",
+]
+
+logger = logging.getLogger("segkit")
+
+_OPTIONS = {"cifar": ("mean", "std", "labels", "holdout"), "imagefolder": ("mean", "std")}
+
+
+def _transforms(cfg: DictConfig, kind: str, mean: Any, std: Any) -> tuple[Any, Any]:
+    from segkit.data.classification import ClassificationTransform
+
+    d = cfg.data
+    folder = kind == "imagefolder"
+    augment = d.augment if d.augment != "auto" else ("random_resized_crop" if folder else "pad_crop")
+    crop = d.crop_size if d.crop_size is not None else (224 if folder else None)
+    resize = d.resize_size if d.resize_size is not None else (round(crop / 0.875) if folder and crop else None)
+    train = ClassificationTransform(True, augment, crop, mean=mean, std=std, resize_size=resize, padding=d.crop_padding, hflip=d.hflip)
+    val = ClassificationTransform(False, "none", crop, mean=mean, std=std, resize_size=resize,
+                                  ten_crop=cfg.trainer.eval_crops == "ten_crop")
+    return train, val
+
+
+def build_classification_datasets(cfg: DictConfig, info: DistInfo | None = None) -> tuple[Any, Any]:
+    """Training and validation sets of a classification config (items ``(image, label)``; they take ``(index, seed)``)."""
+    from segkit.data.cifar import CifarDataset, find_cifar, make_synthetic_cifar
+    from segkit.data.classification import ImageFolderDataset, channel_stats
+
+    data = cfg.data
+    kind = data.kind
+    if kind in ("folder", "coco"):
+        raise SegkitError(f"data.kind {kind!r} is for task: segmentation; use cifar, imagefolder or synthetic for classification.")
+    if data.train_transforms or data.val_transforms:
+        raise SegkitError("data.train_transforms / data.val_transforms are segmentation pipelines; for classification use "
+                          "data.augment, data.crop_size, data.resize_size, data.crop_padding and data.hflip.")
+    if not data.root:
+        raise SegkitError("config key 'data.root' is empty; give the dataset folder.")
+    root = Path(data.root).expanduser()
+    options: dict[str, Any] = OmegaConf.to_container(data.options, resolve=True)  # type: ignore[assignment]
+    if kind == "synthetic":
+        if info is None or info.is_main:
+            try:
+                find_cifar(root)
+            except SegkitError:
+                make_synthetic_cifar(root, n=data.synthetic.n, size=data.synthetic.size, seed=data.synthetic.seed)
+        if info is not None and info.enabled:
+            torch.distributed.barrier()
+        kind = "cifar"
+    unknown = sorted(set(options) - set(_OPTIONS[kind]))
+    if unknown:
+        raise SegkitError(f"data.options.{unknown[0]} is not an option of {kind} data; its options are {', '.join(_OPTIONS[kind])}.")
+    mean, std = options.pop("mean", None), options.pop("std", None)
+    if kind == "cifar":
+        train = CifarDataset(root, data.train_split, **options)
+        val = CifarDataset(root, data.val_split, **options)
+        if mean is None or std is None:
+            stats = channel_stats(train.images)  # per-channel statistics of the training images
+            mean, std = mean if mean is not None else stats[0], std if std is not None else stats[1]
+    else:
+        from segkit.data.base import default_mean_std
+
+        train = ImageFolderDataset(root, data.train_split, in_channels=cfg.model.in_channels)
+        val = ImageFolderDataset(root, data.val_split, in_channels=cfg.model.in_channels, classes=train.classes)
+        defaults = default_mean_std(cfg.model.in_channels)
+        mean, std = mean if mean is not None else defaults[0], std if std is not None else defaults[1]
+    train.transform, val.transform = _transforms(cfg, kind, mean, std)
+    if train.in_channels != cfg.model.in_channels:
+        raise SegkitError(f"the images under {root} have {train.in_channels} channel(s) but model.in_channels is "
+                          f"{cfg.model.in_channels}; set model.in_channels={train.in_channels}.")
+    if train.num_classes != cfg.model.num_classes:
+        raise SegkitError(f"the data under {root} has {train.num_classes} classes but model.num_classes is "
+                          f"{cfg.model.num_classes}; set model.num_classes={train.num_classes}.")
+    return train, val
+
+
+def build_classifier_from_config(cfg: DictConfig) -> nn.Module:
+    """``segkit.create_classifier`` with the config's model section (``model.arch`` names the classifier)."""
+    from segkit.models import create_classifier
+
+    m = cfg.model
+    if m.decoder:
+        raise SegkitError("model.decoder holds segmentation decoder options; remove it for task: classification.")
+    if m.freeze_encoder and m.encoder_weights is None:
+        logger.warning("segkit: model.freeze_encoder is set but model.encoder_weights is not: the frozen backbone keeps its "
+                       "random initialisation (set model.encoder_weights to a checkpoint file for transfer learning).")
+    return create_classifier(m.arch, num_classes=m.num_classes, in_channels=m.in_channels, weights=m.encoder_weights)
+
+
+def build_classification_loss(cfg: DictConfig) -> nn.Module:
+    """Cross-entropy from ``cfg.loss`` (``ce`` terms only; options class_weights, label_smoothing). No label is ignored."""
+    from segkit.losses import build_loss
+
+    spec = OmegaConf.to_container(cfg.loss, resolve=True)
+    for i, term in enumerate(spec):  # type: ignore[arg-type]
+        if term.get("name") != "ce":  # type: ignore[union-attr]
+            raise SegkitError(f"loss[{i}] is {term.get('name')!r}; task: classification takes cross-entropy: loss: [{{name: ce}}].")  # type: ignore[union-attr]
+        term.setdefault("ignore_index", -100)  # type: ignore[union-attr]  # never 255: ImageNet has a class 255
+    return build_loss(spec)  # type: ignore[arg-type]
+
+
+def classification_loss(loss_fn: nn.Module, output: Any, target: Tensor, aux_weight: float) -> tuple[Tensor, Tensor]:
+    """``(loss, main logits)``: ``loss_fn(main) + aux_weight * sum(loss_fn(aux_i))``.
+
+    ``output`` is the logits ``(N, K)`` or, from a net with auxiliary heads in training mode,
+    ``(logits, aux_logits...)``.
+    """
+    if isinstance(output, (tuple, list)):
+        logits, aux = output[0], list(output[1:])
+    else:
+        logits, aux = output, []
+    loss = loss_fn(logits.float(), target)
+    for extra in aux:
+        loss = loss + aux_weight * loss_fn(extra.float(), target)
+    return loss, logits
+
+
+def average_crops(model: nn.Module, crops: Tensor, channels_last: bool = False) -> Tensor:
+    """Mean softmax probabilities ``(N, K)`` of the crops ``(N, M, C, h, w)`` of each image (e.g. M = 10)."""
+    n, m = crops.shape[:2]
+    flat = crops.flatten(0, 1)
+    if channels_last:
+        flat = flat.contiguous(memory_format=torch.channels_last)
+    output = model(flat)
+    logits = output[0] if isinstance(output, (tuple, list)) else output
+    return logits.float().softmax(dim=1).view(n, m, -1).mean(dim=1)
+
+
+def predict_ten_crop(model: nn.Module, images: Tensor, size: int) -> Tensor:
+    """10-crop prediction of same-size ``images`` ``(N, C, H, W)``: mean softmax probabilities ``(N, K)``."""
+    from segkit.data.classification import ten_crop
+
+    return average_crops(model, ten_crop(images, size))
+
+
+@torch.no_grad()
+def validate_classification(model: nn.Module, dataset: Any, cfg: DictConfig, device: torch.device, info: DistInfo, *,
+                            amp: tuple[bool, torch.dtype] = (False, torch.float32), channels_last: bool = False) -> dict[str, Any]:
+    """Top-1/top-5 accuracy and error, per-class and mean class accuracy over ``dataset`` (every sample once, across ranks)."""
+    from segkit.metrics import TopKAccuracy
+
+    was_training = model.training
+    model.eval()
+    num_classes = cfg.model.num_classes
+    sampler = SeededSampler(dataset, shuffle=False, seed=cfg.trainer.seed, rank=info.rank, world_size=info.world_size, pad=False)
+    loader = DataLoader(dataset, batch_size=cfg.trainer.val_batch_size or cfg.trainer.batch_size, sampler=sampler,
+                        num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+    topk = (1, 5) if num_classes > 5 else (1,)  # with <= 5 classes top-5 is always right
+    metric = TopKAccuracy(topk, device=device, num_classes=num_classes)
+    use_amp, dtype = amp
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
+            if images.dim() == 5:  # (N, crops, C, h, w)
+                scores = average_crops(model, images, channels_last)
+            else:
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                output = model(images)
+                scores = output[0] if isinstance(output, (tuple, list)) else output
+        metric.update(scores.float(), labels.to(device, non_blocking=True))
+    model.train(was_training)
+    metrics: dict[str, Any] = metric.compute()
+    for k in topk:
+        metrics[f"top{k}_error"] = 1.0 - metrics[f"top{k}"]
+    return metrics
+
+
+def plot_classification_curves(log_path: Path, out_path: Path) -> None:
+    """Training loss per step, and training / validation top-1 error per epoch, from ``metrics.jsonl``."""
+    from segkit.engine.plots import _pyplot
+
+    records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    steps = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    plt = _pyplot()
+    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
+    if steps:
+        ax_loss.plot(*zip(*steps), lw=0.8, alpha=0.6, label="step loss")
+    if epochs:
+        ax_loss.plot([r["step"] for r in epochs], [r["train_loss"] for r in epochs], "o-", label="epoch mean loss")
+    for key, style, label in (("train_top1_error", "--", "training"), ("val_top1_error", "o-", "validation")):
+        points = [(r["epoch"], r[key]) for r in epochs if r.get(key) is not None]
+        if points:
+            ax_err.plot(*zip(*points), style, label=label)
+    ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
+    ax_loss.legend(loc="upper right")
+    ax_err.set(xlabel="epoch", ylabel="top-1 error", title="top-1 error", ylim=(0, 1))
+    ax_err.grid(alpha=0.3)
+    if epochs:
+        ax_err.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
