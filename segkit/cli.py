@@ -122,6 +122,134 @@ def _run_train(args: argparse.Namespace) -> int:
 COMMANDS["train"] = ("train a model from a YAML config", _add_train_args, _run_train)
 
 
+def _add_inference_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("inference (checkpoint modes)")
+    group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto: CUDA when available")
+    group.add_argument("--tile", type=int, help="sliding window of TILE x TILE pixels (default: whole image at once)")
+    group.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap, a fraction of the tile (default 0.25)")
+    group.add_argument("--tta", action="store_true", help="average over horizontal, vertical and both flips")
+    group.add_argument("--batch-size", type=int, help="images (or tiles) per forward pass (default: the config's)")
+    group.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
+    group.add_argument("--workers", type=int, help="data-loading (or, with --pred, decoding) workers")
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    for flag, least in (("batch_size", 1), ("workers", 0), ("worst", 0), ("num_classes", 1)):
+        value = getattr(args, flag, None)
+        if value is not None and value < least:
+            raise SegkitError(f"--{flag.replace('_', '-')} must be at least {least}; got {value}.")
+
+
+def _add_evaluate_args(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_argument_group("a model on a dataset")
+    model.add_argument("--checkpoint", help="a run checkpoint (best.pt / last.pt); its config rebuilds model and normalisation")
+    model.add_argument("--data", help="folder dataset (images/ + masks/); default: the config's data")
+    model.add_argument("--split", help="split folder or split file (default: the config's val split if present, else the whole folder)")
+    masks = parser.add_argument_group("predicted masks against ground truth (no model)")
+    masks.add_argument("--pred", help="folder of predicted masks (class indices), paired with --gt by file stem")
+    masks.add_argument("--gt", help="folder of ground-truth masks")
+    masks.add_argument("--num-classes", type=int, help="number of classes; labels lie in [0, N)")
+    masks.add_argument("--ignore-index", type=int, default=255, help="ground-truth label that is not scored (default 255)")
+    masks.add_argument("--class-names", nargs="+", metavar="NAME", help="one name per class, in label order")
+    masks.add_argument("--binary", action="store_true", help="masks are 0/255; read 255 as class 1 (both folders)")
+    masks.add_argument("--reduce-zero-label", action="store_true", help="ground truth 0 is unlabelled: 0 -> ignore, v -> v-1")
+    masks.add_argument("--pred-suffix", help="prediction file ending that pairs, e.g. _pred.png")
+    masks.add_argument("--gt-suffix", help="ground-truth file ending that pairs, e.g. _mask.png")
+    masks.add_argument("--skip-missing", action="store_true", help="score the pairs there are; list unpaired files as warnings")
+    parser.add_argument("--out", help="write the report as JSON here, with <stem>_confusion.png and <stem>_worst.png beside it")
+    parser.add_argument("--worst", type=int, default=5, metavar="K", help="list (and draw) the K images with the lowest IoU (default 5)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_inference_args(parser)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from segkit.engine.report import format_report, write_report
+
+    _check_counts(args)
+    figure = Path(args.out).with_name(f"{Path(args.out).stem}_worst.png") if args.out and args.worst > 0 else None
+    if args.checkpoint:
+        if args.pred or args.gt:
+            raise SegkitError("give either --checkpoint (a model on a dataset) or --pred and --gt (two mask folders), not both.")
+        from segkit.engine.evaluate import evaluate_checkpoint
+
+        report = evaluate_checkpoint(
+            args.checkpoint, args.data, args.split, device=args.device, tile=args.tile, overlap=args.overlap,
+            tta=args.tta, amp=not args.no_amp, batch_size=args.batch_size, workers=args.workers,
+            worst=args.worst, worst_figure=figure, progress=not args.quiet,
+        )
+    elif args.pred or args.gt:
+        missing = [flag for flag, value in (("--pred", args.pred), ("--gt", args.gt), ("--num-classes", args.num_classes)) if value is None]
+        if missing:
+            raise SegkitError(f"evaluating mask folders needs {', '.join(missing)}; e.g. --pred preds/ --gt masks/ --num-classes 3.")
+        from segkit.engine.evaluate import evaluate_folders
+
+        report = evaluate_folders(
+            args.pred, args.gt, args.num_classes, ignore_index=args.ignore_index, class_names=args.class_names,
+            skip_missing=args.skip_missing, binary=args.binary, reduce_zero_label=args.reduce_zero_label,
+            pred_suffix=args.pred_suffix, gt_suffix=args.gt_suffix, workers=args.workers,
+            worst=args.worst, worst_figure=figure,
+        )
+    else:
+        raise SegkitError("segkit evaluate needs --checkpoint CKPT (with --data DIR) or --pred DIR --gt DIR --num-classes N.")
+    print(format_report(report, args.worst))
+    if args.out:
+        written = write_report(report, args.out, args.worst)
+        print(f"wrote {', '.join(str(p) for p in written + ([figure] if figure and figure.exists() else []))}")
+    return 0
+
+
+COMMANDS["evaluate"] = ("mIoU and friends: a checkpoint on a dataset, or predicted masks against ground truth",
+                        _add_evaluate_args, _run_evaluate)
+
+
+def _add_predict_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a run checkpoint (best.pt / last.pt)")
+    parser.add_argument("--input", required=True, help="an image file or a folder of images (searched recursively)")
+    parser.add_argument("--output", required=True, help="folder for masks/ (palette PNGs of class indices) and overlays/")
+    parser.add_argument("--no-overlays", action="store_true", help="write the masks only")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_inference_args(parser)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from segkit.engine.predict import predict_folder
+
+    _check_counts(args)
+    written = predict_folder(
+        args.checkpoint, args.input, args.output, device=args.device, tile=args.tile, overlap=args.overlap,
+        tta=args.tta, amp=not args.no_amp, batch_size=args.batch_size, workers=args.workers,
+        overlays=not args.no_overlays, progress=not args.quiet,
+    )
+    print(f"wrote {len(written)} mask{'s' if len(written) != 1 else ''} to {args.output}")
+    return 0
+
+
+COMMANDS["predict"] = ("write predicted masks (palette PNGs) and overlays for a folder of images", _add_predict_args, _run_predict)
+
+
+def _add_export_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a run checkpoint (best.pt / last.pt)")
+    parser.add_argument("--format", required=True, choices=("onnx", "torchscript"), help="onnx or torchscript")
+    parser.add_argument("--out", help="output file (default: the checkpoint's name with .onnx / .ts.pt)")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="example input size (default 256 256)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from segkit.engine.export import export_model
+
+    result = export_model(args.checkpoint, args.format, args.out, size=args.size, opset=args.opset)
+    print(result.summary())
+    if not result.ok:
+        print(f"segkit: the exported model differs from PyTorch by {result.max_abs_diff:.3g}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+COMMANDS["export"] = ("export a checkpoint's model to ONNX or TorchScript, checked against PyTorch", _add_export_args, _run_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segkit",

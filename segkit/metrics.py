@@ -12,9 +12,12 @@ Both metrics sum their counts across processes when ``torch.distributed`` is ini
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -188,6 +191,17 @@ class ConfusionMatrix(_Accumulator):
             f"{what} label {value} is outside [0, {self.num_classes}){ignore}; check num_classes and the "
             f"{'masks (or set ignore_index)' if what == 'target' else 'predicted labels'}."
         )
+
+    def add_counts(self, matrix: Any, image_mious: Sequence[float] = ()) -> None:
+        """Add counts made elsewhere: a ``(C, C)`` matrix (rows ground truth) and the mean IoUs of the
+        images it sums (NaN: an image with nothing to score), e.g. from decoding threads."""
+        c = self.num_classes
+        counts = torch.as_tensor(np.asarray(matrix, dtype=np.float64)).flatten()
+        if counts.numel() != c * c:
+            raise ValueError(f"add_counts needs a {c}x{c} matrix; got {tuple(np.shape(matrix))}.")
+        scored = [float(v) for v in image_mious if not math.isnan(v)]
+        extra = torch.tensor([math.fsum(scored), float(len(scored))], dtype=torch.float64)
+        self._add(torch.cat([counts, extra]))
 
     def compute(self, sync: bool = True) -> dict[str, float | list[float] | list[list[int]]]:
         """The metrics of everything counted since ``reset()`` (summed over processes if ``sync``)."""

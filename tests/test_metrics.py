@@ -232,3 +232,25 @@ def test_input_dtypes_and_layouts_agree():
         cm = ConfusionMatrix(2)
         cm.update(p, t)
         assert torch.equal(cm.matrix, reference.matrix)
+
+
+def test_add_counts_equals_update():
+    """Counts made elsewhere (evaluate's decoding threads) give what update() gives."""
+    gen = torch.Generator().manual_seed(3)
+    target = torch.randint(0, 4, (3, 9, 11), generator=gen)
+    target[0, :2] = 255
+    pred = torch.randint(0, 4, (3, 9, 11), generator=gen)
+    direct = ConfusionMatrix(4)
+    direct.update(pred, target)
+    fed = ConfusionMatrix(4)
+    for p, t in zip(pred, target):
+        one = ConfusionMatrix(4)
+        one.update(p, t)
+        result = one.compute()
+        fed.add_counts(result["confusion_matrix"], [result["per_image_miou"]])
+    got, want = fed.compute(), direct.compute()
+    assert got["confusion_matrix"] == want["confusion_matrix"]
+    for key in ("miou", "iou", "dice", "fwiou", "per_image_miou", "accuracy"):
+        assert got[key] == pytest.approx(want[key], nan_ok=True), key
+    with pytest.raises(ValueError, match="4x4"):
+        fed.add_counts([[1, 2], [3, 4]])

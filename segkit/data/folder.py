@@ -41,7 +41,7 @@ from segkit.errors import SegkitError
 __all__ = ["DataReport", "FolderDataset", "check_folder", "list_splits"]
 
 SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "test", "testing")
-_SPLIT_FILE_PLACES = ("{split}.txt", "splits/{split}.txt", "ImageSets/Segmentation/{split}.txt")
+SPLIT_FILE_PLACES = ("{split}.txt", "splits/{split}.txt", "ImageSets/Segmentation/{split}.txt")
 
 
 @dataclass
@@ -60,7 +60,7 @@ class _Scan:
     in_channels: int | None = None
 
 
-def _default_dirs(root: Path, image_dir: str | None, mask_dir: str | None) -> tuple[Path, Path]:
+def default_dirs(root: Path, image_dir: str | None, mask_dir: str | None) -> tuple[Path, Path]:
     if image_dir is None and mask_dir is None and not (root / "images").is_dir() and (root / "img_dir").is_dir():
         image_dir, mask_dir = "img_dir", "ann_dir"  # MMSegmentation
     return root / (image_dir or "images"), root / (mask_dir or "masks")
@@ -68,7 +68,7 @@ def _default_dirs(root: Path, image_dir: str | None, mask_dir: str | None) -> tu
 
 def list_splits(root: str | os.PathLike, image_dir: str | None = None, mask_dir: str | None = None) -> list[str]:
     """Split subfolder names (train, val, test, ...) under the image folder, sorted."""
-    images, _ = _default_dirs(Path(root), image_dir, mask_dir)
+    images, _ = default_dirs(Path(root), image_dir, mask_dir)
     if not images.is_dir():
         return []
     return sorted(d.name for d in images.iterdir() if d.is_dir() and d.name.lower() in SPLIT_NAMES)
@@ -102,7 +102,7 @@ def _resolve(
         raise SegkitError(
             f"data folder {root} does not exist; point the dataset at a folder holding images/ and masks/"
         )
-    images, masks = _default_dirs(root, image_dir, mask_dir)
+    images, masks = default_dirs(root, image_dir, mask_dir)
     if not images.is_dir():
         raise SegkitError(
             f"image folder {images} does not exist; put the images in {root / 'images'} and the masks in "
@@ -117,7 +117,7 @@ def _resolve(
         if not found_file.is_file():
             raise SegkitError(f"split file {found_file} does not exist; create it with one image stem a line")
     elif split is not None and images.name != split:
-        places = [root / p.format(split=split) for p in _SPLIT_FILE_PLACES]
+        places = [root / p.format(split=split) for p in SPLIT_FILE_PLACES]
         found_file = next((p for p in places if p.is_file()), None)
         if found_file is None:
             raise SegkitError(
@@ -139,7 +139,7 @@ def _resolve(
     return _Layout(images, masks, stems, found_file)
 
 
-def _find_files(
+def find_files(
     folder: Path, extensions: Sequence[str], suffix: str | None, kind: str
 ) -> tuple[dict[str, Path], list[str]]:
     """stem -> file under ``folder`` (recursive, hidden entries skipped); problems for shared stems."""
@@ -178,8 +178,8 @@ def _scan(
     layout = _resolve(root, split, options.get("image_dir"), options.get("mask_dir"), options.get("split_file"))
     scan = _Scan(layout)
     image_suffix, mask_suffix = options.get("image_suffix"), options.get("mask_suffix")
-    images, problems = _find_files(layout.image_dir, IMAGE_EXTENSIONS, image_suffix, "image")
-    masks, mask_problems = _find_files(layout.mask_dir, MASK_EXTENSIONS, mask_suffix, "mask")
+    images, problems = find_files(layout.image_dir, IMAGE_EXTENSIONS, image_suffix, "image")
+    masks, mask_problems = find_files(layout.mask_dir, MASK_EXTENSIONS, mask_suffix, "mask")
     scan.problems += problems + mask_problems
     looked_for = (
         f"files ending in {image_suffix!r}" if image_suffix else "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)

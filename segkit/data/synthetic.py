@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from segkit.errors import SegkitError
 
@@ -36,6 +35,8 @@ SYNTHETIC_CLASSES = ["background", "round_cell", "elongated_cell"]
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
     """Gaussian noise smoothed to blobs of about ``sigma`` pixels, rescaled to zero mean, unit std."""
+    from scipy import ndimage  # here, not at the top: importing segkit.data stays cheap
+
     field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
     return (field - field.mean()) / (field.std() + 1e-12)
 
@@ -103,6 +104,8 @@ def _render(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarr
     sy, sx = rng.uniform(0, height), rng.uniform(0, width)
     spot = np.exp(-((yy - sy) ** 2 + (xx - sx) ** 2) / (2 * (0.35 * max(height, width)) ** 2))
     image = image * (0.75 + ramp + 0.35 * spot)
+    from scipy import ndimage
+
     image = ndimage.gaussian_filter(image, 0.8 * scale)
     image = image + rng.standard_normal((height, width)) * (0.025 + 0.05 * np.sqrt(np.clip(image, 0, None)))
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), mask

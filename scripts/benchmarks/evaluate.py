@@ -1,0 +1,123 @@
+"""segkit evaluate --pred/--gt (400 pairs of 512x512 PNG masks) against a bare single-threaded decode of the same files.
+
+The target (issue 7): with process start-up set aside, evaluating a folder takes no longer than
+decoding its PNG files one after the other with Pillow (what segkit reads masks with), and
+start-up itself stays close to ``import torch``. Rows: evaluation time against the bare decode
+(Pillow, and OpenCV as the harder baseline), ``speedup`` = decode / evaluation (>= 1 meets the
+target), and the start-up of ``segkit --help`` and of ``segkit evaluate --help`` against
+``python -c "import torch"`` (each a fresh process). Run it on two cores to match the issue:
+
+    taskset -c 0,1 python scripts/benchmark.py evaluate
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from benchmarks._timing import comparison_row, time_alternating
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pairs", type=int, default=400, help="prediction/ground-truth pairs (default 400)")
+    parser.add_argument("--size", type=int, default=512, help="mask height and width (default 512)")
+    parser.add_argument("--classes", type=int, default=21, help="number of classes (default 21)")
+    parser.add_argument("--data", help="folder for the generated masks (default: a temporary folder); reused if present")
+    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: segkit's, the usable CPUs)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1; also fills the page cache)")
+    parser.add_argument("--startup-repeats", type=int, default=5, help="fresh processes per start-up timing (default 5; 0 skips)")
+
+
+def _masks(rng: np.random.Generator, size: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A blobby ground truth with a few ignore pixels, and a prediction that is mostly right."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    gt = np.zeros((size, size), np.uint8)
+    for _ in range(12):
+        cy, cx = rng.integers(0, size, 2)
+        r = rng.integers(size // 25, size // 4)
+        gt[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.integers(0, classes)
+    pred = gt.copy()
+    for _ in range(4):
+        cy, cx = rng.integers(0, size, 2)
+        r = rng.integers(size // 50, size // 8)
+        pred[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.integers(0, classes)
+    gt[rng.random((size, size)) < 0.002] = 255
+    return pred, gt
+
+
+def _make_data(root: Path, pairs: int, size: int, classes: int) -> None:
+    stamp = root / f".made-{pairs}-{size}-{classes}"
+    if stamp.exists():
+        return
+    rng = np.random.default_rng(0)
+    for sub in ("pred", "gt"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(pairs):
+        pred, gt = _masks(rng, size, classes)
+        Image.fromarray(pred).save(root / "pred" / f"{i:05d}.png")
+        Image.fromarray(gt).save(root / "gt" / f"{i:05d}.png")
+    stamp.touch()
+
+
+def _startup(command: list[str], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import cv2
+    import torch
+
+    from segkit.engine.folders import default_workers, evaluate_folders
+
+    temp = None if args.data else tempfile.TemporaryDirectory(prefix="segkit-bench-eval-")
+    root = Path(args.data or temp.name)  # type: ignore[union-attr]
+    _make_data(root, args.pairs, args.size, args.classes)
+    files = [root / sub / f"{i:05d}.png" for i in range(args.pairs) for sub in ("gt", "pred")]
+    workers = args.workers or default_workers()
+
+    def pillow() -> None:
+        for path in files:
+            with Image.open(path) as image:
+                np.asarray(image)
+
+    def opencv() -> None:
+        for path in files:
+            cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+
+    result: dict[str, Any] = {}
+
+    def segkit() -> None:
+        result["report"] = evaluate_folders(root / "pred", root / "gt", args.classes, workers=workers)
+
+    cv2.setNumThreads(1)
+    times = time_alternating({"segkit": segkit, "pillow": pillow, "opencv": opencv}, args.repeats, args.warmup)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    case = f"{args.pairs} pairs {args.size}x{args.size} C={args.classes}"
+    extra = {"workers": workers, "cpus": cpus, "torch_threads": torch.get_num_threads(), "miou": result["report"].metrics["miou"]}
+    rows = [comparison_row(case, times["segkit"], "bare decode, Pillow, 1 thread", times["pillow"], **extra),
+            comparison_row(case, times["segkit"], "bare decode, OpenCV, 1 thread", times["opencv"], **extra)]
+    if args.startup_repeats > 0:
+        torch_s = _startup([sys.executable, "-c", "import torch"], args.startup_repeats)
+        for command in (["--help"], ["evaluate", "--help"]):
+            segkit_s = _startup([sys.executable, "-m", "segkit", *command], args.startup_repeats)
+            rows.append(comparison_row(f"start-up: segkit {' '.join(command)}", segkit_s, "python -c 'import torch'", torch_s,
+                                       cpus=cpus))
+    if temp is not None:
+        temp.cleanup()
+    return rows

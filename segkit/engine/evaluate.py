@@ -1,0 +1,161 @@
+"""Evaluation: a checkpoint's model on a dataset (``segkit evaluate --checkpoint``), or mask folders.
+
+    report = evaluate_checkpoint("runs/quick/best.pt", data="data/quickstart")            # split val
+    report = evaluate_folders("preds/", "gt/", num_classes=3)                              # no model
+    print(format_report(report)); write_report(report, "report.json")
+
+Both count one :class:`~segkit.metrics.ConfusionMatrix` over every pixel of the split
+(dataset-level mIoU, absent classes NaN and left out of the means) at the ground truth's own
+resolution, and keep each image's mean IoU for the list of worst images.
+
+``evaluate_checkpoint`` rebuilds the model and the data normalisation from the checkpoint's own
+config and feeds the images exactly as training's validation did (see ``segkit.engine.inputs``);
+``evaluate_folders`` lives in ``segkit.engine.folders``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from segkit.engine.folders import evaluate_folders
+from segkit.engine.report import EvalReport, image_miou, plot_panels
+from segkit.errors import SegkitError
+
+__all__ = ["evaluate_checkpoint", "evaluate_folders"]
+
+
+def _eval_split(root: Path, split: str | None, default: str, options: dict[str, Any]) -> str | None:
+    """``split`` if given; else ``default`` when ``root`` has it (folder or split file), else a flat folder."""
+    from segkit.data.folder import SPLIT_FILE_PLACES, default_dirs, list_splits
+
+    if split is not None:
+        return split
+    images, _ = default_dirs(root, options.get("image_dir"), options.get("mask_dir"))
+    if (images / default).is_dir() or options.get("split_file") or any((root / p.format(split=default)).is_file() for p in SPLIT_FILE_PLACES):
+        return default
+    found = list_splits(root, options.get("image_dir"), options.get("mask_dir"))
+    if found:
+        raise SegkitError(f"{images} holds split folders {', '.join(found)} but no {default!r}; pass --split with one of them.")
+    return None
+
+
+def _eval_dataset(cfg: Any, data: str | os.PathLike[str] | None, split: str | None) -> tuple[Any, dict[str, Any]]:
+    """The dataset to score (transforms left to InputPipeline) and a description for the report."""
+    from omegaconf import OmegaConf
+
+    from segkit.data import CocoDataset, FolderDataset
+
+    d = cfg.data
+    options: dict[str, Any] = OmegaConf.to_container(d.options, resolve=True)  # type: ignore[assignment]
+    common: dict[str, Any] = {"num_classes": cfg.model.num_classes, "ignore_index": d.ignore_index}
+    if d.classes is not None:
+        common["classes"] = list(d.classes)
+    if data is None and d.kind == "coco":
+        dataset = CocoDataset(d.val_images, d.val_annotations, ignore_index=d.ignore_index, **options)
+        if dataset.num_classes != cfg.model.num_classes:
+            raise SegkitError(f"{d.val_annotations} has {dataset.num_classes} classes but the model predicts {cfg.model.num_classes}.")
+        return dataset, {"data": str(d.val_annotations)}
+    if data is None and (not d.root or not Path(d.root).is_dir()):
+        raise SegkitError(f"the checkpoint's data.root {d.root!r} is not a folder here; pass --data DIR (images/ + masks/).")
+    root = Path(data if data is not None else d.root)
+    if d.kind == "coco":  # a folder to score a COCO-trained model on: only the normalisation carries over
+        from segkit.engine.inputs import normalisation_options
+
+        options = normalisation_options(options)
+        common.pop("classes", None)
+    chosen = _eval_split(root, split, d.val_split, options)
+    dataset = FolderDataset(root, chosen, **common, **options)
+    if dataset.in_channels != cfg.model.in_channels:
+        raise SegkitError(f"the images under {root} have {dataset.in_channels} channel(s) but the model takes "
+                          f"{cfg.model.in_channels}; evaluate on data like the training data.")
+    return dataset, {"data": str(root), "split": chosen}
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    data: str | os.PathLike[str] | None = None,
+    split: str | None = None,
+    *,
+    device: str = "auto",
+    tile: int | None = None,
+    overlap: float = 0.25,
+    tta: Sequence[str] | bool = (),
+    amp: bool = True,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    worst: int = 5,
+    worst_figure: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+) -> EvalReport:
+    """Score the checkpoint's model on ``data`` (a folder dataset; default: the config's own data).
+
+    ``split`` defaults to the config's ``data.val_split`` when the folder has it, else the whole
+    folder. Inference options as in :func:`segkit.engine.inference.predict_logits`.
+    """
+    import torch
+    from omegaconf import OmegaConf
+    from torch.utils.data import DataLoader
+
+    from segkit.engine.inference import check_tile_options, load_model, predict_logits
+    from segkit.engine.inputs import InferenceItems, InputPipeline, collate_items, group_by_size, loader_workers
+    from segkit.engine.train import resolve_device
+    from segkit.metrics import ConfusionMatrix
+
+    check_tile_options(tile, overlap)
+    dev = resolve_device(device)
+    model, cfg = load_model(checkpoint, dev)
+    dataset, source = _eval_dataset(cfg, data, split)
+    if len(dataset) == 0:
+        raise SegkitError(f"{source['data']} holds no images to evaluate.")
+    spec = OmegaConf.to_container(cfg.data.val_transforms, resolve=True)
+    pipeline = InputPipeline(spec, cfg.data.ignore_index, cfg.trainer.seed)  # type: ignore[arg-type]
+    items = InferenceItems(dataset, pipeline, keep_image=False)
+    loader = DataLoader(items, batch_size=batch_size or cfg.trainer.val_batch_size or cfg.trainer.batch_size,
+                        num_workers=loader_workers(workers, cfg.data.num_workers), collate_fn=collate_items)
+    names = list(getattr(dataset, "stems", None) or [dataset.image_path(i).name for i in range(len(dataset))])
+    num_classes, ignore_index = cfg.model.num_classes, cfg.data.ignore_index
+    options = {"tile": tile, "overlap": overlap, "tta": tta, "amp": amp and cfg.trainer.amp,
+               "batch_size": batch_size or cfg.trainer.val_batch_size or cfg.trainer.batch_size}
+
+    def infer(group: list[Any]) -> list[torch.Tensor]:
+        """Logits of each item at its mask's size, (1, K, H, W)."""
+        logits = predict_logits(model, torch.stack([item.image for item in group]).to(dev), **options)
+        return [InputPipeline.to_mask_size(lg[None], item.scored_size, item.mask.shape) for item, lg in zip(group, logits)]
+
+    matrix = ConfusionMatrix(num_classes, ignore_index=ignore_index)
+    images: list[tuple[str, float]] = []
+    before = matrix.matrix
+    batches: Iterable[list[Any]] = loader
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True, disable=None)
+    for batch in batches:
+        for group in group_by_size(batch):
+            for item, logits in zip(group, infer(group)):
+                matrix.update(logits, item.mask[None].to(dev))
+                after = matrix.matrix
+                images.append((names[item.index], image_miou((after - before).cpu().numpy())))
+                before = after
+    classes = list(cfg.data.classes or getattr(dataset, "classes", None) or [str(c) for c in range(num_classes)])
+    report = EvalReport(matrix.compute(), classes, ignore_index, images, [pipeline.note()] if pipeline.dropped else [],
+                        {"mode": "checkpoint", "checkpoint": str(checkpoint), **source, "tile": tile, "tta": bool(tta)})
+    if worst_figure is not None and worst > 0:
+        from segkit.engine.plots import overlay
+
+        index_of = {name: i for i, name in enumerate(names)}
+        rows = []
+        for name, value in report.worst(worst):
+            item = items[index_of[name]]
+            pred = infer([item])[0].argmax(1)[0].cpu().numpy()
+            unit = dataset.load_image(item.index)
+            shown = unit[..., 0] if unit.shape[2] != 3 else unit
+            gt = item.mask.numpy().copy()
+            gt[(gt >= num_classes) | (gt == ignore_index)] = 0
+            rows.append((f"{name}: IoU {value:.3f}", [("image", shown), ("ground truth", overlay(shown, gt, num_classes)),
+                                                      ("prediction", overlay(shown, pred, num_classes))]))
+        plot_panels(rows, Path(worst_figure))
+    return report

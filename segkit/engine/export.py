@@ -1,0 +1,150 @@
+"""``segkit export``: a checkpoint's model as TorchScript or ONNX, checked against PyTorch.
+
+The exported model takes standardised images ``(N, in_channels, H, W)`` (as the checkpoint's
+config normalises them) and returns the main logits ``(N, num_classes, H, W)`` only (an
+image-level auxiliary head is dropped).
+
+- TorchScript: ``torch.jit.script``, which keeps the model's own padding to a multiple of 32, so
+  any input size works; a model that does not script (segkit's encoders do not, today) is traced
+  instead, which keeps batch, height and width dynamic for heights and widths that are multiples
+  of 32, like the ONNX export.
+- ONNX (TorchScript-based exporter, ``dynamo=False``, needs the ``onnx`` package): batch, height
+  and width are dynamic axes, but the padding arithmetic is traced as constants, so the ONNX
+  model takes heights and widths that are multiples of 32 (the encoder's deepest stride): pad
+  images bottom/right and crop the logits back. Its outputs are compared with PyTorch's by
+  onnxruntime when that is installed, and the check is skipped (and said so) when it is not.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from segkit.errors import SegkitError
+
+__all__ = ["FORMATS", "ExportResult", "export_model"]
+
+FORMATS = ("onnx", "torchscript")
+_SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    input_size: tuple[int, int]
+    max_abs_diff: float | None  # exported vs PyTorch logits, over the sizes checked; None: not checked
+    checked_with: str | None
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff is None or self.max_abs_diff <= 1e-4
+
+    def summary(self) -> str:
+        line = f"wrote {self.path} ({self.format}, example input {self.input_size[0]}x{self.input_size[1]})"
+        if self.max_abs_diff is not None:
+            line += f"; outputs match PyTorch's within {self.max_abs_diff:.2e} ({self.checked_with})"
+        return line + (f"; {self.note}" if self.note else "")
+
+
+def _example_size(model: nn.Module, size: tuple[int, int] | None) -> tuple[int, int]:
+    multiple = int(getattr(model, "multiple", 32))
+    smallest = int(getattr(model, "min_size", multiple))
+    if size is None:
+        size = (256, 256)
+    if any(s < 1 for s in size):
+        raise SegkitError(f"--size must be two positive numbers (height width); got {list(size)}.")
+    # whole multiples of the deepest stride, so the ONNX graph's fixed padding is none at all
+    return tuple(max(-(-s // multiple) * multiple, smallest) for s in size)  # type: ignore[return-value]
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.shape != b.shape:
+        raise SegkitError(f"the exported model returned shape {tuple(a.shape)} instead of {tuple(b.shape)}; it does not match PyTorch.")
+    return float((a.float() - b.float()).abs().max())
+
+
+def export_model(
+    checkpoint: str | os.PathLike[str],
+    fmt: str,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    size: tuple[int, int] | None = None,
+    opset: int = 17,
+) -> ExportResult:
+    """Export the checkpoint's model to ``out`` and compare its logits with PyTorch's on random inputs."""
+    from segkit.engine.inference import load_model
+
+    if fmt not in FORMATS:
+        raise SegkitError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}.")
+    model, cfg = load_model(checkpoint, "cpu")
+    if getattr(model, "aux_head", None) is not None:
+        model.aux_head = None  # logits only: the image-level head helps training, not deployment
+    ckpt = Path(checkpoint)
+    path = Path(out) if out else (ckpt if ckpt.suffix else ckpt / "model").with_suffix(_SUFFIX[fmt])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = _example_size(model, tuple(size) if size else None)
+    multiple = int(getattr(model, "multiple", 32))
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(1, cfg.model.in_channels, h, w, generator=generator),
+              torch.randn(2, cfg.model.in_channels, h + multiple, w, generator=generator)]  # another batch and size
+    with torch.inference_mode():
+        references = [model(x) for x in inputs]
+    if fmt == "torchscript":
+        return _torchscript(model, inputs, references, path, (h, w))
+    return _onnx(model, inputs, references, path, (h, w), opset)
+
+
+def _torchscript(model: nn.Module, inputs: list[torch.Tensor], references: list[torch.Tensor], path: Path,
+                 size: tuple[int, int]) -> ExportResult:
+    note = ""
+    traced = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notices
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        try:
+            exported = torch.jit.script(model)
+        except Exception as err:  # noqa: BLE001 - any scripting failure falls back to tracing
+            exported = torch.jit.trace(model, inputs[0])
+            traced, note = True, f"traced, not scripted ({type(err).__name__})"
+        exported.save(str(path))
+        loaded = torch.jit.load(str(path))
+    with torch.inference_mode():
+        diff = _max_diff(loaded(inputs[0]), references[0])
+        try:  # another batch size and height: a traced model keeps them dynamic for multiples of 32
+            diff = max(diff, _max_diff(loaded(inputs[1]), references[1]))
+            if traced:
+                note += ": H and W must be multiples of 32"
+        except Exception:  # noqa: BLE001 - the trace fixed the input size
+            if not traced:
+                raise
+            note += f": the input size is fixed to {size[0]}x{size[1]}"
+    return ExportResult(path, "torchscript", size, diff, "torch.jit.load", note)
+
+
+def _onnx(model: nn.Module, inputs: list[torch.Tensor], references: list[torch.Tensor], path: Path,
+          size: tuple[int, int], opset: int) -> ExportResult:
+    try:
+        import onnx  # noqa: F401 - the exporter needs it
+    except ImportError as err:
+        raise SegkitError("ONNX export needs the onnx package; install it with `pip install onnx onnxruntime`.") from err
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and deprecation warnings about the TorchScript-based exporter
+        torch.onnx.export(model, (inputs[0],), str(path), dynamo=False, opset_version=opset, input_names=["image"],
+                          output_names=["logits"], dynamic_axes={"image": axes, "logits": axes})
+    note = "H and W must be multiples of 32" if getattr(model, "multiple", None) == 32 else ""
+    try:
+        import onnxruntime
+    except ImportError:
+        return ExportResult(path, "onnx", size, None, None, "onnxruntime is not installed, so the outputs were not checked "
+                            "(pip install onnxruntime)" + (f"; {note}" if note else ""))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    diff = max(_max_diff(torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), ref) for x, ref in zip(inputs, references))
+    return ExportResult(path, "onnx", size, diff, "onnxruntime", note)

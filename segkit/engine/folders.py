@@ -1,0 +1,255 @@
+"""Scoring a folder of predicted masks against a folder of ground-truth masks (``segkit evaluate --pred --gt``).
+
+Files pair by stem (``a.png`` <-> ``a.png``; nested folders by relative path), with the pairing
+rules of ``FolderDataset``. Decoding is the cost, so a pool of threads decodes the pairs (8- and
+16-bit grayscale PNGs by OpenCV, everything else by Pillow's ``read_mask_pixels``) and counts
+each pair's confusion matrix with one GIL-free ``torch.bincount``; the main thread only sums.
+Results come back in file order, so the first bad file reported is always the same one. The
+summed counts go into a :class:`~segkit.metrics.ConfusionMatrix`, whose ``compute()`` is the report.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from segkit.data.io import MASK_EXTENSIONS, read_mask_pixels
+from segkit.data.masks import MaskDecoder, bad_value_message
+from segkit.engine.report import EvalReport, image_miou, plot_panels
+from segkit.errors import SegkitError
+from segkit.metrics import ConfusionMatrix
+
+__all__ = ["default_workers", "evaluate_folders", "read_mask_fast"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _cv2() -> Any:
+    try:
+        import cv2
+    except ImportError:  # OpenCV comes with albumentations; without it Pillow decodes everything
+        return None
+    return cv2
+
+
+def read_mask_fast(path: Path) -> np.ndarray:
+    """The pixels ``read_mask_pixels`` returns, decoded by OpenCV for 8/16-bit grayscale PNGs.
+
+    Those are most masks, and OpenCV decodes them faster than Pillow (no Python per chunk).
+    Palette, colour, low-bit-depth and non-PNG files go to ``read_mask_pixels``, as does anything
+    OpenCV cannot decode, so a broken file gets the same error message either way.
+    """
+    cv2 = _cv2()
+    if cv2 is not None and path.suffix.lower() == ".png":
+        try:
+            data = np.fromfile(path, dtype=np.uint8)
+        except OSError:
+            data = None
+        # IHDR: bit depth at byte 24, colour type (0 = grayscale) at byte 25
+        if data is not None and data.size > 33 and data[:8].tobytes() == _PNG_SIGNATURE and data[25] == 0 and data[24] in (8, 16):
+            pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+            if pixels is not None and pixels.ndim == 2:
+                return pixels
+    return read_mask_pixels(path)
+
+
+def _pair_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray | None:
+    """The ``(C, C)`` counts (rows ground truth) of one pair of 8-bit label maps, by one bincount.
+
+    About three times cheaper than ``ConfusionMatrix.update`` on a 512x512 pair (int16 index, no
+    per-image statistics; 0.55 ms against 1.9 ms of CPU) and GIL-free; None where it does not apply (16-bit labels, 128 classes
+    or more, or any label out of range), and the caller falls back to ``ConfusionMatrix.update``.
+    """
+    if pred.dtype != np.uint8 or gt.dtype != np.uint8 or num_classes > 127 or pred.size == 0:
+        return None
+    if int(pred.max()) >= num_classes:
+        return None
+    # The index in numpy (single-threaded, GIL released): torch's elementwise ops would start an
+    # OpenMP team in every decoding thread at once. torch.bincount itself is a plain loop.
+    index = gt.astype(np.int16)
+    index *= num_classes
+    index += pred  # < 256 * 128: fits int16
+    counts = torch.bincount(torch.from_numpy(index).view(-1), minlength=256 * num_classes).view(256, num_classes)
+    keep = torch.ones(256, dtype=torch.bool)
+    if ignore_index is not None and 0 <= ignore_index < 256:
+        keep[ignore_index] = False
+    if counts[num_classes:][keep[num_classes:]].any():  # a ground-truth label >= C that is not ignore_index
+        return None
+    return (counts[:num_classes] * keep[:num_classes, None]).numpy()
+
+
+def _ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """``map(fn, items)`` run by ``workers`` threads, results in order, at most 2 x workers ahead."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    iterator = iter(items)
+    with ThreadPoolExecutor(workers, thread_name_prefix="segkit-decode") as pool:
+        pending = deque(pool.submit(fn, item) for item in itertools.islice(iterator, 2 * workers))
+        try:
+            while pending:
+                result = pending.popleft().result()
+                for item in itertools.islice(iterator, 1):
+                    pending.append(pool.submit(fn, item))
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def default_workers() -> int:
+    """Decoding threads: the CPUs this process may run on (its affinity, e.g. under taskset), at most 8."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def _list_masks(folder: Path, suffix: str | None, kind: str) -> dict[str, Path]:
+    from segkit.data.folder import find_files  # the pairing rules FolderDataset uses
+
+    if not folder.is_dir():
+        raise SegkitError(f"{kind} folder {folder} does not exist; pass a folder of mask files.")
+    files, problems = find_files(folder, MASK_EXTENSIONS, suffix, kind)
+    if problems:
+        raise SegkitError(problems[0] + (f" ({len(problems) - 1} more like it)" if len(problems) > 1 else ""))
+    return files
+
+
+def _pair(pred_dir: Path, gt_dir: Path, pred_suffix: str | None, gt_suffix: str | None,
+          skip_missing: bool) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+    gts = _list_masks(gt_dir, gt_suffix, "ground-truth mask")
+    preds = _list_masks(pred_dir, pred_suffix, "prediction")
+    if not gts:
+        looked = f"files ending in {gt_suffix!r}" if gt_suffix else "/".join(e.lstrip(".") for e in MASK_EXTENSIONS)
+        raise SegkitError(f"no ground-truth masks found in {gt_dir} (looked for {looked}); point --gt at the mask folder.")
+    problems = [f"ground truth {gts[s]} has no prediction in {pred_dir} (stem {s!r})" for s in sorted(set(gts) - set(preds))]
+    problems += [f"prediction {preds[s]} has no ground truth in {gt_dir} (stem {s!r})" for s in sorted(set(preds) - set(gts))]
+    if problems and not skip_missing:
+        more = f" ({len(problems) - 1} more unpaired file{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
+        raise SegkitError(f"{problems[0]}{more}; add the missing files or pass --skip-missing to score only the pairs.")
+    pairs = [(stem, preds[stem], gts[stem]) for stem in sorted(set(gts) & set(preds))]
+    if not pairs:
+        raise SegkitError(f"no prediction in {pred_dir} pairs with a ground truth in {gt_dir}; masks pair by file stem (a.png <-> a.png).")
+    return pairs, [f"skipped: {p}" for p in problems]
+
+
+def _label_error(pred: np.ndarray, gt: np.ndarray, pred_path: Path, gt_path: Path, num_classes: int, ignore_index: int) -> str:
+    """The message for labels ConfusionMatrix refused, naming the file that holds them."""
+    counts = np.bincount(gt.ravel().astype(np.int64))
+    bad = [v for v in np.flatnonzero(counts).tolist() if v >= num_classes and v != ignore_index]
+    if bad:
+        return bad_value_message(gt_path, bad, [int(counts[v]) for v in bad], num_classes, ignore_index)
+    counted = pred[gt != ignore_index].astype(np.int64)
+    values, numbers = np.unique(counted[(counted < 0) | (counted >= num_classes)], return_counts=True)
+    listed = ", ".join(f"{v} ({n} pixels)" for v, n in zip(values.tolist(), numbers.tolist()))
+    return (f"prediction {pred_path} holds label(s) {listed}, outside [0, {num_classes}); predictions must be class indices "
+            f"0..{num_classes - 1} (check --num-classes and how the predictions were written).")
+
+
+def evaluate_folders(
+    pred_dir: str | os.PathLike[str],
+    gt_dir: str | os.PathLike[str],
+    num_classes: int,
+    *,
+    ignore_index: int = 255,
+    class_names: Sequence[str] | None = None,
+    skip_missing: bool = False,
+    binary: bool = False,
+    reduce_zero_label: bool = False,
+    pred_suffix: str | None = None,
+    gt_suffix: str | None = None,
+    workers: int | None = None,
+    worst: int = 5,
+    worst_figure: str | os.PathLike[str] | None = None,
+) -> EvalReport:
+    """Score the masks in ``pred_dir`` against those in ``gt_dir`` (paired by stem).
+
+    Predictions hold class indices (palette PNGs count by index); ``binary`` reads 0/255 as 0/1
+    in both folders; ``reduce_zero_label`` applies to the ground truth only. Each bad file (a
+    prediction of another size, an unreadable file, a label outside ``[0, num_classes)``, an
+    unpaired file unless ``skip_missing``) raises a SegkitError naming it.
+    """
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise SegkitError(f"--num-classes must be a positive integer; got {num_classes!r}.")
+    classes = _class_names(class_names, num_classes)
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    pairs, warnings = _pair(pred_dir, gt_dir, pred_suffix, gt_suffix, skip_missing)
+    gt_decoder = MaskDecoder(ignore_index=ignore_index, binary=binary, reduce_zero_label=reduce_zero_label)
+    pred_decoder = MaskDecoder(ignore_index=ignore_index, binary=binary)
+
+    def load(pair: tuple[str, Path, Path]) -> tuple[str, np.ndarray, np.ndarray, Path, Path]:
+        stem, pred_path, gt_path = pair
+        gt = gt_decoder.decode(read_mask_fast(gt_path), gt_path)
+        pred = pred_decoder.decode(read_mask_fast(pred_path), pred_path)
+        if pred.shape != gt.shape:
+            raise SegkitError(f"prediction {pred_path} is {pred.shape[1]}x{pred.shape[0]} but its ground truth {gt_path} is "
+                              f"{gt.shape[1]}x{gt.shape[0]}; predictions must have the ground truth's size (resize them with "
+                              "nearest-neighbour interpolation, or predict at full resolution).")
+        return stem, pred, gt, pred_path, gt_path
+
+    def score(pair: tuple[str, Path, Path]) -> tuple[str, np.ndarray]:
+        stem, pred, gt, pred_path, gt_path = load(pair)
+        counts = _pair_counts(pred, gt, num_classes, ignore_index)
+        if counts is None:  # 16-bit labels, or bad labels: ConfusionMatrix decides, and names the value
+            single = ConfusionMatrix(num_classes, ignore_index=ignore_index)
+            try:
+                single.update(*(torch.from_numpy(a if a.dtype == np.uint8 else a.astype(np.int32)) for a in (pred, gt)))
+            except ValueError:
+                raise SegkitError(_label_error(pred, gt, pred_path, gt_path, num_classes, ignore_index)) from None
+            counts = single.matrix.numpy()
+        return stem, counts
+
+    total = np.zeros((num_classes, num_classes), np.int64)
+    images: list[tuple[str, float]] = []
+    for stem, counts in _ordered_map(score, pairs, workers or default_workers()):
+        total += counts
+        images.append((stem, image_miou(counts)))
+    matrix = ConfusionMatrix(num_classes, ignore_index=ignore_index)
+    matrix.add_counts(total, [value for _, value in images])
+    report = EvalReport(matrix.compute(), classes, ignore_index, images, warnings,
+                        {"mode": "folders", "pred": str(pred_dir), "gt": str(gt_dir)})
+    if worst_figure is not None and worst > 0:
+        paths = {stem: (pred_path, gt_path) for stem, pred_path, gt_path in pairs}
+        rows = []
+        for name, value in report.worst(worst):
+            _, pred, gt, _, _ = load((name, *paths[name]))
+            rows.append((f"{name}: IoU {value:.3f}", _label_panels(pred, gt, num_classes, ignore_index)))
+        plot_panels(rows, Path(worst_figure))
+    return report
+
+
+def _class_names(names: Sequence[str] | None, num_classes: int) -> list[str]:
+    if names is None:
+        return [str(c) for c in range(num_classes)]
+    names = [str(n) for n in names]
+    if len(names) != num_classes:
+        raise SegkitError(f"--class-names gives {len(names)} names for {num_classes} classes; give one name per class.")
+    return names
+
+
+def _colors(labels: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray:
+    from segkit.engine.plots import palette
+
+    colors = palette(max(num_classes, 1)) / 255.0
+    shown = np.where((labels >= num_classes) | (labels == ignore_index), 0, labels)
+    return colors[shown.astype(np.int64)]
+
+
+def _label_panels(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int | None) -> list[tuple[str, np.ndarray]]:
+    """Ground truth, prediction, and the errors (red; ignored pixels grey)."""
+    errors = np.ones(gt.shape + (3,))
+    errors[(pred != gt)] = (0.85, 0.1, 0.1)
+    errors[gt == ignore_index] = (0.6, 0.6, 0.6)
+    return [("ground truth", _colors(gt, num_classes, ignore_index)), ("prediction", _colors(pred, num_classes, None)),
+            ("errors", errors)]

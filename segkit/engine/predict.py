@@ -1,0 +1,124 @@
+"""``segkit predict``: index masks (palette PNGs) and overlays for a folder of images.
+
+Each image is read, scaled and standardised as the checkpoint's training data was (its config's
+``data.options`` and ``data.val_transforms``, see ``segkit.engine.inputs``), run through the
+model whole or by sliding window, and its prediction written at the image's own size:
+
+- ``OUTPUT/masks/<stem>.png``: the class indices as a palette PNG (pixel value = class, colours from
+  ``segkit.engine.plots.palette`` for viewing; more than 256 classes: a 16-bit grayscale PNG);
+- ``OUTPUT/overlays/<stem>.png``: the class colours blended over the image.
+
+Nested input folders keep their structure (``in/a/b.tif`` -> ``OUTPUT/masks/a/b.png``). The masks
+read back as labels with ``segkit.data`` and score with ``segkit evaluate --pred OUTPUT/masks --gt ...``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from segkit.errors import SegkitError
+
+__all__ = ["predict_folder", "save_index_png"]
+
+
+def save_index_png(labels: np.ndarray, num_classes: int, path: Path) -> None:
+    """Class indices ``(H, W)`` as a palette PNG (or 16-bit grayscale beyond 256 classes)."""
+    from segkit.engine.plots import palette
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if num_classes > 256:
+        Image.fromarray(labels.astype(np.uint16)).save(path)
+        return
+    image = Image.fromarray(labels.astype(np.uint8))  # mode L; putpalette makes it P, keeping the indices
+    colors = palette(num_classes).reshape(-1).tolist()
+    image.putpalette(colors + [0] * (768 - len(colors)))
+    image.save(path)
+
+
+def _list_images(source: Path, output: Path) -> tuple[list[Path], list[str]]:
+    """Image files under ``source`` (or ``source`` itself) and their output names, outputs excluded."""
+    from segkit.data.folder import find_files
+    from segkit.data.io import IMAGE_EXTENSIONS
+
+    if source.is_file():
+        return [source], [source.stem]
+    if not source.is_dir():
+        raise SegkitError(f"input {source} does not exist; pass an image file or a folder of images.")
+    if output.resolve() == source.resolve():
+        raise SegkitError(f"--output {output} is the input folder; write the predictions to another folder.")
+    files, problems = find_files(source, IMAGE_EXTENSIONS, None, "image")
+    if problems:
+        raise SegkitError(problems[0] + "; predictions are named by stem, so rename one of them.")
+    inside = output.resolve()
+    names = [stem for stem, path in sorted(files.items()) if inside not in path.resolve().parents]
+    if not names:
+        raise SegkitError(f"no images found in {source} (looked for {'/'.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)}).")
+    return [files[stem] for stem in names], names
+
+
+def predict_folder(
+    checkpoint: str | os.PathLike[str],
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    device: str = "auto",
+    tile: int | None = None,
+    overlap: float = 0.25,
+    tta: bool = False,
+    amp: bool = True,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    overlays: bool = True,
+    progress: bool = False,
+) -> list[Path]:
+    """Predict every image under ``source`` with the checkpoint's model; return the mask files written."""
+    import torch
+    from omegaconf import OmegaConf
+    from torch.utils.data import DataLoader
+
+    from segkit.engine.inference import check_tile_options, load_model, predict_logits
+    from segkit.engine.inputs import ImageFiles, InferenceItems, InputPipeline, collate_items, group_by_size, loader_workers, normalisation_options
+    from segkit.engine.plots import overlay
+    from segkit.engine.train import resolve_device
+
+    check_tile_options(tile, overlap)
+    source, output = Path(source), Path(output)
+    paths, names = _list_images(source, output)
+    dev = resolve_device(device)
+    model, cfg = load_model(checkpoint, dev)
+    options: dict[str, Any] = OmegaConf.to_container(cfg.data.options, resolve=True)  # type: ignore[assignment]
+    dataset = ImageFiles(paths, cfg.model.in_channels, **normalisation_options(options))
+    spec = OmegaConf.to_container(cfg.data.val_transforms, resolve=True)
+    items = InferenceItems(dataset, InputPipeline(spec, cfg.data.ignore_index, cfg.trainer.seed), masks=False, keep_image=overlays)  # type: ignore[arg-type]
+    batch = batch_size or cfg.trainer.val_batch_size or cfg.trainer.batch_size
+    loader = DataLoader(items, batch_size=batch, num_workers=loader_workers(workers, cfg.data.num_workers), collate_fn=collate_items)
+    num_classes = cfg.model.num_classes
+    written: list[Path] = []
+    batches: Any = loader
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(loader, desc="predict", leave=False, dynamic_ncols=True, disable=None)
+    for chunk in batches:
+        for group in group_by_size(chunk):
+            logits = predict_logits(model, torch.stack([item.image for item in group]).to(dev), tile=tile, overlap=overlap,
+                                    tta=tta, amp=amp and cfg.trainer.amp, batch_size=batch)
+            for item, item_logits in zip(group, logits):
+                full = InputPipeline.to_mask_size(item_logits[None], item.scored_size, item.size)
+                labels = full.argmax(1)[0].cpu().numpy()
+                target = output / "masks" / f"{names[item.index]}.png"
+                save_index_png(labels, num_classes, target)
+                written.append(target)
+                if overlays and item.unit_image is not None:
+                    unit = item.unit_image
+                    shown = unit if unit.shape[2] == 3 else unit[..., 0]
+                    picture = (overlay(shown, labels, num_classes) * 255.0 + 0.5).astype(np.uint8)
+                    shown_path = output / "overlays" / f"{names[item.index]}.png"
+                    shown_path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(picture).save(shown_path)
+    return written

@@ -1,0 +1,417 @@
+"""segkit evaluate: a checkpoint on a dataset, and mask folders, against independent numpy computations."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from segkit import SegkitError
+from segkit.cli import main
+from segkit.config import config_from_dict, to_dict
+from segkit.data.io import read_mask_pixels
+from segkit.engine.builders import build_model_from_config
+from segkit.engine.checkpoint import save_checkpoint
+from segkit.engine.evaluate import evaluate_checkpoint, evaluate_folders
+from segkit.engine.folders import read_mask_fast
+from segkit.engine.report import format_report
+
+K = 4
+
+
+# -- independent reference ---------------------------------------------------------------------
+def reference(pairs: list[tuple[np.ndarray, np.ndarray]], k: int, ignore: int = 255) -> dict:
+    """Metrics of (pred, gt) label arrays by numpy only."""
+    total = np.zeros((k, k), np.int64)
+    per_image = []
+    for pred, gt in pairs:
+        keep = gt != ignore
+        m = np.bincount(gt[keep].astype(np.int64) * k + pred[keep], minlength=k * k).reshape(k, k)
+        total += m
+        tp, g, p = np.diag(m), m.sum(1), m.sum(0)
+        present = g > 0
+        per_image.append(np.mean(tp[present] / (g + p - tp)[present]) if present.any() else np.nan)
+    tp, g, p = np.diag(total).astype(float), total.sum(1), total.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = tp / (g + p - tp)
+        dice = 2 * tp / (g + p)
+        acc = tp / g
+    return {"matrix": total, "iou": iou, "miou": np.nanmean(iou), "dice": dice, "mdice": np.nanmean(dice),
+            "accuracy": acc, "mean_accuracy": np.nanmean(acc), "pixel_accuracy": tp.sum() / total.sum(),
+            "fwiou": np.nansum(g / g.sum() * iou), "per_image": per_image, "per_image_miou": np.nanmean(per_image)}
+
+
+def assert_matches(metrics: dict, ref: dict) -> None:
+    assert metrics["confusion_matrix"] == ref["matrix"].tolist()
+    for key in ("iou", "dice", "accuracy"):
+        np.testing.assert_allclose(np.array(metrics[key], dtype=float), ref[key], rtol=1e-12, equal_nan=True)
+    for key in ("miou", "mdice", "mean_accuracy", "pixel_accuracy", "fwiou", "per_image_miou"):
+        assert metrics[key] == pytest.approx(ref[key], rel=1e-12), key
+
+
+def save(path: Path, array: np.ndarray, palette: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(array)
+    if palette:  # the indices are the labels; the colours are only for viewing
+        image = Image.fromarray(array.astype(np.uint8), mode="P")
+        image.putpalette([v for c in range(256) for v in (c * 7 % 256, c * 13 % 256, c * 29 % 256)])
+    image.save(path)
+    return path
+
+
+def make_mask_folders(root: Path, n: int = 6, size: tuple[int, int] = (24, 40), seed: int = 0, ignore: int = 255):
+    """pred/ and gt/ folders with blobby labels, ignore pixels, a nested folder, palette and 16-bit files."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for i in range(n):
+        gt = rng.integers(0, K, size).astype(np.uint8)
+        gt[rng.random(size) < 0.1] = ignore
+        pred = np.where(rng.random(size) < 0.7, np.minimum(gt, K - 1), rng.integers(0, K, size)).astype(np.uint8)
+        stem = f"sub/img{i}" if i == 2 else f"img{i}"
+        gt_file = root / "gt" / f"{stem}.png"
+        if i == 3:  # a 16-bit ground truth
+            save(gt_file, gt.astype(np.uint16))
+        else:
+            save(gt_file, gt)
+        save(root / "pred" / f"{stem}.png", pred, palette=i == 1)
+        pairs.append((stem, pred, gt))
+    return pairs
+
+
+# -- mask folders ------------------------------------------------------------------------------
+@pytest.mark.parametrize(("workers", "ignore"), [(1, 255), (3, 255), (2, 0)])
+def test_folder_report_matches_numpy(tmp_path, workers, ignore):
+    pairs = make_mask_folders(tmp_path, ignore=ignore)
+    report = evaluate_folders(tmp_path / "pred", tmp_path / "gt", K, workers=workers, ignore_index=ignore)
+    ref = reference([(p, g) for _, p, g in pairs], K, ignore)
+    assert_matches(report.metrics, ref)
+    assert [name for name, _ in report.images] == sorted(stem for stem, _, _ in pairs)
+    by_name = dict(report.images)
+    for (stem, _, _), value in zip(pairs, ref["per_image"]):
+        assert by_name[stem] == pytest.approx(value, rel=1e-12)
+    worst = report.worst(2)
+    assert [v for _, v in worst] == sorted(ref["per_image"])[:2]
+    assert report.pixels == ref["matrix"].sum(1).tolist()
+
+
+def test_json_keeps_compute_keys_and_writes_nan_as_null(tmp_path):
+    gt = np.zeros((8, 8), np.uint8)
+    gt[:4] = 1
+    save(tmp_path / "gt" / "a.png", gt)
+    save(tmp_path / "pred" / "a.png", gt)  # class 2 absent from both: NaN
+    report = evaluate_folders(tmp_path / "pred", tmp_path / "gt", 3, class_names=["bg", "cell", "other"])
+    data = report.to_dict()
+    for key in ("miou", "iou", "mdice", "dice", "pixel_accuracy", "mean_accuracy", "accuracy", "fwiou", "per_image_miou", "confusion_matrix"):
+        assert key in data
+    assert data["iou"] == [1.0, 1.0, None] and data["miou"] == 1.0
+    assert data["classes"] == ["bg", "cell", "other"] and data["pixels"] == [32, 32, 0]
+    json.dumps(data, allow_nan=False)  # strict JSON
+    text = format_report(report)
+    assert "mIoU: 1.000" in text.splitlines() and "other" in text
+
+
+def test_cli_folders_writes_report_png_and_worst(tmp_path, capsys):
+    pairs = make_mask_folders(tmp_path)
+    out = tmp_path / "out" / "report.json"
+    code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", str(K),
+                 "--out", str(out), "--worst", "2"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    ref = reference([(p, g) for _, p, g in pairs], K)
+    assert re.search(r"^mIoU: \d\.\d{3}$", printed, re.M).group(0) == f"mIoU: {ref['miou']:.3f}"
+    data = json.loads(out.read_text())
+    assert data["miou"] == pytest.approx(ref["miou"]) and len(data["worst_images"]) == 2
+    for name in ("report_confusion.png", "report_worst.png"):
+        assert Image.open(out.parent / name).size[0] > 100
+
+
+def test_binary_and_reduce_zero_label(tmp_path):
+    gt = np.array([[0, 255], [255, 0]], np.uint8)
+    save(tmp_path / "b" / "gt" / "a.png", gt)
+    save(tmp_path / "b" / "pred" / "a.png", np.array([[0, 255], [0, 0]], np.uint8))
+    report = evaluate_folders(tmp_path / "b" / "pred", tmp_path / "b" / "gt", 2, binary=True, ignore_index=254)
+    assert report.metrics["confusion_matrix"] == [[2, 0], [1, 1]]
+    save(tmp_path / "z" / "gt" / "a.png", np.array([[0, 1], [2, 2]], np.uint8))  # 0 unlabelled, classes 1, 2
+    save(tmp_path / "z" / "pred" / "a.png", np.array([[1, 0], [1, 0]], np.uint8))
+    report = evaluate_folders(tmp_path / "z" / "pred", tmp_path / "z" / "gt", 2, reduce_zero_label=True)
+    assert report.metrics["confusion_matrix"] == [[1, 0], [1, 1]]  # (0,0) ignored
+
+
+def bad_case(root: Path, case: str) -> str:
+    """Write a folder pair with one defect; return a regex the error must match (it names the file)."""
+    ok = np.zeros((6, 8), np.uint8)
+    for stem in ("a", "b"):
+        save(root / "gt" / f"{stem}.png", ok)
+        save(root / "pred" / f"{stem}.png", ok)
+    if case == "size":
+        save(root / "pred" / "b.png", np.zeros((6, 9), np.uint8))
+        return r"prediction .*b\.png is 9x6 but its ground truth .*b\.png is 8x6"
+    if case == "corrupt":
+        (root / "pred" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+        return r"pred/b\.png"
+    if case == "truncated":
+        data = (root / "gt" / "b.png").read_bytes()
+        big = np.random.default_rng(0).integers(0, 3, (64, 64)).astype(np.uint8)
+        save(root / "gt" / "b.png", big)
+        save(root / "pred" / "b.png", big)
+        data = (root / "gt" / "b.png").read_bytes()
+        (root / "gt" / "b.png").write_bytes(data[: len(data) // 2])
+        return r"gt/b\.png"
+    if case == "gt_label":
+        save(root / "gt" / "b.png", np.full((6, 8), 7, np.uint8))
+        return r"mask .*gt/b\.png holds value 7 \(48 pixels\)"
+    if case == "pred_label":
+        save(root / "pred" / "b.png", np.full((6, 8), 3, np.uint8))
+        return r"prediction .*pred/b\.png holds label\(s\) 3 \(48 pixels\)"
+    if case == "missing_pred":
+        (root / "pred" / "b.png").unlink()
+        return r"ground truth .*gt/b\.png has no prediction .*--skip-missing"
+    if case == "missing_gt":
+        save(root / "pred" / "c.png", ok)
+        return r"prediction .*pred/c\.png has no ground truth"
+    if case == "shared_stem":
+        Image.fromarray(ok).save(root / "gt" / "a.bmp")
+        return r"gt/a\.(bmp|png) and .*gt/a\.(png|bmp) share the stem"
+    if case == "rgb":
+        save(root / "gt" / "b.png", np.zeros((6, 8, 3), np.uint8))
+        return r"mask .*gt/b\.png is a colour \(RGB\) image"
+    if case == "empty_gt":
+        for path in (root / "gt").iterdir():
+            path.unlink()
+        return r"no ground-truth masks found in .*gt"
+    if case == "no_folder":
+        return r"prediction folder .*nowhere does not exist"
+    raise AssertionError(case)
+
+
+BAD_CASES = ["size", "corrupt", "truncated", "gt_label", "pred_label", "missing_pred", "missing_gt", "shared_stem", "rgb",
+             "empty_gt", "no_folder"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_folders_name_the_file(tmp_path, case):
+    pattern = bad_case(tmp_path, case)
+    pred = tmp_path / ("nowhere" if case == "no_folder" else "pred")
+    with pytest.raises(SegkitError, match=pattern):
+        evaluate_folders(pred, tmp_path / "gt", 3, workers=2)
+
+
+def test_bad_folder_on_the_command_line_is_one_line(tmp_path, capsys):
+    bad_case(tmp_path, "size")
+    code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("segkit: error: prediction ")
+    assert main(["evaluate", "--pred", str(tmp_path / "pred")]) == 2
+    assert "needs --gt, --num-classes" in capsys.readouterr().err
+
+
+def test_skip_missing_lists_the_unpaired_files(tmp_path):
+    bad_case(tmp_path, "missing_pred")
+    save(tmp_path / "pred" / "extra.png", np.zeros((6, 8), np.uint8))
+    report = evaluate_folders(tmp_path / "pred", tmp_path / "gt", 3, skip_missing=True)
+    assert [name for name, _ in report.images] == ["a"]
+    assert len(report.warnings) == 2 and "gt/b.png" in report.warnings[0] and "pred/extra.png" in report.warnings[1]
+    assert "warning: skipped: ground truth" in format_report(report)
+
+
+def test_fast_reader_gives_pillows_values(tmp_path):
+    rng = np.random.default_rng(1)
+    arrays = {
+        "gray8.png": (rng.integers(0, 256, (9, 7)).astype(np.uint8), None),
+        "gray16.png": (rng.integers(0, 65536, (9, 7)).astype(np.uint16), None),
+        "palette.png": (rng.integers(0, 5, (9, 7)).astype(np.uint8), "P"),
+        "gray_alpha.png": (rng.integers(0, 256, (9, 7, 2)).astype(np.uint8), "LA"),
+        "bits1.png": (rng.integers(0, 2, (9, 7)).astype(bool), "1"),
+    }
+    for name, (array, mode) in arrays.items():
+        Image.fromarray(array, mode=mode).save(tmp_path / name) if mode else Image.fromarray(array).save(tmp_path / name)
+        fast, slow = read_mask_fast(tmp_path / name), read_mask_pixels(tmp_path / name)
+        assert fast.dtype == slow.dtype and np.array_equal(fast, slow), name
+
+
+# -- a checkpoint on a dataset -----------------------------------------------------------------
+def tiny_config(root: Path, **data) -> dict:
+    return {"model": {"arch": "unet", "encoder": "resnet18", "num_classes": 3, "in_channels": 1,
+                      "decoder": {"decoder_channels": [8, 8, 8, 8, 8]}},
+            "data": {"kind": "synthetic", "root": str(root), "synthetic": {"n": 8, "size": 64, "seed": 1}, **data},
+            "trainer": {"batch_size": 2, "seed": 0}}
+
+
+_FITTED: dict = {}
+
+
+def fitted_weights(cfg) -> dict:
+    """The tiny model after a few Adam steps towards 'class = intensity third' (made once per module):
+    its predictions vary with the image, so comparisons of predictions are not vacuous."""
+    if not _FITTED:
+        torch.manual_seed(0)
+        model = build_model_from_config(cfg)
+        gen = torch.Generator().manual_seed(0)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+        for _ in range(25):
+            raw = torch.rand(4, 1, 32, 32, generator=gen)
+            loss = F.cross_entropy(model((raw - 0.449) / 0.226), (raw[:, 0] * 3).long().clamp(max=2))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        _FITTED.update(model.state_dict())
+    return dict(_FITTED)
+
+
+def write_checkpoint(path: Path, config: dict) -> Path:
+    cfg = config_from_dict(config)
+    save_checkpoint({"model": fitted_weights(cfg), "config": to_dict(cfg), "epoch": 1}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    from segkit.data import make_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic(root, n=8, size=64, seed=1)  # val: 0006, 0007
+    return root
+
+
+def model_reference(ckpt: Path, images: list[Path], masks: list[Path], resize: int | None = None) -> dict:
+    """Load the model by hand, normalise 8-bit grey as segkit documents ((x / 255 - 0.449) / 0.226), score with numpy."""
+    from segkit.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(ckpt)
+    model = build_model_from_config(config_from_dict(state["config"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    pairs = []
+    for image_path, mask_path in zip(images, masks):
+        pixels = np.asarray(Image.open(image_path), dtype=np.float32) / 255.0
+        if resize:
+            import cv2
+
+            pixels = cv2.resize(pixels, (resize, resize), interpolation=cv2.INTER_LINEAR)
+        x = (torch.from_numpy(pixels)[None, None] - 0.449) / 0.226
+        mask = np.asarray(Image.open(mask_path))
+        with torch.no_grad():
+            logits = F.interpolate(model(x), size=mask.shape, mode="bilinear", align_corners=False) if resize else model(x)
+        pairs.append((logits.argmax(1)[0].numpy(), mask))
+    return reference(pairs, 3)
+
+
+def test_checkpoint_report_matches_a_hand_computation_and_training_validation(tmp_path, synthetic):
+    ckpt = write_checkpoint(tmp_path / "best.pt", tiny_config(synthetic))
+    report = evaluate_checkpoint(ckpt, synthetic, device="cpu")
+    val = sorted((synthetic / "images" / "val").glob("*.png"))
+    ref = model_reference(ckpt, val, [synthetic / "masks" / "val" / p.name for p in val])
+    assert_matches(report.metrics, ref)
+    assert [name for name, _ in report.images] == ["0006", "0007"]
+    assert report.source["split"] == "val"
+
+    from segkit.engine.builders import build_datasets
+    from segkit.engine.distributed import DistInfo
+    from segkit.engine.inference import load_model
+    from segkit.engine.validate import validate
+
+    model, cfg = load_model(ckpt)
+    metrics = validate(model, build_datasets(cfg)[1], cfg, torch.device("cpu"), DistInfo(rank=0, world_size=1, local_rank=0))
+    assert metrics["confusion_matrix"] == report.metrics["confusion_matrix"]
+
+
+def test_checkpoint_resize_transform_is_scored_at_the_masks_resolution(tmp_path, synthetic):
+    ckpt = write_checkpoint(tmp_path / "best.pt", tiny_config(synthetic, val_transforms=[{"name": "resize", "size": 32}]))
+    report = evaluate_checkpoint(ckpt, synthetic, device="cpu")
+    val = sorted((synthetic / "images" / "val").glob("*.png"))
+    ref = model_reference(ckpt, val, [synthetic / "masks" / "val" / p.name for p in val], resize=32)
+    assert_matches(report.metrics, ref)
+    assert sum(report.pixels) == 2 * 64 * 64
+
+
+def test_checkpoint_pad_transform_is_cropped_back_and_crops_are_left_out(tmp_path, synthetic):
+    spec = [{"name": "pad", "divisor": 32}, "hflip", {"name": "center_crop", "size": 16}]
+    ckpt = write_checkpoint(tmp_path / "best.pt", tiny_config(synthetic, val_transforms=spec))
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        save(tmp_path / "odd" / "images" / f"{i}.png", rng.integers(0, 256, (50, 40)).astype(np.uint8))
+        save(tmp_path / "odd" / "masks" / f"{i}.png", rng.integers(0, 3, (50, 40)).astype(np.uint8))
+    report = evaluate_checkpoint(ckpt, tmp_path / "odd", device="cpu")
+    assert len(report.warnings) == 1 and "hflip, center_crop left out" in report.warnings[0]
+
+    from segkit.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(ckpt)
+    model = build_model_from_config(config_from_dict(state["config"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    pairs = []
+    for i in range(2):
+        pixels = np.asarray(Image.open(tmp_path / "odd" / "images" / f"{i}.png"), dtype=np.float32) / 255.0
+        padded = np.pad(pixels, ((0, 14), (0, 24)))  # to 64 x 64 with 0 before standardisation, as albumentations pads
+        with torch.no_grad():
+            logits = model((torch.from_numpy(padded)[None, None] - 0.449) / 0.226)[..., :50, :40]
+        pairs.append((logits.argmax(1)[0].numpy(), np.asarray(Image.open(tmp_path / "odd" / "masks" / f"{i}.png"))))
+    assert_matches(report.metrics, reference(pairs, 3))
+    assert len(np.unique(pairs[0][0])) == 3  # the model predicts every class: the comparison is not vacuous
+
+
+def test_checkpoint_on_a_flat_folder_and_split_errors(tmp_path, synthetic):
+    ckpt = write_checkpoint(tmp_path / "best.pt", tiny_config(synthetic))
+    flat = tmp_path / "flat"
+    for sub in ("images", "masks"):
+        (flat / sub).mkdir(parents=True)
+        for path in sorted((synthetic / sub / "train").glob("*.png"))[:3]:
+            (flat / sub / path.name).write_bytes(path.read_bytes())
+    report = evaluate_checkpoint(ckpt, flat, device="cpu")
+    assert report.source["split"] is None and len(report.images) == 3
+    ref = model_reference(ckpt, sorted((flat / "images").glob("*.png")), sorted((flat / "masks").glob("*.png")))
+    assert_matches(report.metrics, ref)
+    assert len(evaluate_checkpoint(ckpt, synthetic, "train", device="cpu").images) == 6
+    only_train = tmp_path / "only_train"
+    for sub in ("images", "masks"):
+        (only_train / sub / "train").mkdir(parents=True)
+        (only_train / sub / "train" / "a.png").write_bytes((synthetic / sub / "train" / "0000.png").read_bytes())
+    with pytest.raises(SegkitError, match="holds split folders train but no 'val'; pass --split"):
+        evaluate_checkpoint(ckpt, only_train, device="cpu")
+
+
+def test_cli_checkpoint_prints_the_miou_line_and_writes_json(tmp_path, synthetic, capsys):
+    ckpt = write_checkpoint(tmp_path / "best.pt", tiny_config(synthetic))
+    out = tmp_path / "report.json"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(synthetic), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    lines = [line for line in printed.splitlines() if line.startswith("mIoU:")]
+    assert lines == [f"mIoU: {data['miou']:.3f}"] and re.fullmatch(r"mIoU: \d\.\d{3}", lines[0])
+    assert data["num_images"] == 2 and data["source"]["checkpoint"] == str(ckpt)
+    assert (tmp_path / "report_confusion.png").is_file() and (tmp_path / "report_worst.png").is_file()
+
+
+def test_bad_checkpoints_are_one_line_errors(tmp_path, synthetic, capsys):
+    torch.save({"weights": {}}, tmp_path / "other.pt")
+    torch.save({"model": {}}, tmp_path / "noconfig.pt")
+    for path, message in ((tmp_path / "missing.pt", "does not exist"), (tmp_path / "other.pt", "has no 'model' entry"),
+                          (tmp_path / "noconfig.pt", "holds no config")):
+        assert main(["evaluate", "--checkpoint", str(path), "--data", str(synthetic)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    ckpt = write_checkpoint(tmp_path / "best.pt", tiny_config(synthetic))
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--pred", str(tmp_path)]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert not math.isnan(evaluate_checkpoint(ckpt, synthetic, device="cpu").metrics["pixel_accuracy"])
+
+
+def test_evaluate_reproduces_the_validation_miou_saved_by_training(tmp_path, synthetic):
+    from segkit.engine.train import train
+
+    config = tiny_config(synthetic)
+    config.update({"optimizer": {"name": "adamw", "lr": 0.01}, "output": {"plots": False},
+                   "trainer": {"epochs": 1, "batch_size": 2, "seed": 0, "device": "cpu"}})
+    train(config_from_dict(config), tmp_path / "run", progress=False)
+    saved = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["metrics"]
+    report = evaluate_checkpoint(tmp_path / "run", device="cpu")  # the run directory, the config's own data
+    assert report.metrics["confusion_matrix"] == saved["confusion_matrix"]
+    assert report.metrics["miou"] == pytest.approx(saved["miou"], rel=1e-12)

@@ -1,0 +1,176 @@
+"""segkit predict (mask and overlay files) and segkit export (TorchScript / ONNX round trips)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segkit import SegkitError
+from segkit.cli import main
+from segkit.config import config_from_dict, to_dict
+from segkit.engine.builders import build_model_from_config
+from segkit.engine.checkpoint import save_checkpoint
+from segkit.engine.export import export_model
+from segkit.engine.plots import palette
+from segkit.engine.predict import predict_folder
+
+
+def fit_briefly(net: torch.nn.Module, in_channels: int, steps: int = 25) -> None:
+    """A few Adam steps towards 'class = intensity third', so predictions vary with the image."""
+    gen = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+    net.train()
+    for _ in range(steps):
+        raw = torch.rand(4, in_channels, 32, 32, generator=gen)
+        target = (raw.mean(1) * 3).long().clamp(max=2)
+        logits = net((raw - 0.5) / 0.25)
+        loss = torch.nn.functional.cross_entropy(logits[0] if isinstance(logits, tuple) else logits, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    net.eval()
+
+
+def write_checkpoint(path: Path, in_channels: int = 1, num_classes: int = 3, fit: bool = False, **model) -> Path:
+    cfg = config_from_dict({
+        "model": {"arch": "unet", "encoder": "resnet18", "num_classes": num_classes, "in_channels": in_channels,
+                  "decoder": {"decoder_channels": [8, 8, 8, 8, 8]}, **model},
+        "data": {"kind": "folder", "root": "unused", "options": {"mean": 0.5, "std": 0.25}},
+        "trainer": {"batch_size": 2},
+    })
+    torch.manual_seed(0)
+    net = build_model_from_config(cfg)
+    if fit:
+        fit_briefly(net, in_channels)
+    save_checkpoint({"model": net.state_dict(), "config": to_dict(cfg), "epoch": 1}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("run") / "best.pt", fit=True)
+
+
+def expected_labels(ckpt: Path, image: np.ndarray) -> np.ndarray:
+    """The model run by hand on an 8-bit grey image normalised with the config's mean 0.5 / std 0.25."""
+    from segkit.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(ckpt)
+    model = build_model_from_config(config_from_dict(state["config"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    x = (torch.from_numpy(image.astype(np.float32) / 255.0)[None, None] - 0.5) / 0.25
+    with torch.no_grad():
+        return model(x).argmax(1)[0].numpy()
+
+
+def test_predict_writes_palette_masks_and_overlays_of_any_size(tmp_path, ckpt):
+    rng = np.random.default_rng(0)
+    sizes = {"a": (37, 53), "nested/b": (64, 64), "c": (20, 101)}  # odd sizes: no multiple of 32 needed
+    source = tmp_path / "images"
+    pictures = {}
+    for name, size in sizes.items():
+        pictures[name] = rng.integers(0, 256, size).astype(np.uint8)
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pictures[name]).save(source / f"{name}.png")
+    written = predict_folder(ckpt, source, tmp_path / "out", device="cpu")
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in written) == ["masks/a.png", "masks/c.png", "masks/nested/b.png"]
+    for name, size in sizes.items():
+        mask = Image.open(tmp_path / "out" / "masks" / f"{name}.png")
+        assert mask.mode == "P" and mask.size == (size[1], size[0])
+        assert np.asarray(mask.getpalette()[:9]).reshape(3, 3).tolist() == palette(3).tolist()
+        labels = np.asarray(mask)
+        np.testing.assert_array_equal(labels, expected_labels(ckpt, pictures[name]))
+        shown = Image.open(tmp_path / "out" / "overlays" / f"{name}.png")
+        assert shown.mode == "RGB" and shown.size == mask.size
+        # background pixels keep the grey image; class pixels are tinted
+        rgb = np.asarray(shown).astype(int)
+        background = labels == 0
+        if background.any():
+            assert np.abs(rgb[background] - pictures[name][background][:, None]).max() <= 1
+        assert len(np.unique(labels)) > 1  # the check above is not vacuous
+
+
+def test_predict_matches_evaluate_and_takes_a_single_file(tmp_path, ckpt, capsys):
+    image = np.random.default_rng(1).integers(0, 256, (40, 40)).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "one.png")
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "one.png"), "--output", str(tmp_path / "o"),
+                 "--quiet", "--tile", "32", "--overlap", "0.5", "--tta", "--no-overlays"]) == 0
+    assert "wrote 1 mask to" in capsys.readouterr().out
+    assert (tmp_path / "o" / "masks" / "one.png").is_file() and not (tmp_path / "o" / "overlays").exists()
+
+
+def test_predict_errors(tmp_path, ckpt, capsys):
+    with pytest.raises(SegkitError, match="input .*nowhere does not exist"):
+        predict_folder(ckpt, tmp_path / "nowhere", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SegkitError, match="no images found in"):
+        predict_folder(ckpt, tmp_path / "empty", tmp_path / "out")
+    with pytest.raises(SegkitError, match="is the input folder"):
+        predict_folder(ckpt, tmp_path / "empty", tmp_path / "empty")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "rgb.png")
+    code = main(["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "rgb.png"), "--output", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "rgb.png has 3 channels but the dataset has 1" in err and err.count("\n") == 1
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "rgb.png"), "--output", str(tmp_path / "o"),
+                 "--overlap", "1.5"]) == 2
+    assert "--overlap must lie in [0, 1)" in capsys.readouterr().err
+
+
+def test_run_directory_stands_for_its_best_checkpoint(tmp_path, ckpt):
+    image = np.random.default_rng(2).integers(0, 256, (33, 35)).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    predict_folder(ckpt.parent, tmp_path / "x.png", tmp_path / "out", overlays=False)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "masks" / "x.png")), expected_labels(ckpt, image))
+
+
+def test_torchscript_export_round_trip(tmp_path):
+    ckpt = write_checkpoint(tmp_path / "best.pt", in_channels=3, aux_classes=3)
+    result = export_model(ckpt, "torchscript", tmp_path / "model.ts")
+    assert result.path == tmp_path / "model.ts" and result.ok and result.max_abs_diff is not None
+    loaded = torch.jit.load(str(result.path))
+    from segkit.engine.inference import load_model
+
+    model, _ = load_model(ckpt)
+    for shape in ((1, 3, *result.input_size), (2, 3, 320, 192)):  # scripted: any size; traced: multiples of 32
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            expected = model(x)[0]  # the auxiliary class logits are dropped from the export
+            torch.testing.assert_close(loaded(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_export_round_trip(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    ckpt = write_checkpoint(tmp_path / "best.pt")
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--size", "60", "90"]) == 0
+    assert "outputs match PyTorch's" in capsys.readouterr().out
+    path = tmp_path / "best.onnx"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from segkit.engine.inference import load_model
+
+    model, _ = load_model(ckpt)
+    for shape in ((1, 1, 64, 96), (3, 1, 128, 32)):  # dynamic batch, height and width (multiples of 32)
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_without_the_package_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_onnx(name, *args, **kwargs):
+        if name == "onnx" or name.startswith("onnx."):
+            raise ImportError("No module named 'onnx'")
+        return real_import(name, *args, **kwargs)
+
+    ckpt = write_checkpoint(tmp_path / "best.pt")
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx"]) == 2
+    assert "pip install onnx onnxruntime" in capsys.readouterr().err
