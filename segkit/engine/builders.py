@@ -96,11 +96,13 @@ def build_datasets(cfg: DictConfig, info: DistInfo | None = None) -> tuple[Any, 
         from segkit.data import FolderDataset
 
         root = _resolve(data.root, "data.root")
+        _check_options(options, FolderDataset, {"root", "split", "transforms", *common})
         train = FolderDataset(root, data.train_split, transforms=transforms_from_config(cfg, True), **common, **options)
         val = FolderDataset(root, data.val_split, transforms=transforms_from_config(cfg, False), **common, **options)
     elif kind == "coco":
         from segkit.data import CocoDataset
 
+        _check_options(options, CocoDataset, {"image_dir", "annotation_file", "transforms", "ignore_index"})
         train = CocoDataset(_resolve(data.train_images, "data.train_images"), _resolve(data.train_annotations, "data.train_annotations"),
                             transforms=transforms_from_config(cfg, True), ignore_index=data.ignore_index, **options)
         val = CocoDataset(_resolve(data.val_images, "data.val_images"), _resolve(data.val_annotations, "data.val_annotations"),
@@ -114,6 +116,21 @@ def build_datasets(cfg: DictConfig, info: DistInfo | None = None) -> tuple[Any, 
         raise SegkitError(f"the images under {data.root or data.train_images} have {train.in_channels} channel(s) but "
                           f"model.in_channels is {cfg.model.in_channels}; set model.in_channels={train.in_channels}.")
     return SeededDataset(train), SeededDataset(val)
+
+
+def _check_options(options: dict[str, Any], dataset_class: type, taken: set[str]) -> None:
+    """``data.options`` must be keyword options of the dataset class (not ones the config sets elsewhere)."""
+    import difflib
+    import inspect
+
+    params = inspect.signature(dataset_class).parameters
+    accepted = [name for name in params if name not in taken]
+    for key in options:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise SegkitError(f"data.options.{key} is not an option of {dataset_class.__name__}; {hint}"
+                              f"its options are {', '.join(accepted)}.")
 
 
 def build_model_from_config(cfg: DictConfig) -> nn.Module:

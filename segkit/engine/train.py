@@ -96,6 +96,11 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+def _use_channels_last(cfg: DictConfig, device: torch.device) -> bool:
+    """channels_last pays on CUDA tensor cores; on the CPU it is left off."""
+    return device.type == "cuda" and cfg.trainer.channels_last
+
+
 def _amp_settings(cfg: DictConfig, device: torch.device) -> tuple[bool, torch.dtype, bool]:
     """(use autocast, its dtype, use a grad scaler). AMP runs on CUDA only."""
     if device.type != "cuda" or not cfg.trainer.amp:
@@ -210,7 +215,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     model = build_model_from_config(cfg).to(device)
     if cfg.trainer.sync_bn and info.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    channels_last = device.type == "cuda" and cfg.trainer.channels_last
+    channels_last = _use_channels_last(cfg, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss_fn(cfg).to(device)
@@ -237,7 +242,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     frozen_norms = _frozen_norms(model) if cfg.model.freeze_encoder else []
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     use_amp, amp_dtype, use_scaler = _amp_settings(cfg, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
     start_epoch, batch_in_epoch, step, best = 0, 0, 0, None
     if resume:
