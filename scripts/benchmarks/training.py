@@ -9,10 +9,10 @@ the same config. The two alternate, ``--rounds`` times each, in one process; the
 median images/s and ``ratio`` = engine / plain loop (1.0: the engine's seeded sampling, logging,
 checkpointing and NaN checks cost nothing measurable).
 
-On CUDA (``--device cuda``) two more rows: a training step with autocast (bf16 where supported,
-else fp16 with a grad scaler) and channels_last against the fp32 step, and the model FLOPs per
-second of each (``torch.utils.flop_counter``) as a fraction of the GPU's peak (``--peak-tflops``,
-or a table of known GPUs).
+On CUDA (``--device cuda``; elsewhere with ``--amp-rows``) two more rows: a training step with
+autocast (bf16 where supported, else fp16 with a grad scaler) and channels_last against the fp32
+step, and the model FLOPs per second of each (``torch.utils.flop_counter``) as a fraction of the
+GPU's peak (``--peak-tflops``, or a table of known GPUs).
 """
 
 from __future__ import annotations
@@ -46,9 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="engine and plain runs, alternating (default 2 each)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--gpu-batch", type=int, default=16, help="CUDA rows: images per step (default 16)")
-    parser.add_argument("--gpu-size", type=int, default=512, help="CUDA rows: image size (default 512)")
-    parser.add_argument("--gpu-encoder", default="resnet50", help="CUDA rows: the U-Net's encoder (default resnet50)")
+    parser.add_argument("--amp-rows", action="store_true", help="add the AMP+channels_last rows off CUDA too (bf16 autocast on the CPU)")
+    parser.add_argument("--gpu-batch", type=int, default=16, help="AMP rows: images per step (default 16)")
+    parser.add_argument("--gpu-size", type=int, default=512, help="AMP rows: image size (default 512)")
+    parser.add_argument("--gpu-encoder", default="resnet50", help="AMP rows: the U-Net's encoder (default resnet50)")
+    parser.add_argument("--gpu-repeats", type=int, default=20, help="AMP rows: timed steps of each (default 20)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="CUDA rows: the GPU's peak (TFLOP/s) at the AMP dtype")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. trainer.batch_size=16")
 
@@ -92,17 +94,18 @@ def _plain_run(args: argparse.Namespace, data_root: Path) -> float:
     return statistics.median(rates[1:])
 
 
-def _gpu_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+def _amp_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from benchmarks._timing import time_alternating
     from segkit import create_model
 
-    device = torch.device("cuda")
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
     torch.backends.cudnn.benchmark = True
     x = torch.randn(args.gpu_batch, 3, args.gpu_size, args.gpu_size, device=device)
     y = torch.randint(0, 21, (args.gpu_batch, args.gpu_size, args.gpu_size), device=device)
-    bf16 = torch.cuda.is_bf16_supported()
+    bf16 = torch.cuda.is_bf16_supported() if cuda else True
     dtype = torch.bfloat16 if bf16 else torch.float16
     steps = {}
     for name, amp in (("fp32", False), ("amp+channels_last", True)):
@@ -111,11 +114,11 @@ def _gpu_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
             model = model.to(memory_format=torch.channels_last)
         inputs = x.contiguous(memory_format=torch.channels_last) if amp else x
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp and not bf16)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp and not bf16)
 
         def step(model=model, inputs=inputs, optimizer=optimizer, scaler=scaler, amp=amp) -> None:
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=dtype, enabled=amp):
+            with torch.autocast(device.type, dtype=dtype, enabled=amp):
                 loss = torch.nn.functional.cross_entropy(model(inputs), y)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -125,13 +128,14 @@ def _gpu_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     with FlopCounterMode(display=False) as counter:
         steps["fp32"]()
     flops = counter.get_total_flops()
-    times = time_alternating(steps, repeats=20, warmup=3, synchronize=torch.cuda.synchronize)
-    gpu = torch.cuda.get_device_name()
+    times = time_alternating(steps, repeats=args.gpu_repeats, warmup=min(3, args.gpu_repeats),
+                             synchronize=torch.cuda.synchronize if cuda else None)
+    gpu = torch.cuda.get_device_name() if cuda else "cpu"
     peaks = next((p for key, p in PEAK_TFLOPS.items() if key in gpu), None)
     rows = []
     for name, seconds in times.items():
         peak = args.peak_tflops if (args.peak_tflops and name != "fp32") else (peaks[1 if name == "fp32" else 0] if peaks else None)
-        achieved = flops / seconds / 1e12
+        achieved = flops / seconds / 1e12  # model FLOPs of one step (forward + backward) per second
         rows.append({"case": f"unet/{args.gpu_encoder} step {args.gpu_batch}x3x{args.gpu_size}^2 {name}", "gpu": gpu,
                      "images_per_s": args.gpu_batch / seconds, "speedup_vs_fp32": times["fp32"] / seconds,
                      "tflops": achieved, "peak_tflops": peak, "fraction_of_peak": achieved / peak if peak else None,
@@ -154,6 +158,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         "case": case, "engine_images_per_s": statistics.median(engine), "plain_loop_images_per_s": statistics.median(plain),
         "ratio": statistics.median(engine) / statistics.median(plain), "threads": torch.get_num_threads(),
     }]
-    if args.device == "cuda":
-        rows += _gpu_rows(args)
+    if args.device == "cuda" or args.amp_rows:
+        rows += _amp_rows(args)
     return rows

@@ -1,0 +1,49 @@
+"""Every benchmark in scripts/benchmark.py runs end to end at tiny sizes and writes its JSON.
+
+These are not timings (those come from running the benchmarks); they keep the benchmarks working
+and check the invariants each one reports, e.g. that segkit and the peer agree on the result.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "metrics": ["--batch", "1", "--size", "32", "--classes", "4", "--repeats", "1", "--warmup", "0"],
+    "train_step": ["--batch", "1", "--size", "64", "--encoder", "resnet18", "--widths", "16,16,16,16,16",
+                   "--repeats", "1", "--warmup", "0"],
+    "training": ["--epochs", "2", "--rounds", "1", "--amp-rows", "--gpu-batch", "1", "--gpu-size", "64",
+                 "--gpu-encoder", "resnet18", "--gpu-repeats", "1", "trainer.batch_size=4", "data.synthetic.n=8",
+                 "data.synthetic.size=64", "model.decoder.decoder_channels=[8,8,8,8,8]"],
+    "loader": ["--n", "4", "--size", "64", "--crop", "32", "--batch", "2", "--workers", "0", "--rounds", "1"],
+    "evaluate": ["--pairs", "6", "--size", "32", "--classes", "3", "--repeats", "1", "--warmup", "0", "--startup-repeats", "0"],
+}
+
+
+def test_every_benchmark_has_a_smoke_run():
+    found = {p.stem for p in (REPO / "scripts" / "benchmarks").glob("*.py") if not p.stem.startswith("_")}
+    assert found == set(TINY)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_benchmark_runs_and_writes_json(name, tmp_path):
+    out = tmp_path / "rows.json"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), name, "--json", str(out), *TINY[name]],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == name and report["rows"]
+    for row in report["rows"]:
+        if "same_result" in row:
+            assert row["same_result"] is True, row
+    if name == "training":
+        kinds = [row["case"] for row in report["rows"]]
+        assert len(kinds) == 3 and any("amp+channels_last" in k for k in kinds)
+        assert all(row.get("ratio", 1.0) > 0 for row in report["rows"])
