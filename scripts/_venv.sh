@@ -17,8 +17,12 @@ fi
 py="$venv/bin/python"
 extras="${SEGKIT_EXTRAS:-}"
 stamp="$venv/.segkit-install-stamp"
-want="$(cat "$repo/pyproject.toml" | sha256sum | cut -d' ' -f1) extras=$extras"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+project="$(sha256sum < "$repo/pyproject.toml" | cut -d' ' -f1)"
+want="$project extras=$extras"
+have="$(cat "$stamp" 2>/dev/null || true)"
+# Up to date: the same pyproject.toml installed with these extras, or with the test extra (a
+# superset: the quickstart needs none) when no extra is asked for.
+if [ "$have" != "$want" ] && ! { [ -z "$extras" ] && [ "$have" = "$project extras=test" ]; }; then
     echo "[segkit] installing dependencies into $venv (first run takes a few minutes)"
     # The pinned torch/torchvision are the versions this project is tested with; pip takes
     # them from a local wheel cache when one is configured.
