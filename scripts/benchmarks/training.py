@@ -149,9 +149,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     engine, plain = [], []
     with tempfile.TemporaryDirectory() as tmp:
         data_root = Path(tmp) / "data"
-        for round_ in range(args.rounds):
-            engine.append(_engine_run(args, data_root, Path(tmp) / f"run{round_}"))
-            plain.append(_plain_run(args, data_root))
+        for round_ in range(args.rounds):  # the order alternates from round to round
+            runs = [lambda: engine.append(_engine_run(args, data_root, Path(tmp) / f"run{round_}")),
+                    lambda: plain.append(_plain_run(args, data_root))]
+            for run_one in runs[:: 1 if round_ % 2 == 0 else -1]:
+                run_one()
     cfg = load_config(args.config, args.overrides)
     case = f"{cfg.model.arch}/{cfg.model.encoder} {Path(args.config).name} batch {cfg.trainer.batch_size} {args.device}"
     rows: list[dict[str, Any]] = [{
