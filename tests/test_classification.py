@@ -261,7 +261,9 @@ def test_torchrun_two_processes_count_every_validation_image_once(tmp_path, synt
 
     repo = Path(__file__).resolve().parents[1]
     config = tmp_path / "c.yaml"
-    OmegaConf.save(OmegaConf.create(tiny_config(synthetic, epochs=1, batch_size=10)), config)
+    # Validation one image at a time, one thread, in both runs: the logits of an image then do not depend on
+    # which images share its batch or on the thread count, so the two runs must agree exactly.
+    OmegaConf.save(OmegaConf.create(tiny_config(synthetic, epochs=1, batch_size=10, val_batch_size=1)), config)
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(repo / "scripts" / "train.py"),
          str(config), "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet"],
@@ -270,10 +272,15 @@ def test_torchrun_two_processes_count_every_validation_image_once(tmp_path, synt
     assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert state["step"] == 5  # 100 training images / 2 ranks / batch 10
-    cfg = config_from_dict(tiny_config(synthetic))
+    cfg = config_from_dict(tiny_config(synthetic, val_batch_size=1))
     model = build_model_from_config(cfg)
     model.load_state_dict(state["model"])
-    single = validate_classification(model, build_datasets(cfg)[1], cfg, CPU, DistInfo())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = validate_classification(model, build_datasets(cfg)[1], cfg, CPU, DistInfo())
+    finally:
+        torch.set_num_threads(threads)
     assert state["metrics"]["top1"] == single["top1"] and state["metrics"]["top5"] == single["top5"]
     no_nan = [None if v != v else v for v in single["per_class_accuracy"]]  # the checkpoint stores NaN as None
     assert state["metrics"]["per_class_accuracy"] == no_nan

@@ -190,7 +190,12 @@ def train(
     device = resolve_device(cfg.trainer.device)
     info = init_distributed(device.type)
     try:
-        return _train(cfg, out_dir, device, info, max_steps=max_steps, resume=resume, progress=progress)
+        result = _train(cfg, out_dir, device, info, max_steps=max_steps, resume=resume, progress=progress)
+        if info.enabled:
+            # Leave together: a rank that tears down its process group while rank 0 still writes the
+            # last checkpoint can abort in gloo's threads ("terminate called without an active exception").
+            torch.distributed.barrier()
+        return result
     finally:
         cleanup_distributed()
 
