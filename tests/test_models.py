@@ -112,11 +112,11 @@ def test_fcn_vgg_loads_fc6_fc7_from_the_checkpoint(tmp_path, caplog):
     model = create_model("fcn32s", encoder="vgg11", num_classes=2, encoder_weights=path, fc_channels=8)
     assert torch.equal(model.encoder.state_dict()["features.0.weight"], state["features.0.weight"])
     fc6, fc7 = model.decoder.head[0], model.decoder.head[3]
-    pool5 = torch.randn(1, 512, 7, 7)
+    pool5 = torch.randn(1, 512, 7, 7, dtype=torch.float64)  # float64: a 25,088-term sum, no rounding noise
     with torch.no_grad():
-        as_conv = fc6(pool5)[:, :, 3, 3]
-    expected = nn.functional.linear(pool5.flatten(1), state["classifier.0.weight"], state["classifier.0.bias"])
-    torch.testing.assert_close(as_conv, expected, rtol=1e-4, atol=1e-3)
+        as_conv = fc6.double()(pool5)[:, :, 3, 3]
+    expected = nn.functional.linear(pool5.flatten(1), state["classifier.0.weight"].double(), state["classifier.0.bias"].double())
+    torch.testing.assert_close(as_conv, expected, rtol=1e-9, atol=1e-9)
     assert torch.equal(fc7.weight.flatten(1), state["classifier.3.weight"])
     # A head of another width keeps its initialisation, and says so.
     with caplog.at_level(logging.INFO, logger="segkit"):
