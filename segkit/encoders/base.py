@@ -68,32 +68,18 @@ class Encoder(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """``(N, C, H, W)`` -> list of ``(N, out_channels[i], H / reductions[i], W / reductions[i])``."""
-        self._check_input(x)
+        check_input(self, x, self.min_input_size)
         return self.forward_stages(x, record_switches=False)[0]
 
     def forward_with_switches(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Features as :meth:`forward`, plus one int64 switch tensor per feature map (see module doc)."""
-        self._check_input(x)
+        check_input(self, x, self.min_input_size)
         return self.forward_stages(x, record_switches=True)
 
     @property
     def in_channels(self) -> int:
         """Channels of the image the encoder takes (read from its first convolution)."""
         return _conv_in_channels(self, self.first_conv)
-
-    def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4:
-            raise SegkitError(f"{type(self).__name__} takes a batch (N, C, H, W); got a tensor of shape {tuple(x.shape)}.")
-        if x.shape[1] != self.in_channels:
-            raise SegkitError(
-                f"{type(self).__name__} was built for {self.in_channels} input channels but the batch has "
-                f"{x.shape[1]}; create it with in_channels={x.shape[1]}."
-            )
-        if min(x.shape[-2:]) < self.min_input_size:
-            raise SegkitError(
-                f"{type(self).__name__} needs images of at least {self.min_input_size}x{self.min_input_size} "
-                f"pixels; got {x.shape[-2]}x{x.shape[-1]}: resize or pad the input."
-            )
 
 
 class Classifier(nn.Module):
@@ -114,8 +100,9 @@ class Classifier(nn.Module):
         return _conv_in_channels(self, self.first_conv)
 
 
-def check_classifier_input(model: Classifier, x: Tensor, min_size: int, exact: bool = False) -> None:
-    """Raise a ``SegkitError`` for a batch ``model`` cannot take: not 4-D, wrong channels, too small.
+def check_input(model: Encoder | Classifier, x: Tensor, min_size: int, exact: bool = False) -> None:
+    """Raise a ``SegkitError`` for a batch ``model`` (an encoder or classifier) cannot take: not 4-D,
+    wrong channels, too small.
 
     ``exact``: the net takes only ``min_size`` x ``min_size`` images (LeNet-5).
     """

@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segkit.encoders.base import Classifier, check_classifier_input, register_classifier
+from segkit.encoders.base import Classifier, check_input, register_classifier
 
 __all__ = ["AlexNet", "LeNet5", "PartialConv2d", "Subsampling", "LENET5_C3_TABLE", "lenet_squash"]
 
@@ -156,7 +156,7 @@ class LeNet5(Classifier):
             _uniform_fan_in_(layer.bias.data, fan_in)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_classifier_input(self, x, self.input_size, exact=True)
+        check_input(self, x, self.input_size, exact=True)
         x = lenet_squash(self.c1(x))
         x = lenet_squash(self.s2(x))
         x = lenet_squash(self.c3(x))
@@ -219,7 +219,7 @@ class AlexNet(Classifier):
                 nn.init.constant_(m.bias, 1.0 if name in ones else 0.0)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_classifier_input(self, x, self.min_input_size)
+        check_input(self, x, self.min_input_size)
         x = self.avgpool(self.features(x))
         return self.classifier(torch.flatten(x, 1))
 

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from segkit.encoders.base import (
     Classifier,
     Encoder,
-    check_classifier_input,
+    check_input,
     register_classifier,
     register_encoder,
     switches_2x2,
@@ -184,7 +184,7 @@ class GoogLeNet(_GoogLeNetBody, Classifier):
         trunc_normal_init(self, 0.01)
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor, Tensor]:
-        check_classifier_input(self, x, self.min_input_size)
+        check_input(self, x, self.min_input_size)
         if self.transform_input:
             x = apply_transform_input(x)
         # ``aux_logits`` may be switched off after construction, as in torchvision.

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segkit.encoders.base import Classifier, Encoder, check_classifier_input, register_classifier, register_encoder, switches_2x2
+from segkit.encoders.base import Classifier, Encoder, check_input, register_classifier, register_encoder, switches_2x2
 from segkit.errors import SegkitError
 
 __all__ = [
@@ -346,7 +346,7 @@ class Inception3(_Inception3Body, Classifier):
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         # ``aux_logits`` may be switched off after construction, as in torchvision.
         with_aux = self.training and self.aux_logits and self.AuxLogits is not None
-        check_classifier_input(self, x, self.min_aux_input_size if with_aux else self.min_input_size)
+        check_input(self, x, self.min_aux_input_size if with_aux else self.min_input_size)
         if self.transform_input:
             x = apply_transform_input(x)
         x = self.maxpool1(self._stem(x))
