@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EvalReport", "format_report", "image_miou", "plot_confusion", "plot_panels", "write_report"]
+__all__ = ["EvalReport", "format_report", "image_miou", "json_safe", "plot_confusion", "plot_panels", "write_report"]
 
 
 def image_miou(counts: np.ndarray) -> float:
@@ -74,16 +74,19 @@ class EvalReport:
             "warnings": list(self.warnings),
             "source": dict(self.source),
         })
-        return _nan_to_none(data)
+        return json_safe(data)
 
 
-def _nan_to_none(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """NaN/inf -> None and tensors/arrays -> lists, recursively, so that strict JSON holds it."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_nan_to_none(v) for v in value]
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (int, float)):  # torch.Tensor, np.ndarray
+        return json_safe(value.tolist())
     return value
 
 

@@ -43,6 +43,7 @@ from segkit.engine.builders import build_datasets, build_loss_fn, build_model_fr
 from segkit.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from segkit.engine.distributed import DistInfo, SeededSampler, cleanup_distributed, init_distributed
 from segkit.engine.optim import build_optimizer, build_scheduler
+from segkit.engine.report import json_safe
 from segkit.engine.tasks import make_task
 from segkit.engine.validate import validate
 from segkit.errors import SegkitError
@@ -160,19 +161,6 @@ def _json_default(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-def _clean(value: Any) -> Any:
-    """NaN -> None, recursively, so the JSON log stays strict."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, Tensor):
-        return _clean(value.tolist())
-    return value
-
-
 def train(
     cfg: DictConfig,
     out_dir: str | Path,
@@ -276,7 +264,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "epoch": epoch, "batch_in_epoch": batch, "step": step,
             "best_miou": best if task.score_key == "miou" else None, "best_score": best, "score_key": task.score_key,
-            "rng": capture_rng(), "config": to_dict(cfg), "metrics": _clean(metrics or {}),
+            "rng": capture_rng(), "config": to_dict(cfg), "metrics": json_safe(metrics or {}),
             "segkit_checkpoint": 1,
         }
 
@@ -356,7 +344,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
                     save_checkpoint(checkpoint_state(epoch + 1, 0, metrics), best_path)
             if info.is_main:
                 save_checkpoint(checkpoint_state(epoch + 1, 0, last_metrics), last_path)
-            log.write(_clean(summary))
+            log.write(json_safe(summary))
             log.print(_summary_line(summary, cfg.trainer.epochs, task.line_keys))
             if info.is_main and cfg.output.plots:
                 task.plot_curves(log.path, out_dir / "curves.png")
