@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,6 @@ __all__ = [
     "build_classification_loss",
     "build_classifier_from_config",
     "classification_loss",
-    "plot_classification_curves",
     "predict_ten_crop",
     "validate_classification",
 ]
@@ -204,31 +202,3 @@ def validate_classification(model: nn.Module, dataset: Any, cfg: DictConfig, dev
     for k in topk:
         metrics[f"top{k}_error"] = 1.0 - metrics[f"top{k}"]
     return metrics
-
-
-def plot_classification_curves(log_path: Path, out_path: Path) -> None:
-    """Training loss per step, and training / validation top-1 error per epoch, from ``metrics.jsonl``."""
-    from segkit.engine.plots import _pyplot
-
-    records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
-    steps = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
-    epochs = [r for r in records if r.get("kind") == "epoch"]
-    plt = _pyplot()
-    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
-    if steps:
-        ax_loss.plot(*zip(*steps), lw=0.8, alpha=0.6, label="step loss")
-    if epochs:
-        ax_loss.plot([r["step"] for r in epochs], [r["train_loss"] for r in epochs], "o-", label="epoch mean loss")
-    for key, style, label in (("train_top1_error", "--", "training"), ("val_top1_error", "o-", "validation")):
-        points = [(r["epoch"], r[key]) for r in epochs if r.get(key) is not None]
-        if points:
-            ax_err.plot(*zip(*points), style, label=label)
-    ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
-    ax_loss.legend(loc="upper right")
-    ax_err.set(xlabel="epoch", ylabel="top-1 error", title="top-1 error", ylim=(0, 1))
-    ax_err.grid(alpha=0.3)
-    if epochs:
-        ax_err.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)

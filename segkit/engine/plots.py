@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,24 +41,37 @@ def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float 
     return np.clip(blended, 0, 1)
 
 
-def plot_curves(log_path: Path, out_path: Path) -> None:
-    """Training loss per step and validation mIoU per epoch from ``metrics.jsonl``."""
+def plot_curves(
+    log_path: Path,
+    out_path: Path,
+    series: Sequence[tuple[str, str, str]] = (("val_miou", "o-", "validation"),),
+    ylabel: str = "mIoU",
+    title: str = "validation mIoU",
+) -> None:
+    """Training loss per step (left) and per-epoch ``series`` (right) from ``metrics.jsonl``.
+
+    ``series``: (epoch record key, line style, label) per line, e.g. the validation mIoU, or the
+    training and validation top-1 error of a classifier; values lie in [0, 1].
+    """
     records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
     steps = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
     epochs = [r for r in records if r.get("kind") == "epoch"]
     plt = _pyplot()
-    fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_loss, ax_epoch) = plt.subplots(1, 2, figsize=(10, 4))
     if steps:
         ax_loss.plot(*zip(*steps), lw=0.8, alpha=0.6, label="step loss")
     if epochs:
         ax_loss.plot([r["step"] for r in epochs], [r["train_loss"] for r in epochs], "o-", label="epoch mean loss")
-        val = [(r["epoch"], r["val_miou"]) for r in epochs if r.get("val_miou") is not None]
-        if val:
-            ax_miou.plot(*zip(*val), "o-", color="tab:green")
+    for key, style, label in series:
+        points = [(r["epoch"], r[key]) for r in epochs if r.get(key) is not None]
+        if points:
+            ax_epoch.plot(*zip(*points), style, label=label)
     ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
     ax_loss.legend(loc="upper right")
-    ax_miou.set(xlabel="epoch", ylabel="mIoU", title="validation mIoU", ylim=(0, 1))
-    ax_miou.grid(alpha=0.3)
+    ax_epoch.set(xlabel="epoch", ylabel=ylabel, title=title, ylim=(0, 1))
+    ax_epoch.grid(alpha=0.3)
+    if len(series) > 1 and epochs:
+        ax_epoch.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)

@@ -25,6 +25,9 @@ class Task:
     score_name: str = ""
     val_keys: tuple[str, ...] = ()  # validation metrics copied into each epoch record as val_<key>
     line_keys: tuple[tuple[str, str], ...] = ()  # (epoch record key, console label)
+    # curves.png, right panel: (epoch record key, line style, label) per line, its y label and title
+    curves: tuple[tuple[str, str, str], ...] = ()
+    curves_label: tuple[str, str] = ("", "")
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
@@ -44,7 +47,9 @@ class Task:
         return {}
 
     def plot_curves(self, log_path: Path, out_path: Path) -> None:
-        raise NotImplementedError
+        from segkit.engine.plots import plot_curves
+
+        plot_curves(log_path, out_path, self.curves, *self.curves_label)
 
     def plot_final(self, model: nn.Module, val_set: Any, device: torch.device, out_dir: Path) -> None:
         """Plots drawn once after training (none by default)."""
@@ -58,6 +63,7 @@ class SegmentationTask(Task):
     score_key, score_name = "miou", "mIoU"
     val_keys = ("miou", "mdice", "pixel_accuracy", "mean_accuracy", "fwiou", "per_image_miou")
     line_keys = (("val_miou", "miou"), ("val_mdice", "mdice"), ("val_pixel_accuracy", "pixel_accuracy"))
+    curves, curves_label = (("val_miou", "o-", "validation"),), ("mIoU", "validation mIoU")
 
     def loss(self, loss_fn: nn.Module, output: Any, target: Tensor) -> tuple[Tensor, Tensor]:
         logits, aux = (output[0], list(output[1:])) if isinstance(output, (tuple, list)) else (output, [])
@@ -71,11 +77,6 @@ class SegmentationTask(Task):
                 loss = loss + aux_weight * loss_fn(extra.float(), target)
         return loss, logits
 
-    def plot_curves(self, log_path: Path, out_path: Path) -> None:
-        from segkit.engine.plots import plot_curves
-
-        plot_curves(log_path, out_path)
-
     def plot_final(self, model: nn.Module, val_set: Any, device: torch.device, out_dir: Path) -> None:
         from segkit.engine.plots import plot_predictions
 
@@ -86,6 +87,8 @@ class ClassificationTask(Task):
     score_key, score_name = "top1", "top-1 accuracy"
     val_keys = ("top1", "top5", "top1_error", "top5_error", "mean_class_accuracy")
     line_keys = (("train_top1_error", "train top-1 err"), ("val_top1_error", "top-1 err"), ("val_top5_error", "top-5 err"))
+    curves = (("train_top1_error", "--", "training"), ("val_top1_error", "o-", "validation"))
+    curves_label = ("top-1 error", "top-1 error")
 
     def loss(self, loss_fn: nn.Module, output: Any, target: Tensor) -> tuple[Tensor, Tensor]:
         from segkit.engine.classify import classification_loss
@@ -103,11 +106,6 @@ class ClassificationTask(Task):
 
     def train_metrics(self) -> dict[str, Any]:
         return {"train_top1_error": 1.0 - self._train_accuracy.compute()["top1"]}
-
-    def plot_curves(self, log_path: Path, out_path: Path) -> None:
-        from segkit.engine.classify import plot_classification_curves
-
-        plot_classification_curves(log_path, out_path)
 
     def final_line(self, best: float | None, best_path: Path) -> str | None:
         if best is None:
