@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from segkit.engine.distributed import DistInfo
 from segkit.errors import SegkitError
 
-__all__ = ["SeededDataset", "build_datasets", "build_loss_fn", "build_model_from_config", "pad_collate"]
+__all__ = ["SeededDataset", "build_datasets", "build_loss_fn", "build_model_from_config", "dataset_options", "pad_collate", "transforms_from_config"]
 
 
 class SeededDataset(Dataset):
@@ -65,6 +65,16 @@ def transforms_from_config(cfg: DictConfig, train: bool) -> Any:
     return build_transforms(spec, train=train, seed=cfg.trainer.seed, ignore_index=cfg.data.ignore_index)
 
 
+def dataset_options(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(common, options)`` for a segmentation dataset: the label settings the config fixes elsewhere
+    (``num_classes``, ``ignore_index``, ``classes``) and ``data.options`` as a plain dict."""
+    options: dict[str, Any] = OmegaConf.to_container(cfg.data.options, resolve=True)  # type: ignore[assignment]
+    common: dict[str, Any] = {"num_classes": cfg.model.num_classes, "ignore_index": cfg.data.ignore_index}
+    if cfg.data.classes is not None:
+        common["classes"] = list(cfg.data.classes)
+    return common, options
+
+
 def build_datasets(cfg: DictConfig, info: DistInfo | None = None) -> tuple[Any, Any]:
     """Training and validation sets the config names, wrapped for seeded augmentation.
 
@@ -78,10 +88,7 @@ def build_datasets(cfg: DictConfig, info: DistInfo | None = None) -> tuple[Any, 
         return build_classification_datasets(cfg, info)
     data = cfg.data
     kind = data.kind
-    options: dict[str, Any] = OmegaConf.to_container(data.options, resolve=True)  # type: ignore[assignment]
-    common = {"num_classes": cfg.model.num_classes, "ignore_index": data.ignore_index}
-    if data.classes is not None:
-        common["classes"] = list(data.classes)
+    common, options = dataset_options(cfg)
     if kind == "synthetic":
         from segkit.data import make_synthetic
 

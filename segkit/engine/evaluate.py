@@ -44,15 +44,11 @@ def _eval_split(root: Path, split: str | None, default: str, options: dict[str, 
 
 def _eval_dataset(cfg: Any, data: str | os.PathLike[str] | None, split: str | None) -> tuple[Any, dict[str, Any]]:
     """The dataset to score (transforms left to InputPipeline) and a description for the report."""
-    from omegaconf import OmegaConf
-
     from segkit.data import CocoDataset, FolderDataset
+    from segkit.engine.builders import dataset_options
 
     d = cfg.data
-    options: dict[str, Any] = OmegaConf.to_container(d.options, resolve=True)  # type: ignore[assignment]
-    common: dict[str, Any] = {"num_classes": cfg.model.num_classes, "ignore_index": d.ignore_index}
-    if d.classes is not None:
-        common["classes"] = list(d.classes)
+    common, options = dataset_options(cfg)
     if data is None and d.kind == "coco":
         dataset = CocoDataset(d.val_images, d.val_annotations, ignore_index=d.ignore_index, **options)
         if dataset.num_classes != cfg.model.num_classes:
