@@ -168,7 +168,12 @@ def create_model(
         aux_classes: with ``K``, the model returns ``(logits, class_logits (N, K))``.
         decoder_kwargs: the arch's options: FCN ``skip_fusion`` ("add" | "concat"),
             ``fc_channels`` ("auto": 4096 on VGG, none otherwise), ``dropout``; U-Net
-            ``decoder_channels``; unet_original ``padding`` ("valid" | "same").
+            ``decoder_channels``, ``head_kernel_size`` (3, smp's head; 1 for the paper's 1x1);
+            unet_original ``padding`` ("valid" | "same").
+
+    Layers that do not come from a checkpoint start as :mod:`segkit.decoders.init` and
+    :mod:`segkit.heads` describe: encoders as torchvision initialises them, decoder
+    conv-BN-ReLU layers He (fan_in, ReLU) with BatchNorm 1/0, up-convs as interpolation, heads Xavier.
     """
     check_choice(arch, list_models(), "model architecture")
     check_in_channels(in_channels)
@@ -267,8 +272,9 @@ def _unet(
     encoder_weights: str | os.PathLike[str] | None,
     aux_classes: int | None,
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
+    head_kernel_size: int = 3,
 ) -> nn.Module:
-    """unet: U-Net decoder on any encoder (see segkit.decoders.unet)."""
+    """unet: U-Net decoder on any encoder (see segkit.decoders.unet), 3x3 head (1: the paper's 1x1)."""
     enc = _build_encoder("unet", encoder, in_channels, encoder_weights)
     decoder = UnetDecoder(
         enc.out_channels,
@@ -276,7 +282,7 @@ def _unet(
         upsampling=upsampling,
         switch_channels=switch_channels(enc) if upsampling == "max_unpool" else None,
     )
-    head = SegmentationHead(decoder.out_channels, num_classes)
+    head = SegmentationHead(decoder.out_channels, num_classes, kernel_size=head_kernel_size)
     return SegmentationModel(enc, decoder, head, _aux_head(enc.out_channels[-1], aux_classes))
 
 

@@ -35,6 +35,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor, nn
 
+from segkit.decoders.init import init_conv_bn_relu, init_projection
 from segkit.decoders.upsample import MODES, Upsample, check_choice
 from segkit.errors import SegkitError
 
@@ -73,6 +74,7 @@ class ScoreUpsample(nn.Module):
                 self.levels.append(level)
                 channels = switch_channels[level]
             self.classes = nn.Conv2d(channels, num_classes, 1)
+            init_projection(self.classes)
         else:
             scale = 2 ** (source - target)
             steps.append(Upsample(mode, num_classes, num_classes, scale, bilinear_init=mode == "transposed"))
@@ -167,6 +169,8 @@ class FCNDecoder(nn.Module):
                 nn.ReLU(inplace=True),
                 nn.Dropout(dropout),
             )
+            for fc in (self.head[0], self.head[3]):  # until a VGG checkpoint fills them: He, as any conv before a ReLU
+                init_conv_bn_relu(fc)
             head_channels = fc_channels
         self.score = _zero_conv(head_channels, num_classes)  # score_fr
         skip_levels = {32: [], 16: [deepest - 1], 8: [deepest - 1, deepest - 2]}[stride]

@@ -26,6 +26,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor, nn
 
+from segkit.decoders.init import init_conv_bn_relu
 from segkit.decoders.upsample import MODES, Upsample, check_choice
 from segkit.errors import SegkitError
 
@@ -33,12 +34,14 @@ __all__ = ["UnetBlock", "UnetDecoder", "conv_bn_relu"]
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    """3x3 convolution (no bias: BatchNorm follows), BatchNorm, ReLU; keeps the spatial size."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
+    """3x3 convolution (no bias: BatchNorm follows), BatchNorm, ReLU; keeps the spatial size.
+
+    He (fan_in, ReLU) initialisation, BatchNorm 1/0 (:func:`segkit.decoders.init.init_conv_bn_relu`).
+    """
+    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+    norm = nn.BatchNorm2d(out_channels)
+    init_conv_bn_relu(conv, norm)
+    return nn.Sequential(conv, norm, nn.ReLU(inplace=True))
 
 
 class UnetBlock(nn.Module):

@@ -105,7 +105,7 @@ class UNetOriginal(nn.Module):
             convs.append(_double_conv(up_ch + c_out, c_out, pad))
         self.ups = nn.ModuleList(ups)
         self.convs = nn.ModuleList(convs)
-        self.head = SegmentationHead(widths[0], num_classes)
+        self.head = SegmentationHead(widths[0], num_classes, kernel_size=1)  # the paper's 1x1 output layer
         self.aux_head = ClassificationHead(widths[-1], aux_classes) if aux_classes is not None else None
         for m in self.modules():
             # N(0, 2 / N), N = inputs of one unit: in * k * k for a convolution, in for the

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segkit.decoders.init import init_nearest_upconv, init_projection
 from segkit.errors import SegkitError
 
 __all__ = [
@@ -132,7 +133,8 @@ class Upsample(nn.Module):
 
     See the module docstring for the four modes and how channels change. ``bilinear_init=True``
     (transposed only, ``in_channels == out_channels``) gives FCN's bilinear-initialised,
-    bias-free deconvolution; otherwise the up-conv is U-Net's ``scale x scale`` one with bias.
+    bias-free deconvolution; otherwise the up-conv is U-Net's ``scale x scale`` one with bias,
+    initialised to a 1x1 projection followed by nearest upsampling (see :mod:`segkit.decoders.init`).
     """
 
     def __init__(self, mode: str, in_channels: int, out_channels: int, scale: int = 2, *, bilinear_init: bool = False) -> None:
@@ -152,12 +154,16 @@ class Upsample(nn.Module):
                     self.conv.weight.copy_(bilinear_kernel(in_channels, kernel))
             else:
                 self.conv = nn.ConvTranspose2d(in_channels, out_channels, scale, stride=scale)
+                init_nearest_upconv(self.conv)  # starts as 1x1 projection + nearest upsampling
         else:
             if bilinear_init:
                 raise SegkitError(f"bilinear_init applies to the 'transposed' mode only, not {mode!r}.")
             if mode == "max_unpool" and scale != 2:
                 raise SegkitError(f"max_unpool undoes one 2x2 pooling at a time (scale=2); got scale={scale}: chain {scale}x as 2x steps.")
-            self.conv = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+            self.conv = nn.Identity()
+            if in_channels != out_channels:
+                self.conv = nn.Conv2d(in_channels, out_channels, 1)
+                init_projection(self.conv)
 
     def forward(self, x: Tensor, indices: Optional[Tensor] = None, output_size: Optional[List[int]] = None) -> Tensor:
         x = self.conv(x)
