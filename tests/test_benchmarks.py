@@ -24,6 +24,8 @@ TINY = {
                  "data.synthetic.size=64", "model.decoder.decoder_channels=[8,8,8,8,8]"],
     "loader": ["--n", "4", "--size", "64", "--crop", "32", "--batch", "2", "--workers", "0", "--rounds", "1"],
     "evaluate": ["--pairs", "6", "--size", "32", "--classes", "3", "--repeats", "1", "--warmup", "0", "--startup-repeats", "0"],
+    "accuracy": ["--datasets", "quickstart", "--models", "unet-nearest,smp-unet", "--seeds", "0", "--epochs", "1",
+                 "--quickstart-n", "8", "--quickstart-size", "64", "--batch", "4", "--threads", "1"],
 }
 
 
