@@ -250,6 +250,37 @@ def _run_export(args: argparse.Namespace) -> int:
 COMMANDS["export"] = ("export a checkpoint's model to ONNX or TorchScript, checked against PyTorch", _add_export_args, _run_export)
 
 
+def _add_weights_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("list", "fetch"), help="list: names, variants, ImageNet top-1 and cache state; fetch: download into the cache")
+    parser.add_argument("name", nargs="?", help="architecture, e.g. resnet50 (list: default all; fetch: required)")
+    parser.add_argument("--variant", default="imagenet", help="fetch: imagenet (the default weights) or a variant such as imagenet1k_v2")
+
+
+def _run_weights(args: argparse.Namespace) -> int:
+    from segkit.encoders.weights import fetch_weights, lookup_published, published_weights, weights_architectures
+
+    if args.action == "fetch":
+        if not args.name:
+            raise SegkitError("segkit weights fetch needs an architecture name, e.g. segkit weights fetch resnet50; segkit weights list shows them.")
+        weights = lookup_published(args.name, args.variant)
+        was_cached = weights.cached
+        path = fetch_weights(weights)
+        print(f"{args.name} {weights.variant}: {path}" + (" (already cached)" if was_cached else ""))
+        return 0
+    rows = [("name", "variant", "default", "imagenet top-1", "cached", "file")]
+    for arch in [args.name] if args.name else weights_architectures():
+        for w in published_weights(arch):
+            rows.append((arch, w.variant, "imagenet" if w.default else "", f"{w.acc1:.2f}" if w.acc1 is not None else "",
+                         "yes" if w.cached else "no", str(w.path)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+COMMANDS["weights"] = ("published ImageNet weights by name: list them, or fetch them into torch's hub cache", _add_weights_args, _run_weights)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segkit",

@@ -40,7 +40,7 @@ EVAL_CROPS = ("center", "ten_crop")  # classification evaluation
 class ModelConfig:
     arch: str = "unet"  # fcn32s | fcn16s | fcn8s | unet | unet_original, or a classifier name for task=classification
     encoder: str = "resnet18"
-    encoder_weights: Optional[str] = None  # path to a torchvision-format checkpoint file
+    encoder_weights: Optional[str] = None  # path to a torchvision-format checkpoint file, or imagenet / imagenet1k_v2 / ... (fetched once into torch's hub cache)
     num_classes: int = 2
     in_channels: int = 3
     upsampling: str = "transposed"  # transposed | nearest | bed_of_nails | max_unpool

@@ -35,6 +35,7 @@ from segkit.encoders import (
     load_weights,
     lookup,
     read_checkpoint,
+    resolve_weights,
 )
 from segkit.errors import SegkitError
 from segkit.heads import ClassificationHead, SegmentationHead
@@ -59,8 +60,9 @@ def create_classifier(
 
     With auxiliary heads (GoogLeNet, Inception-v3) a model in training mode returns
     ``(logits, aux_logits...)``; in eval mode only the main logits. ``weights`` is the path of a
-    torchvision-format checkpoint; a head of another ``num_classes`` keeps its fresh
-    initialisation (logged), a 3-channel first convolution adapts to ``in_channels``.
+    torchvision-format checkpoint or a published weights name (``"imagenet"``, ``"imagenet1k_v1"``,
+    ...; see :func:`segkit.encoders.weights.resolve_weights`); a head of another ``num_classes``
+    keeps its fresh initialisation (logged), a 3-channel first convolution adapts to ``in_channels``.
     """
     factory = lookup(CLASSIFIERS, name, "classifier")
     if in_channels is not None:
@@ -72,6 +74,7 @@ def create_classifier(
         kwargs["num_classes"] = num_classes
     transform_input = kwargs.pop("transform_input", None)
     model = factory(**kwargs)
+    weights = resolve_weights(name, weights)
     if weights is not None:
         load_weights(model, weights, first_conv=model.first_conv, head_prefixes=model.head_prefixes,
                      ignore_prefixes=getattr(model, "checkpoint_ignore", ()))
@@ -164,7 +167,7 @@ def create_model(
         in_channels: channels of the image.
         upsampling: ``"transposed"`` | ``"nearest"`` | ``"bed_of_nails"`` | ``"max_unpool"``.
         encoder_weights: path of a torchvision checkpoint for the encoder (for FCN on VGG it also
-            fills fc6/fc7), or None.
+            fills fc6/fc7), a published weights name (``"imagenet"``, ``"imagenet1k_v2"``, ...), or None.
         aux_classes: with ``K``, the model returns ``(logits, class_logits (N, K))``.
         decoder_kwargs: the arch's options: FCN ``skip_fusion`` ("add" | "concat"),
             ``fc_channels`` ("auto": 4096 on VGG, none otherwise), ``dropout``; U-Net
@@ -237,7 +240,7 @@ def _fcn_factory(stride: int) -> Callable[..., nn.Module]:
             switch_channels=switch_channels(enc) if upsampling == "max_unpool" else None,
         )
         if vgg and encoder_weights is not None and fc_channels is not None:
-            _load_vgg_fc(decoder, encoder_weights)
+            _load_vgg_fc(decoder, resolve_weights(str(encoder), encoder_weights))  # the file the encoder was read from
         return SegmentationModel(enc, decoder, nn.Identity(), _aux_head(enc.out_channels[-1], aux_classes))
 
     build.__doc__ = f"fcn{stride}s: Long et al. 2015 on any encoder (see segkit.decoders.fcn)."

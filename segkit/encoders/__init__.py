@@ -15,7 +15,7 @@ from torch import nn
 
 from segkit.encoders import classic, googlenet, inception, resnet, vgg  # noqa: F401  (each registers its names)
 from segkit.encoders.base import CLASSIFIERS, ENCODERS, Encoder, register_classifier, register_encoder
-from segkit.encoders.weights import adapt_first_conv, load_weights, read_checkpoint
+from segkit.encoders.weights import adapt_first_conv, load_weights, read_checkpoint, resolve_weights
 from segkit.errors import SegkitError
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "list_encoders",
     "load_weights",
     "read_checkpoint",
+    "resolve_weights",
     "register_classifier",
     "register_encoder",
 ]
@@ -76,13 +77,16 @@ def create_encoder(
 ) -> Encoder:
     """Build encoder ``name`` for ``in_channels``-channel images, optionally from a checkpoint file.
 
-    ``weights`` is the path of a torchvision-format checkpoint (a classifier's: its head is dropped).
+    ``weights`` is the path of a torchvision-format checkpoint (a classifier's: its head is dropped),
+    or a published weights name, ``"imagenet"`` or a torchvision variant such as ``"imagenet1k_v2"``
+    (fetched into torch's hub cache on first use: :func:`segkit.encoders.weights.resolve_weights`).
     Extra keyword arguments go to the family's constructor (e.g. ``zero_init_residual=True``).
     """
     factory = lookup(ENCODERS, name, "encoder")
     check_in_channels(in_channels)
     transform_input = kwargs.pop("transform_input", None)
     encoder = factory(in_channels=in_channels, **kwargs)
+    weights = resolve_weights(name, weights)
     if weights is not None:
         load_weights(encoder, weights, first_conv=encoder.first_conv, ignore_prefixes=encoder.checkpoint_ignore)
     finish_pretrained(encoder, weights, transform_input)

@@ -1,8 +1,16 @@
-"""Reading torchvision-format checkpoint files into segkit backbones.
+"""Reading torchvision-format checkpoint files into segkit backbones, and published weights by name.
 
 The files torchvision publishes (``resnet50-0676ba61.pth``, ``vgg16-397923af.pth``, ...) are plain
 state dicts; segkit's backbones use the same parameter names, so they load without conversion.
-Nothing here downloads anything: ``weights`` is always a local path.
+
+``weights`` is a local path, or a name (:func:`resolve_weights`): ``"imagenet"`` (torchvision's
+default ImageNet weights for that architecture) or one of torchvision's variants
+(``"imagenet1k_v1"``, ``"imagenet1k_v2"``, ...). Names are looked up in torchvision's own weight
+enums (``torchvision.models.get_model_weights``: URL, file name, published accuracy), and the file
+lives in torch's hub cache, ``$TORCH_HOME/hub/checkpoints/`` (``~/.cache/torch`` by default), where
+torchvision itself keeps it. It is downloaded (with torch's progress bar and the hash check that the
+file name carries) only when it is not there; a second use never touches the network. Offline, a
+missing file is a ``SegkitError`` naming the URL and the exact path to copy it to.
 
 Loading is strict in what matters and forgiving in what is routine:
 
@@ -26,6 +34,7 @@ import os
 import pickle
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,7 +42,17 @@ from torch import Tensor, nn
 
 from segkit.errors import SegkitError
 
-__all__ = ["adapt_first_conv", "load_weights", "read_checkpoint"]
+__all__ = [
+    "PublishedWeights",
+    "adapt_first_conv",
+    "fetch_weights",
+    "is_weights_name",
+    "load_weights",
+    "published_weights",
+    "read_checkpoint",
+    "resolve_weights",
+    "weights_architectures",
+]
 
 logger = logging.getLogger("segkit")
 
@@ -43,6 +62,17 @@ _SHOW = 5  # how many offending tensor names an error message lists
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Read a state dict of tensors from ``path`` (torchvision format, or segkit's ``{"model": ...}``)."""
     path = Path(path)
+    try:
+        return _read_checkpoint(path)
+    except SegkitError as err:
+        if path.parent != hub_checkpoints():
+            raise
+        # A download cut short (or a copy gone wrong) in the cache: say how to replace it.
+        raise SegkitError(f"{str(err).rstrip('.')}; it is a cached download: delete {path} and fetch it again "
+                          f"(segkit weights fetch NAME, or any use of the weights name online).") from err
+
+
+def _read_checkpoint(path: Path) -> dict[str, Tensor]:
     if not path.exists():
         raise SegkitError(f"weights file {path} does not exist; pass the path of a checkpoint file you have locally (segkit never downloads).")
     if not path.is_file():
@@ -149,3 +179,129 @@ def load_weights(
 def _first(keys: list[str]) -> str:
     shown = ", ".join(keys[:_SHOW])
     return f"{shown} (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else shown
+
+
+# ---------------------------------------------------------------------------------------------
+# Published weights by name.
+
+# segkit architecture -> torchvision builder whose published weights fit it parameter for parameter.
+_TORCHVISION = {name: name for name in (
+    "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "googlenet", "inception_v3",
+)}
+# Architectures segkit has for which nothing is published, and why (said in the error).
+_UNPUBLISHED = {
+    "alexnet": "segkit's alexnet is the paper's original two-tower net (62,378,344 parameters); torchvision publishes "
+               "weights only for its single-tower variant, which has other layer shapes",
+    "lenet5": "LeNet-5 has no published weights",
+}
+
+
+def _why_unpublished(arch: str) -> str:
+    if arch in _UNPUBLISHED:
+        return _UNPUBLISHED[arch]
+    base = re.fullmatch(r"(resnet\d+)_([ac])", arch)
+    if base:
+        return (f"{arch} has shortcut option {base.group(2).upper()}; torchvision's ImageNet ResNets use option B "
+                f"(use {base.group(1)}, or train {arch} yourself)")
+    if arch.startswith(("plain", "cifar_")):
+        return f"{arch} is one of the papers' experimental nets and has no published weights"
+    return f"no published weights are known for {arch}"
+
+
+@dataclass(frozen=True)
+class PublishedWeights:
+    """One variant of an architecture's published weights (from torchvision's enum)."""
+
+    arch: str
+    variant: str  # lower case, e.g. "imagenet1k_v2"
+    default: bool  # what the name "imagenet" picks
+    url: str
+    acc1: float | None  # ImageNet-1K top-1 as torchvision publishes it
+    path: Path  # where the file lives in torch's hub cache
+
+    @property
+    def cached(self) -> bool:
+        return self.path.is_file()
+
+
+def hub_checkpoints() -> Path:
+    """``$TORCH_HOME/hub/checkpoints``: where torch (and torchvision) keep downloaded weights."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def weights_architectures() -> list[str]:
+    """Architectures with published weights, sorted."""
+    return sorted(_TORCHVISION)
+
+
+def published_weights(arch: str) -> list[PublishedWeights]:
+    """Every published variant for ``arch`` (a SegkitError saying why when there is none)."""
+    from torchvision.models import get_model_weights
+
+    if arch not in _TORCHVISION:
+        raise SegkitError(f"{_why_unpublished(arch)}; pass encoder_weights=None or the path of a checkpoint file.")
+    enum = get_model_weights(_TORCHVISION[arch])
+    found = []
+    for weights in enum:
+        acc1 = weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
+        found.append(PublishedWeights(arch, weights.name.lower(), weights == enum.DEFAULT, weights.url, acc1,
+                                      hub_checkpoints() / weights.url.rsplit("/", 1)[-1]))
+    return found
+
+
+def is_weights_name(spec: object) -> bool:
+    """A weights name (a string with no folder, no file suffix, no such file), as opposed to a path."""
+    if not isinstance(spec, str):
+        return False
+    return not (os.sep in spec or "/" in spec or Path(spec).suffix or Path(spec).exists())
+
+
+def lookup_published(arch: str, name: str) -> PublishedWeights:
+    """The variant ``name`` (``"imagenet"`` or e.g. ``"imagenet1k_v2"``, any case) of ``arch``'s published weights."""
+    variants = published_weights(arch)
+    wanted = name.lower()
+    for weights in variants:
+        if weights.variant == wanted or (wanted == "imagenet" and weights.default):
+            return weights
+    names = ", ".join(["imagenet", *(w.variant for w in variants)])
+    raise SegkitError(f"{arch} has no published weights {name!r}; its names are {names} (or pass the path of a checkpoint file).")
+
+
+def fetch_weights(weights: PublishedWeights, progress: bool = True) -> Path:
+    """The cached file of ``weights``, downloaded first (hash-checked, atomically) if it is not there."""
+    import urllib.error
+
+    import torch.hub
+
+    if weights.cached:
+        return weights.path
+    weights.path.parent.mkdir(parents=True, exist_ok=True)
+    found = torch.hub.HASH_REGEX.search(weights.path.name)  # torchvision's file names carry a sha256 prefix
+    try:
+        # download_url_to_file is what torch.hub.load_state_dict_from_url uses: a temporary file
+        # moved into place only once complete and hash-checked, so an interrupted download leaves nothing.
+        torch.hub.download_url_to_file(weights.url, str(weights.path), found.group(1) if found else None, progress=progress)
+    except (urllib.error.URLError, OSError, TimeoutError) as err:
+        raise SegkitError(
+            f"could not download the {weights.variant} weights of {weights.arch} from {weights.url} ({err}); without internet, "
+            f"copy that file to {weights.path} (segkit weights fetch {weights.arch} prepares it on a machine that is online)."
+        ) from err
+    except RuntimeError as err:  # the hash check
+        raise SegkitError(f"the download of {weights.url} is corrupt ({err}); try again, or copy the file to {weights.path}.") from err
+    return weights.path
+
+
+def resolve_weights(arch: str, weights: str | os.PathLike[str] | None) -> Path | None:
+    """``weights`` as a local file: None stays None, a path stays a path, a name becomes its cached file.
+
+    Names (``"imagenet"``, ``"imagenet1k_v1"``, ...) resolve through torchvision's weight enums and
+    download into torch's hub cache on first use (see the module docstring).
+    """
+    if weights is None:
+        return None
+    if not is_weights_name(weights):
+        return Path(weights)
+    return fetch_weights(lookup_published(arch, weights))

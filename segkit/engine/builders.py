@@ -18,7 +18,8 @@ from torch.utils.data import Dataset
 from segkit.engine.distributed import DistInfo
 from segkit.errors import SegkitError
 
-__all__ = ["SeededDataset", "build_datasets", "build_loss_fn", "build_model_from_config", "dataset_options", "pad_collate", "transforms_from_config"]
+__all__ = ["SeededDataset", "build_datasets", "build_loss_fn", "build_model_from_config", "dataset_options", "pad_collate",
+           "resolve_normalisation", "transforms_from_config"]
 
 
 class SeededDataset(Dataset):
@@ -73,6 +74,29 @@ def dataset_options(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.data.classes is not None:
         common["classes"] = list(cfg.data.classes)
     return common, options
+
+
+def resolve_normalisation(cfg: DictConfig) -> None:
+    """Write the mean/std that published ImageNet weights expect into ``cfg.data.options`` (in place).
+
+    With ``model.encoder_weights`` a weights name (``imagenet``, ``imagenet1k_v2``, ...) and no
+    ``mean``/``std`` in ``data.options``, the data is standardised as those weights were trained:
+    ImageNet's statistics, their channel averages for grey images (the first convolution is summed
+    over RGB for them). Written into the config so the run's ``config.yaml`` says it and evaluation
+    and prediction standardise alike. Segmentation only: classification datasets keep their own
+    documented defaults.
+    """
+    from segkit.data.base import default_mean_std
+    from segkit.encoders.weights import is_weights_name
+
+    if cfg.task != "segmentation" or not is_weights_name(cfg.model.encoder_weights):
+        return
+    mean, std = default_mean_std(cfg.model.in_channels)
+    options = cfg.data.options
+    if "mean" not in options:
+        options.mean = list(mean)
+    if "std" not in options:
+        options.std = list(std)
 
 
 def build_datasets(cfg: DictConfig, info: DistInfo | None = None) -> tuple[Any, Any]:

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from segkit.config import save_config, to_dict
-from segkit.engine.builders import build_datasets, build_loss_fn, build_model_from_config
+from segkit.engine.builders import build_datasets, build_loss_fn, build_model_from_config, resolve_normalisation
 from segkit.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from segkit.engine.distributed import DistInfo, SeededSampler, cleanup_distributed, init_distributed
 from segkit.engine.optim import build_optimizer, build_scheduler
@@ -195,6 +195,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if resume and not last_path.is_file():
         raise SegkitError(f"--resume needs {last_path}, which does not exist; start the run without --resume.")
+    resolve_normalisation(cfg)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if not resume and (last_path.exists() or (out_dir / "metrics.jsonl").exists()):
