@@ -22,18 +22,39 @@ COMMANDS: dict[str, Command] = {}
 
 
 def _add_encoders_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--classifiers", action="store_true", help="list classifier names instead")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--encoders", action="store_true", help="list segkit's own encoder names (the default) and say how to list timm's")
+    which.add_argument("--classifiers", action="store_true", help="list classifier names instead")
+    which.add_argument(
+        "--timm", nargs="?", const="", metavar="PATTERN",
+        help="list timm's models as tu-NAME encoder names (needs segkit[timm]); PATTERN is a wildcard, e.g. 'convnext*'",
+    )
+    parser.add_argument("--pretrained", action="store_true", help="with --timm: only models with published weights, one line per tag (tu-NAME.TAG)")
 
 
 def _run_encoders(args: argparse.Namespace) -> int:
     from segkit.encoders import list_classifiers, list_encoders
 
+    if args.timm is not None:
+        from segkit.encoders.timm_encoder import TIMM_PREFIX, list_timm_encoders
+
+        pattern = args.timm[len(TIMM_PREFIX):] if args.timm.startswith(TIMM_PREFIX) else args.timm
+        names = list_timm_encoders(pattern, pretrained=args.pretrained)
+        if not names:
+            raise SegkitError(f"no timm model matches {args.timm!r}; patterns are wildcards, e.g. segkit list --timm 'convnext*'.")
+        for name in names:
+            print(TIMM_PREFIX + name)
+        return 0
+    if args.pretrained:
+        raise SegkitError("--pretrained goes with --timm: segkit list --timm PATTERN --pretrained.")
     for name in list_classifiers() if args.classifiers else list_encoders():
         print(name)
+    if args.encoders:  # on stderr, so that the names alone go down a pipe
+        print("timm's backbones work too, as tu-NAME (pip install segkit[timm]): segkit list --timm [PATTERN] lists them.", file=sys.stderr)
     return 0
 
 
-COMMANDS["list"] = ("list the encoder (or classifier) names segkit knows", _add_encoders_args, _run_encoders)
+COMMANDS["list"] = ("list the encoder (or classifier, or timm) names segkit knows", _add_encoders_args, _run_encoders)
 
 
 def _add_check_data_args(parser: argparse.ArgumentParser) -> None:

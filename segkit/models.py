@@ -171,7 +171,9 @@ def create_model(
         aux_classes: with ``K``, the model returns ``(logits, class_logits (N, K))``.
         decoder_kwargs: the arch's options: FCN ``skip_fusion`` ("add" | "concat"),
             ``fc_channels`` ("auto": 4096 on VGG, none otherwise), ``dropout``; U-Net
-            ``decoder_channels``, ``head_kernel_size`` (3, smp's head; 1 for the paper's 1x1);
+            ``decoder_channels`` (one per x2 step, deepest first; default smp's (256, 128, 64, 32, 16),
+            fewer or more for an encoder whose deepest stride is 16 or 64), ``head_kernel_size``
+            (3, smp's head; 1 for the paper's 1x1);
             unet_original ``padding`` ("valid" | "same").
 
     Layers that do not come from a checkpoint start as :mod:`segkit.decoders.init` and
@@ -238,6 +240,7 @@ def _fcn_factory(stride: int) -> Callable[..., nn.Module]:
             fc_channels=fc_channels,  # type: ignore[arg-type]
             dropout=dropout,
             switch_channels=switch_channels(enc) if upsampling == "max_unpool" else None,
+            reductions=enc.reductions,
         )
         if vgg and encoder_weights is not None and fc_channels is not None:
             _load_vgg_fc(decoder, resolve_weights(str(encoder), encoder_weights))  # the file the encoder was read from
@@ -274,16 +277,21 @@ def _unet(
     upsampling: str,
     encoder_weights: str | os.PathLike[str] | None,
     aux_classes: int | None,
-    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
+    decoder_channels: tuple[int, ...] | None = None,
     head_kernel_size: int = 3,
 ) -> nn.Module:
-    """unet: U-Net decoder on any encoder (see segkit.decoders.unet), 3x3 head (1: the paper's 1x1)."""
+    """unet: U-Net decoder on any encoder (see segkit.decoders.unet), 3x3 head (1: the paper's 1x1).
+
+    ``decoder_channels`` default: one width per x2 step, smp's ``(256, 128, 64, 32, 16)`` for the
+    usual deepest stride 32 (see :func:`segkit.decoders.unet.default_decoder_channels`).
+    """
     enc = _build_encoder("unet", encoder, in_channels, encoder_weights)
     decoder = UnetDecoder(
         enc.out_channels,
         decoder_channels,
         upsampling=upsampling,
         switch_channels=switch_channels(enc) if upsampling == "max_unpool" else None,
+        reductions=enc.reductions,
     )
     head = SegmentationHead(decoder.out_channels, num_classes, kernel_size=head_kernel_size)
     return SegmentationModel(enc, decoder, head, _aux_head(enc.out_channels[-1], aux_classes))

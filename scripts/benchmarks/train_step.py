@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=4, help="images per step (default 4)")
     parser.add_argument("--size", type=int, default=256, help="image height and width (default 256)")
     parser.add_argument("--classes", type=int, default=2, help="number of classes (default 2)")
-    parser.add_argument("--encoder", default="resnet34", help="encoder, a name both libraries know (default resnet34)")
+    parser.add_argument("--encoder", default="resnet34", help="encoder, a name both libraries know (default resnet34; tu-NAME: timm's NAME in both)")
     parser.add_argument("--widths", default="256,128,64,32,16", help="decoder widths, deepest first (default smp's 256,128,64,32,16)")
     parser.add_argument("--upsampling", default="transposed,nearest", help="comma-separated segkit modes to time (default transposed,nearest)")
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds (default 10)")

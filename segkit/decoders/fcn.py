@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from segkit.decoders.init import init_conv_bn_relu, init_projection
+from segkit.decoders.levels import check_reductions, default_reductions, level_at_stride, step_sizes
 from segkit.decoders.upsample import MODES, Upsample, check_choice
 from segkit.errors import SegkitError
 
@@ -43,6 +44,12 @@ __all__ = ["FCNDecoder", "FCN_STRIDES", "SKIP_FUSIONS"]
 
 FCN_STRIDES = (32, 16, 8)
 SKIP_FUSIONS = ("add", "concat")
+
+
+def _and(values: Sequence[int]) -> str:
+    """``[8, 16, 32]`` -> ``"8, 16 and 32"``."""
+    words = [str(v) for v in values]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
 def _zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -53,10 +60,11 @@ def _zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
 
 
 class ScoreUpsample(nn.Module):
-    """Upsample class scores from encoder level ``source`` to level ``target`` (``-1`` = the image).
+    """Upsample class scores from stride ``2 ** source`` to stride ``2 ** target`` (``0`` = the image).
 
-    Levels are encoder feature indices; level ``l`` has stride ``2 ** (l + 1)``. See the module
-    docstring for what each mode does.
+    ``source`` and ``target`` count x2 steps (see :mod:`segkit.decoders.levels`); max-unpooling
+    takes one step at a time with ``switches[k]`` for the step from stride ``2 ** k`` up. See the
+    module docstring for what each mode does.
     """
 
     def __init__(self, mode: str, num_classes: int, source: int, target: int, switch_channels: Sequence[int] | None) -> None:
@@ -69,10 +77,10 @@ class ScoreUpsample(nn.Module):
             if switch_channels is None:
                 raise SegkitError("the max_unpool FCN decoder needs the channel count of each of the encoder's switch tensors.")
             channels = num_classes
-            for level in range(source, target, -1):  # undo the pooling that produced `level`
-                steps.append(Upsample(mode, channels, switch_channels[level]))
-                self.levels.append(level)
-                channels = switch_channels[level]
+            for step in range(source - 1, target - 1, -1):  # undo the pooling of step 2**step -> 2**(step + 1)
+                steps.append(Upsample(mode, channels, switch_channels[step]))
+                self.levels.append(step)
+                channels = switch_channels[step]
             self.classes = nn.Conv2d(channels, num_classes, 1)
             init_projection(self.classes)
         else:
@@ -83,23 +91,26 @@ class ScoreUpsample(nn.Module):
         self.steps = nn.ModuleList(steps)
 
     def forward(self, x: Tensor, switches: Optional[List[Tensor]], sizes: List[List[int]]) -> Tensor:
-        """``sizes[l + 1]`` is the ``[H, W]`` of level ``l`` (``sizes[0]`` the image's)."""
+        """``sizes[k]`` is the ``[H, W]`` at stride ``2 ** k`` (``sizes[0]`` the image's)."""
         for i, step in enumerate(self.steps):
             level = self.levels[i]
             indices: Optional[Tensor] = None
             if switches is not None and self.unpool:
                 indices = switches[level]
-            x = step(x, indices, sizes[level if self.unpool else self.target + 1])
+            x = step(x, indices, sizes[level if self.unpool else self.target])
         return self.classes(x)
 
 
 class SkipFusion(nn.Module):
-    """Upsample scores one level (``level + 1 -> level``) and fuse the scores of encoder level ``level``."""
+    """Upsample scores one x2 step (stride ``2 ** (step + 1) -> 2 ** step``) and fuse the scores of
+    encoder level ``level``, the feature map at stride ``2 ** step``."""
 
-    def __init__(self, mode: str, num_classes: int, level: int, skip_channels: int, fusion: str, switch_channels: Sequence[int] | None) -> None:
+    def __init__(
+        self, mode: str, num_classes: int, level: int, step: int, skip_channels: int, fusion: str, switch_channels: Sequence[int] | None
+    ) -> None:
         super().__init__()
         self.level = level
-        self.up = ScoreUpsample(mode, num_classes, level + 1, level, switch_channels)
+        self.up = ScoreUpsample(mode, num_classes, step + 1, step, switch_channels)
         self.score = _zero_conv(skip_channels, num_classes)
         self.concat = fusion == "concat"
         self.fuse: nn.Module = nn.Identity()
@@ -122,7 +133,7 @@ class FCNDecoder(nn.Module):
     """FCN-``stride``s decoder: encoder features -> class logits ``(N, num_classes, H, W)``.
 
     Args:
-        encoder_channels: the encoder's ``out_channels`` (five levels, strides 2..32).
+        encoder_channels: the encoder's ``out_channels`` (e.g. five levels, strides 2..32).
         num_classes: output channels.
         stride: 32, 16 or 8 (fcn32s, fcn16s, fcn8s).
         upsampling: one of ``MODES``.
@@ -130,6 +141,8 @@ class FCNDecoder(nn.Module):
         fc_channels: width of the VGG-style fc6 (7x7) / fc7 (1x1) head, or None for no head.
         dropout: dropout probability after fc6 and fc7.
         switch_channels: the encoder's switch channel counts (``"max_unpool"`` only).
+        reductions: the encoder's ``reductions`` (default ``(2, 4, ..., 2**levels)``). FCN-``N``s
+            needs the deepest level at stride 32 and levels at every stride from ``N`` to 32.
 
     ``forward(features, switches=None, size=None)`` as :class:`segkit.decoders.UnetDecoder`.
     """
@@ -144,6 +157,7 @@ class FCNDecoder(nn.Module):
         fc_channels: int | None = None,
         dropout: float = 0.5,
         switch_channels: Sequence[int] | None = None,
+        reductions: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         check_choice(upsampling, MODES, "upsampling mode")
@@ -155,7 +169,18 @@ class FCNDecoder(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise SegkitError(f"dropout must be in [0, 1); got {dropout!r}.")
         levels = len(encoder_channels)
-        deepest = levels - 1
+        reductions = tuple(reductions) if reductions is not None else default_reductions(levels)
+        steps = check_reductions(reductions, levels, f"FCN-{stride}s")
+        needed = [s for s in FCN_STRIDES if s >= stride]
+        if reductions[-1] != 32 or any(s not in reductions for s in needed):
+            raise SegkitError(
+                f"fcn{stride}s needs encoder features at strides {_and(sorted(needed))} (32 the deepest); "
+                f"this encoder's are {reductions}: choose fcn32s/fcn16s or another encoder, or use unet."
+            )
+        if upsampling == "max_unpool" and (switch_channels is None or len(switch_channels) != steps):
+            raise SegkitError(f"the max_unpool FCN decoder needs the channel count of each of the encoder's {steps} switch tensors.")
+        self.level_at = level_at_stride(reductions, steps)
+        self.first_reduction = reductions[0]
         self.upsampling = upsampling
         self.out_channels = num_classes
         self.head: nn.Module = nn.Identity()
@@ -173,17 +198,19 @@ class FCNDecoder(nn.Module):
                 init_conv_bn_relu(fc)
             head_channels = fc_channels
         self.score = _zero_conv(head_channels, num_classes)  # score_fr
-        skip_levels = {32: [], 16: [deepest - 1], 8: [deepest - 1, deepest - 2]}[stride]
+        # The skips, deepest first: stride 16 (pool4) for 16s, then stride 8 (pool3) for 8s, as x2 steps.
+        skip_steps = [s.bit_length() - 1 for s in (16, 8) if s >= stride]
         self.fusions = nn.ModuleList(
-            SkipFusion(upsampling, num_classes, level, encoder_channels[level], skip_fusion, switch_channels) for level in skip_levels
+            SkipFusion(upsampling, num_classes, self.level_at[k], k, encoder_channels[self.level_at[k]], skip_fusion, switch_channels)
+            for k in skip_steps
         )
-        last = skip_levels[-1] if skip_levels else deepest
-        self.upsample = ScoreUpsample(upsampling, num_classes, last, -1, switch_channels)
+        last = skip_steps[-1] if skip_steps else steps
+        self.upsample = ScoreUpsample(upsampling, num_classes, last, 0, switch_channels)
 
     def forward(self, features: List[Tensor], switches: Optional[List[Tensor]] = None, size: Optional[List[int]] = None) -> Tensor:
         if size is None:
-            size = [2 * features[0].shape[-2], 2 * features[0].shape[-1]]
-        sizes = [size] + [[f.shape[-2], f.shape[-1]] for f in features]
+            size = [self.first_reduction * features[0].shape[-2], self.first_reduction * features[0].shape[-1]]
+        sizes = step_sizes(features, self.level_at, size)
         x = self.score(self.head(features[-1]))
         for fusion in self.fusions:
             x = fusion(x, features, switches, sizes)

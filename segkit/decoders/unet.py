@@ -1,9 +1,14 @@
 """U-Net decoder on any encoder (Ronneberger et al. 2015, in the encoder-agnostic form smp made common).
 
-From the deepest feature up, one :class:`UnetBlock` per encoder level: upsample 2x, concatenate the
-encoder feature of the same scale (the skip), then two 3x3 convolution-BatchNorm-ReLU layers. The
-last block goes from stride 2 to the image and has no skip. ``decoder_channels`` are the blocks'
-widths, deepest first; the default ``(256, 128, 64, 32, 16)`` is smp's, so the two compare directly.
+From the deepest feature up, one :class:`UnetBlock` per x2 step: upsample 2x, concatenate the
+encoder feature of the same scale (the skip), then two 3x3 convolution-BatchNorm-ReLU layers. With
+the classic encoders (strides 2, 4, 8, 16, 32) that is one block per level, and the last block goes
+from stride 2 to the image without a skip. Encoders that start at stride 4 (ConvNeXt, Swin) get
+their last two blocks without a skip, and one whose deepest stride is 16 or 64 gets 4 or 6 blocks,
+as smp's ``Unet`` does (:mod:`segkit.decoders.levels`). ``decoder_channels`` are the blocks'
+widths, deepest first; the default is smp's ``(256, 128, 64, 32, 16)`` for five blocks, so the
+two compare directly, and in general ``16 * s`` for the block that ends at stride ``s``
+(:func:`default_decoder_channels`).
 
 What each upsampling mode hands the block's first convolution (``c_in`` = channels coming up,
 ``d`` = the block's width):
@@ -27,10 +32,11 @@ import torch
 from torch import Tensor, nn
 
 from segkit.decoders.init import init_conv_bn_relu
+from segkit.decoders.levels import check_reductions, default_reductions, level_at_stride, step_sizes
 from segkit.decoders.upsample import MODES, Upsample, check_choice
 from segkit.errors import SegkitError
 
-__all__ = ["UnetBlock", "UnetDecoder", "conv_bn_relu"]
+__all__ = ["UnetBlock", "UnetDecoder", "conv_bn_relu", "default_decoder_channels"]
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -69,42 +75,56 @@ class UnetDecoder(nn.Module):
 
     Args:
         encoder_channels: the encoder's ``out_channels``, shallow to deep (one entry per level).
-        decoder_channels: block widths, deepest first; one per encoder level.
+        decoder_channels: block widths, deepest first; one per x2 step from the deepest stride to
+            the image (default :func:`default_decoder_channels`).
         upsampling: one of ``MODES``.
         switch_channels: channel counts of the encoder's switches (``"max_unpool"`` only; see
             :func:`segkit.decoders.upsample.switch_channels`).
+        reductions: the encoder's ``reductions`` (default ``(2, 4, ..., 2**levels)``): increasing
+            powers of two, else a ``SegkitError``.
 
     ``forward(features, switches=None, size=None)``: ``features`` as the encoder returns them,
     ``switches`` as ``forward_with_switches`` does (``"max_unpool"``), ``size`` the image's
-    ``[H, W]`` (default: twice the shallowest feature's). Returns ``(N, decoder_channels[-1], H, W)``.
+    ``[H, W]`` (default: the shallowest feature's times its reduction). Returns ``(N, decoder_channels[-1], H, W)``.
     """
 
     def __init__(
         self,
         encoder_channels: Sequence[int],
-        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        decoder_channels: Sequence[int] | None = None,
         upsampling: str = "transposed",
         switch_channels: Sequence[int] | None = None,
+        reductions: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         check_choice(upsampling, MODES, "upsampling mode")
-        decoder_channels = tuple(decoder_channels)
         levels = len(encoder_channels)
-        if len(decoder_channels) != levels or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in decoder_channels):
-            raise SegkitError(f"decoder_channels must be {levels} positive integers, one per encoder level (deepest first); got {decoder_channels!r}.")
-        if upsampling == "max_unpool" and (switch_channels is None or len(switch_channels) != levels):
-            raise SegkitError(f"the max_unpool U-Net decoder needs the channel count of each of the encoder's {levels} switch tensors.")
+        reductions = tuple(reductions) if reductions is not None else default_reductions(levels)
+        steps = check_reductions(reductions, levels, "U-Net")
+        decoder_channels = tuple(decoder_channels) if decoder_channels is not None else default_decoder_channels(steps)
+        if len(decoder_channels) != steps or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in decoder_channels):
+            raise SegkitError(
+                f"decoder_channels must be {steps} positive integers, one per x2 upsampling step from the encoder's "
+                f"deepest stride {max(reductions)} to the image (deepest first); got {decoder_channels!r}."
+            )
+        if upsampling == "max_unpool" and (switch_channels is None or len(switch_channels) != steps):
+            raise SegkitError(f"the max_unpool U-Net decoder needs the channel count of each of the encoder's {steps} switch tensors.")
         self.upsampling = upsampling
         self.out_channels = decoder_channels[-1]
+        # level_at[k]: the encoder level at stride 2**k (-1: none); block i climbs from stride
+        # 2**(steps - i) to 2**(steps - 1 - i) and takes the level there as its skip, if any.
+        self.level_at = level_at_stride(reductions, steps)
+        self.first_reduction = reductions[0]
         blocks = []
         in_ch = encoder_channels[-1]
         for i, out_ch in enumerate(decoder_channels):
-            target = levels - 2 - i  # the level this block upsamples to; -1 is the image
-            skip_ch = encoder_channels[target] if target >= 0 else 0
+            target = steps - 1 - i  # log2 of the stride this block upsamples to; 0 is the image
+            skip = self.level_at[target]
+            skip_ch = encoder_channels[skip] if skip >= 0 else 0
             if upsampling == "transposed":
                 up_ch = out_ch
             elif upsampling == "max_unpool":
-                up_ch = switch_channels[target + 1]
+                up_ch = switch_channels[target]
             else:
                 up_ch = in_ch
             blocks.append(UnetBlock(upsampling, in_ch, skip_ch, out_ch, up_ch))
@@ -113,18 +133,26 @@ class UnetDecoder(nn.Module):
 
     def forward(self, features: List[Tensor], switches: Optional[List[Tensor]] = None, size: Optional[List[int]] = None) -> Tensor:
         if size is None:
-            size = [2 * features[0].shape[-2], 2 * features[0].shape[-1]]
-        levels = len(features)
+            size = [self.first_reduction * features[0].shape[-2], self.first_reduction * features[0].shape[-1]]
+        sizes = step_sizes(features, self.level_at, size)
+        steps = len(self.level_at)
         x = features[-1]
         for i, block in enumerate(self.blocks):
-            target = levels - 2 - i
+            target = steps - 1 - i
+            level = self.level_at[target]
             skip: Optional[Tensor] = None
-            target_size = size
-            if target >= 0:
-                skip = features[target]
-                target_size = [skip.shape[-2], skip.shape[-1]]
+            if level >= 0:
+                skip = features[level]
             indices: Optional[Tensor] = None
             if switches is not None:
-                indices = switches[target + 1]
-            x = block(x, skip, indices, target_size)
+                indices = switches[target]
+            x = block(x, skip, indices, sizes[target])
         return x
+
+
+def default_decoder_channels(steps: int) -> tuple[int, ...]:
+    """smp's widths ``(256, 128, 64, 32, 16)`` aligned by stride: the block that ends at stride ``s``
+    is ``16 * s`` wide, so 5 steps give smp's default exactly, 4 steps (deepest stride 16) its last
+    four ``(128, 64, 32, 16)`` and 6 steps (stride 64) ``(512, 256, 128, 64, 32, 16)``.
+    """
+    return tuple(16 * 2 ** (steps - 1 - i) for i in range(steps))

@@ -190,7 +190,12 @@ def switch_channels(encoder: nn.Module) -> list[int]:
     have the pooled level's channels, a ResNet stage's those of the level above it, the first one
     the image's), so decoders built for ``"max_unpool"`` ask the encoder once, in eval mode and
     without gradients, on an image of the smallest size it takes rounded up to a multiple of 32.
+    An encoder that knows them without a forward pass (timm's, some of which take one image size
+    only) says so with a ``switch_channels`` attribute.
     """
+    known = getattr(encoder, "switch_channels", None)
+    if known is not None:
+        return [int(c) for c in known]
     reduction = max(encoder.reductions)
     side = -(-max(encoder.min_input_size, reduction) // reduction) * reduction
     param = next(encoder.parameters())

@@ -15,6 +15,7 @@ from torch import nn
 
 from segkit.encoders import classic, googlenet, inception, resnet, vgg  # noqa: F401  (each registers its names)
 from segkit.encoders.base import CLASSIFIERS, ENCODERS, Encoder, register_classifier, register_encoder
+from segkit.encoders.timm_encoder import create_timm_encoder  # imports timm only when called
 from segkit.encoders.weights import adapt_first_conv, load_weights, read_checkpoint, resolve_weights
 from segkit.errors import SegkitError
 
@@ -81,7 +82,11 @@ def create_encoder(
     or a published weights name, ``"imagenet"`` or a torchvision variant such as ``"imagenet1k_v2"``
     (fetched into torch's hub cache on first use: :func:`segkit.encoders.weights.resolve_weights`).
     Extra keyword arguments go to the family's constructor (e.g. ``zero_init_residual=True``).
+    ``"tu-NAME"`` builds timm's NAME instead (:mod:`segkit.encoders.timm_encoder`: timm's own weights).
     """
+    if isinstance(name, str) and name.startswith("tu-"):
+        check_in_channels(in_channels)
+        return create_timm_encoder(name, in_channels=in_channels, weights=weights, **kwargs)
     factory = lookup(ENCODERS, name, "encoder")
     check_in_channels(in_channels)
     transform_input = kwargs.pop("transform_input", None)

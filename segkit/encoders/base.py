@@ -20,6 +20,11 @@ the stems of the Inception nets), the encoder records the switches of a 2x2 max 
 input instead: the positions the decoder gets are those of the strongest activation in each 2x2
 cell, which is the information max-unpooling is meant to carry, and the mode then works with every
 encoder. Switch recording costs one extra pooling per stage and happens only when asked for.
+
+Stated in strides, ``switches[k]`` belongs to the x2 step from stride ``2**k`` to ``2**(k + 1)``;
+for levels at strides 2, 4, ..., 32 that is one per level as above. Encoders whose levels skip a
+stride (timm's ConvNeXt starts at 4) give one per x2 step all the same, so that the decoders can
+unpool every step (:mod:`segkit.decoders.levels`, :mod:`segkit.encoders.timm_encoder`).
 """
 
 from __future__ import annotations
