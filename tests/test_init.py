@@ -164,3 +164,30 @@ def test_fresh_unet_logits_have_unit_scale(mode):
     with torch.no_grad():
         logits = model(torch.randn(4, 3, 64, 64))
     assert 0.6 < logits.std().item() < 1.6  # PyTorch's default init gave 0.35-0.41 here
+
+
+def test_fcn_max_unpool_projections_and_concat_fusion_start_well():
+    """max_unpool's 1x1 projections preserve variance; concat fusion starts as the paper's sum."""
+    torch.manual_seed(0)
+    model = segkit.create_model("fcn8s", encoder="resnet18", num_classes=3, upsampling="max_unpool", skip_fusion="concat")
+    projections = [m.conv for m in model.decoder.modules() if isinstance(m, Upsample) and isinstance(m.conv, nn.Conv2d)]
+    projections += [m.classes for m in model.decoder.modules() if hasattr(m, "classes") and isinstance(m.classes, nn.Conv2d)]
+    assert projections
+    for conv in projections:
+        _check_uniform(conv.weight, 1.0 / _fan_in(conv.weight))
+        assert not conv.bias.any()
+    for fusion in model.decoder.fusions:
+        eye = torch.eye(3)[:, :, None, None]
+        assert torch.equal(fusion.fuse.weight, torch.cat([eye, eye], dim=1)) and not fusion.fuse.bias.any()
+
+
+def test_unet_original_keeps_the_papers_gaussian():
+    """Ronneberger et al.: N(0, 2 / N), N = the inputs of one unit (in * k * k; in for the 2x2 up-conv)."""
+    torch.manual_seed(0)
+    model = segkit.create_model("unet_original", num_classes=2, in_channels=1)
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    for m in convs:
+        fan_in = m.in_channels * (m.kernel_size[0] * m.kernel_size[1] if isinstance(m, nn.Conv2d) else 1)
+        if m.weight.numel() >= 10000:
+            assert abs(m.weight.std().item() / math.sqrt(2.0 / fan_in) - 1) < 0.05
+        assert not m.bias.any()
