@@ -191,3 +191,20 @@ def test_unet_original_keeps_the_papers_gaussian():
         if m.weight.numel() >= 10000:
             assert abs(m.weight.std().item() / math.sqrt(2.0 / fan_in) - 1) < 0.05
         assert not m.bias.any()
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "vgg16_bn"])
+def test_non_rgb_stem_without_weights_starts_as_smps(encoder):
+    """Grey (or 4-channel) encoders from scratch: the first convolution gets PyTorch's default, as
+    smp re-initialises it; RGB keeps torchvision's He (fan_out) stem."""
+    torch.manual_seed(0)
+    for in_channels in (1, 4):
+        ours = segkit.create_model("unet", encoder=encoder, num_classes=2, in_channels=in_channels)
+        theirs = smp.Unet(encoder, encoder_weights=None, in_channels=in_channels, classes=2)
+        stem = ours.encoder.get_submodule(ours.encoder.first_conv).weight
+        their_stem = next(m for m in theirs.encoder.modules() if isinstance(m, nn.Conv2d)).weight
+        assert stem.shape == their_stem.shape
+        _check_uniform(stem, 1.0 / (3 * _fan_in(stem)))
+        assert stem.abs().max() <= their_stem.abs().max() * 1.05 + 1e-6 and stem.abs().max() > 0.9 * their_stem.abs().max()
+    rgb = segkit.create_encoder("resnet18").conv1.weight
+    assert abs(rgb.std().item() / math.sqrt(2.0 / (64 * 49)) - 1) < 0.05
