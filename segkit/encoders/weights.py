@@ -184,11 +184,12 @@ def _first(keys: list[str]) -> str:
 # ---------------------------------------------------------------------------------------------
 # Published weights by name.
 
-# segkit architecture -> torchvision builder whose published weights fit it parameter for parameter.
-_TORCHVISION = {name: name for name in (
+# segkit architectures whose torchvision builder of the same name publishes weights that fit them
+# parameter for parameter.
+_PUBLISHED = frozenset((
     "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "googlenet", "inception_v3",
-)}
+))
 # Architectures segkit has for which nothing is published, and why (said in the error).
 _UNPUBLISHED = {
     "alexnet": "segkit's alexnet is the paper's original two-tower net (62,378,344 parameters); torchvision publishes "
@@ -234,16 +235,16 @@ def hub_checkpoints() -> Path:
 
 def weights_architectures() -> list[str]:
     """Architectures with published weights, sorted."""
-    return sorted(_TORCHVISION)
+    return sorted(_PUBLISHED)
 
 
 def published_weights(arch: str) -> list[PublishedWeights]:
     """Every published variant for ``arch`` (a SegkitError saying why when there is none)."""
     from torchvision.models import get_model_weights
 
-    if arch not in _TORCHVISION:
+    if arch not in _PUBLISHED:
         raise SegkitError(f"{_why_unpublished(arch)}; pass encoder_weights=None or the path of a checkpoint file.")
-    enum = get_model_weights(_TORCHVISION[arch])
+    enum = get_model_weights(arch)
     found = []
     for weights in enum:
         acc1 = weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
