@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from segkit.errors import SegkitError
@@ -71,9 +71,11 @@ class DataConfig:
     train_images: Optional[str] = None
     val_images: Optional[str] = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    # Lists of steps: a name ("hflip") or {name: ..., options} (see segkit.data.transforms).
-    train_transforms: list[Any] = field(default_factory=list)
-    val_transforms: list[Any] = field(default_factory=list)
+    # auto (the default pipelines: flips, rotation, elastic, brightness/contrast for training; none
+    # for validation), or a list of steps, each a name ("hflip") or {name: ..., options} (see
+    # segkit.data.transforms). [] means no transforms at all.
+    train_transforms: Any = "auto"
+    val_transforms: Any = "auto"
     num_workers: int = 0
     # task: classification (see segkit.data.classification). auto: pad_crop for cifar/synthetic
     # (pad crop_padding, random crop, flip; the ResNet paper's CIFAR scheme), random_resized_crop
@@ -202,6 +204,10 @@ def validate(cfg: DictConfig, source: str) -> None:
     for key in ("trainer.val_batch_size", "data.num_workers", "optimizer.weight_decay", "schedule.warmup_iters", "model.encoder_lr_mult",
                 "data.crop_padding", "trainer.aux_weight"):
         _check_positive(cfg, key, source, allow_zero=True)
+    for key in ("data.train_transforms", "data.val_transforms"):
+        value = OmegaConf.select(cfg, key)
+        if not (value is None or value == "auto" or isinstance(value, ListConfig)):
+            raise SegkitError(f"{source}: config key '{key}' is {value!r}; give 'auto' (the defaults), a list of steps, or [] for none.")
     if not cfg.loss:
         raise SegkitError(f"{source}: config key 'loss' is empty; give at least one term, e.g. [{{name: ce, weight: 1.0}}].")
     for i, term in enumerate(cfg.loss):

@@ -73,13 +73,15 @@ def test_geometry_moves_image_and_mask_together_with_nearest_masks():
         np.testing.assert_allclose(img[inner], (m[inner] + 0.5) / 3, atol=1e-6)  # moved together
 
 
-def test_val_default_pads_to_a_multiple_of_32_with_ignore():
+def test_val_default_is_no_transform_and_pad_step_pads_bottom_right_with_ignore():
     image, mask = _sample(50, 70)
+    assert default_spec(train=False) == []  # the model pads itself; see segkit.engine.inputs
     out = build_transforms(train=False)(image=image, mask=mask)
+    assert out["image"].shape == (1, 50, 70) and torch.equal(out["mask"], torch.from_numpy(mask))
+    out = build_transforms([{"name": "pad", "divisor": 32}], train=False)(image=image, mask=mask)
     assert out["image"].shape == (1, 64, 96) and out["mask"].shape == (64, 96)
     assert torch.equal(out["mask"][:50, :70], torch.from_numpy(mask))  # top-left: the original stays put
     assert (out["mask"][50:] == 255).all() and (out["mask"][:, 70:] == 255).all()
-    assert default_spec(train=False) == [{"name": "pad", "divisor": 32}]
 
 
 def test_spec_forms():

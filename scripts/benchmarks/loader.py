@@ -26,7 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from segkit.data import FolderDataset, build_transforms, default_spec, make_synthetic
-from segkit.engine.builders import SeededDataset, pad_collate
+from segkit.engine.builders import SeededDataset
 from segkit.engine.distributed import SeededSampler
 
 
@@ -52,7 +52,7 @@ def _bare_decode(pairs: list[tuple[Path, Path]]) -> int:
 def _segkit_pass(dataset: SeededDataset, batch: int, workers: int, epoch: int) -> int:
     sampler = SeededSampler(dataset, shuffle=True, seed=0)
     sampler.set_epoch(epoch)
-    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, collate_fn=pad_collate(255))
+    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers)
     return sum(images.shape[0] for images, _ in loader)
 
 

@@ -7,8 +7,9 @@ options (``{"name": "rotate", "limit": 30}``). The spec may also be a dict ``{"t
 - train (``default_spec(train=True, size=S)``): random resized crop to S (scale 0.5-1; left out
   when no size is given), horizontal and vertical flips, rotation up to 30 degrees, elastic
   deformation (the U-Net paper's key augmentation for microscopy), brightness/contrast;
-- val: pad bottom/right to a multiple of 32. Masks are never resized at evaluation: scores are
-  taken at the ground truth's own resolution, and the padding is ignore_index so it never counts.
+- val: none. segkit's models pad any input to a multiple of their deepest stride themselves and
+  crop the logits back; validation, ``segkit evaluate`` and ``segkit predict`` feed images through
+  one pipeline (``segkit.engine.inputs``) and score masks at the ground truth's own resolution.
 
 Names (``list_transforms()``): ``random_resized_crop``, ``random_crop``, ``center_crop``,
 ``resize``, ``pad``, ``hflip``, ``vflip``, ``rotate90``, ``rotate``, ``affine``, ``elastic``,
@@ -85,7 +86,7 @@ def list_transforms() -> list[str]:
 def default_spec(train: bool, size: int | Sequence[int] | None = None) -> list[dict[str, Any]]:
     """The default pipeline as a spec (see the module docstring)."""
     if not train:
-        return [{"name": "pad", "divisor": 32}]
+        return []
     spec: list[dict[str, Any]] = []
     if size is not None:
         spec.append({"name": "random_resized_crop", "size": size})

@@ -69,7 +69,7 @@ def build_classification_datasets(cfg: DictConfig, info: DistInfo | None = None)
     kind = data.kind
     if kind in ("folder", "coco"):
         raise SegkitError(f"data.kind {kind!r} is for task: segmentation; use cifar, imagefolder or synthetic for classification.")
-    if data.train_transforms or data.val_transforms:
+    if any(spec not in (None, "auto") and len(spec) for spec in (data.train_transforms, data.val_transforms)):
         raise SegkitError("data.train_transforms / data.val_transforms are segmentation pipelines; for classification use "
                           "data.augment, data.crop_size, data.resize_size, data.crop_padding and data.hflip.")
     if not data.root:

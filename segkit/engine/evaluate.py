@@ -16,7 +16,7 @@ config and feeds the images exactly as training's validation did (see ``segkit.e
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +92,10 @@ def evaluate_checkpoint(
     folder. Inference options as in :func:`segkit.engine.inference.predict_logits`.
     """
     import torch
-    from omegaconf import OmegaConf
-    from torch.utils.data import DataLoader
 
-    from segkit.engine.inference import check_tile_options, load_model, predict_logits
-    from segkit.engine.inputs import InferenceItems, InputPipeline, collate_items, group_by_size, loader_workers
+    from segkit.engine.builders import transform_steps
+    from segkit.engine.inference import check_tile_options, load_model
+    from segkit.engine.inputs import InferenceItems, InputPipeline, checkpoint_amp, iterate_logits, loader_workers
     from segkit.engine.train import resolve_device
     from segkit.metrics import ConfusionMatrix
 
@@ -106,36 +105,24 @@ def evaluate_checkpoint(
     dataset, source = _eval_dataset(cfg, data, split)
     if len(dataset) == 0:
         raise SegkitError(f"{source['data']} holds no images to evaluate.")
-    spec = OmegaConf.to_container(cfg.data.val_transforms, resolve=True)
-    pipeline = InputPipeline(spec, cfg.data.ignore_index, cfg.trainer.seed)  # type: ignore[arg-type]
+    pipeline = InputPipeline(transform_steps(cfg, train=False), cfg.data.ignore_index, cfg.trainer.seed)
     items = InferenceItems(dataset, pipeline, keep_image=False)
-    loader = DataLoader(items, batch_size=batch_size or cfg.trainer.val_batch_size or cfg.trainer.batch_size,
-                        num_workers=loader_workers(workers, cfg.data.num_workers), collate_fn=collate_items)
     names = list(getattr(dataset, "stems", None) or [dataset.image_path(i).name for i in range(len(dataset))])
     num_classes, ignore_index = cfg.model.num_classes, cfg.data.ignore_index
-    options = {"tile": tile, "overlap": overlap, "tta": tta, "amp": amp and cfg.trainer.amp,
-               "batch_size": batch_size or cfg.trainer.val_batch_size or cfg.trainer.batch_size}
-
-    def infer(group: list[Any]) -> list[torch.Tensor]:
-        """Logits of each item at its mask's size, (1, K, H, W)."""
-        logits = predict_logits(model, torch.stack([item.image for item in group]).to(dev), **options)
-        return [InputPipeline.to_mask_size(lg[None], item.scored_size, item.mask.shape) for item, lg in zip(group, logits)]
+    options: dict[str, Any] = {"batch_size": batch_size or cfg.trainer.val_batch_size or cfg.trainer.batch_size,
+                               "tile": tile, "overlap": overlap, "tta": tta, "amp": checkpoint_amp(cfg, amp, dev),
+                               "channels_last": dev.type == "cuda" and cfg.trainer.channels_last}
 
     matrix = ConfusionMatrix(num_classes, ignore_index=ignore_index)
     images: list[tuple[str, float]] = []
     before = matrix.matrix
-    batches: Iterable[list[Any]] = loader
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True, disable=None)
-    for batch in batches:
-        for group in group_by_size(batch):
-            for item, logits in zip(group, infer(group)):
-                matrix.update(logits, item.mask[None].to(dev))
-                after = matrix.matrix
-                images.append((names[item.index], image_miou((after - before).cpu().numpy())))
-                before = after
+    for item, logits in iterate_logits(model, items, dev, workers=loader_workers(workers, cfg.data.num_workers),
+                                       progress="evaluate" if progress else None, **options):
+        assert item.mask is not None
+        matrix.update(logits, item.mask[None].to(dev))
+        after = matrix.matrix
+        images.append((names[item.index], image_miou((after - before).cpu().numpy())))
+        before = after
     classes = list(cfg.data.classes or getattr(dataset, "classes", None) or [str(c) for c in range(num_classes)])
     report = EvalReport(matrix.compute(), classes, ignore_index, images, [pipeline.note()] if pipeline.dropped else [],
                         {"mode": "checkpoint", "checkpoint": str(checkpoint), **source, "tile": tile, "tta": bool(tta)})
@@ -145,8 +132,9 @@ def evaluate_checkpoint(
         index_of = {name: i for i, name in enumerate(names)}
         rows = []
         for name, value in report.worst(worst):
-            item = items[index_of[name]]
-            pred = infer([item])[0].argmax(1)[0].cpu().numpy()
+            [(item, logits)] = iterate_logits(model, items, dev, indices=[index_of[name]], **options)
+            assert item.mask is not None
+            pred = logits.argmax(1)[0].cpu().numpy()
             unit = dataset.load_image(item.index)
             shown = unit[..., 0] if unit.shape[2] != 3 else unit
             gt = item.mask.numpy().copy()

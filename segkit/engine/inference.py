@@ -16,8 +16,9 @@ sees the least context, count least. ``blend="constant"`` averages them with equ
 
 Flip TTA averages the logits of the image and of its flips (``"h"``: left-right, ``"v"``:
 up-down, ``"hv"``: both), each flipped back. With all three flips the result is exactly
-equivariant under those flips, whatever the model. AMP (autocast, bfloat16 where the GPU supports
-it, else float16) is used on CUDA only; logits are returned as float32 on the input's device.
+equivariant under those flips, whatever the model. AMP (autocast, bfloat16 where the GPU computes
+it natively, else float16, or the dtype given) is used on CUDA only; logits are returned as
+float32 on the input's device.
 """
 
 from __future__ import annotations
@@ -90,21 +91,36 @@ def load_model(checkpoint: str | os.PathLike[str], device: torch.device | str = 
     return model.eval().to(device), cfg
 
 
-def amp_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 on GPUs that support it, else float16."""
-    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+def amp_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
+    """The autocast dtype for ``trainer.amp_dtype`` ``name`` on ``device``.
+
+    ``auto``: bfloat16 where the GPU computes it natively (Ampere and newer), else float16;
+    emulated bfloat16 (older GPUs report it as "supported") is slower than float16 and is not chosen.
+    """
+    if name == "bfloat16":
+        return torch.bfloat16
+    if name == "float16":
+        return torch.float16
+    native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native_bf16 else torch.float16
 
 
-def model_forward(model: nn.Module, amp: bool = False) -> Forward:
-    """``images (N, C, H, W) -> logits (N, K, H, W)`` float32: the main output only, autocast on CUDA if ``amp``.
+def model_forward(model: nn.Module, amp: bool | torch.dtype = False, *, channels_last: bool = False) -> Forward:
+    """``images (N, C, H, W) -> logits (N, K, H, W)`` float32: the main output only.
 
-    A model whose logits are not the input's size (``unet_original`` with valid convolutions)
-    raises a SegkitError: inference here maps every input pixel to a prediction.
+    ``amp``: autocast on CUDA (True: :func:`amp_dtype`'s default; or the dtype to use); it is
+    off on other devices. ``channels_last``: the images are made channels-last first (as for a
+    model trained that way). A model whose logits are not the input's size (``unet_original``
+    with valid convolutions) raises a SegkitError: inference here maps every input pixel to a
+    prediction.
     """
 
     def forward(images: Tensor) -> Tensor:
-        use_amp = amp and images.device.type == "cuda"
-        with torch.autocast(images.device.type, dtype=amp_dtype(images.device), enabled=use_amp):
+        use_amp = bool(amp) and images.device.type == "cuda"
+        dtype = amp if isinstance(amp, torch.dtype) else amp_dtype(images.device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(images.device.type, dtype=dtype, enabled=use_amp):
             output = model(images)
         logits = output[0] if isinstance(output, (tuple, list)) else output
         if logits.shape[-2:] != images.shape[-2:]:
@@ -229,7 +245,7 @@ def predict_logits(
     sigma_scale: float = 0.125,
     batch_size: int = 4,
     tta: Sequence[str] | bool = (),
-    amp: bool = False,
+    amp: bool | torch.dtype = False,
 ) -> Tensor:
     """Logits ``(N, K, H, W)`` float32 of ``images (N, C, H, W)`` (already normalised).
 

@@ -1,10 +1,18 @@
-"""From image files to model inputs, and from logits back to the ground truth's pixels.
+"""The one way an image becomes model input and logits go back to the ground truth's pixels.
 
-Evaluation and prediction feed the model exactly what training's validation fed it: the image
-scaled and standardised by the dataset (``segkit.data.base``: the config's ``data.options`` mean,
-std, scaling), after the config's ``data.val_transforms`` applied to the image alone. The masks
-are never transformed: scores are taken at the ground truth's own resolution, so logits of a
-resized input are resized back (bilinear) and those of a padded input cropped back.
+Training's validation, ``segkit evaluate``, ``segkit predict`` and the Python API all go through
+:func:`iterate_logits`, so the same model gives the same confusion matrix on every path:
+
+1. the image is read and scaled to [0, 1] by the dataset (``segkit.data.base``: 8-bit / 255,
+   16-bit and float by percentiles, as ``data.options`` says);
+2. the config's ``data.val_transforms`` run on the image alone (:class:`InputPipeline`; none by
+   default);
+3. it is standardised with the dataset's mean/std;
+4. images of the same size go through the model together (:func:`group_by_size`; never padded to
+   a neighbour's size, which would change the logits near the border); the model pads each to a
+   multiple of its deepest stride itself (zeros after standardisation) and crops the logits back;
+5. logits are cropped back over any ``pad`` step and resized (bilinear) over any ``resize`` step
+   to the image file's size, where the mask is scored untouched.
 
 Validation steps that move pixels without a way back (crops, flips, rotations, elastic) are left
 out with a warning: evaluation scores every pixel of the whole image.
@@ -14,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,18 +30,21 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from segkit.data.base import SegmentationDataset
 from segkit.engine.inference import resize_logits
 
-__all__ = ["ImageFiles", "InputPipeline", "Item", "InferenceItems", "group_by_size", "normalisation_options"]
+__all__ = ["ImageFiles", "InputPipeline", "Item", "InferenceItems", "checkpoint_amp", "group_by_size", "iterate_logits",
+           "normalisation_options"]
 
 logger = logging.getLogger("segkit")
 
 # val_transforms steps that evaluation cannot map back to the ground truth's pixels
 _NOT_INVERTIBLE = {"random_resized_crop", "random_crop", "center_crop", "hflip", "vflip", "rotate90", "rotate", "affine", "elastic"}
 _INTENSITY_KEYS = ("mean", "std", "scaling", "percentiles")
+_WARNED: set[str] = set()
 
 
 def _step_name(step: Any) -> str | None:
@@ -53,6 +64,7 @@ class InputPipeline:
     """
 
     def __init__(self, spec: Sequence[Any] | None, ignore_index: int = 255, seed: int | None = 0) -> None:
+        """``spec``: the validation steps (a list, as :func:`segkit.engine.builders.transform_steps` resolves them)."""
         from segkit.data import build_transforms
 
         kept, dropped = [], []
@@ -64,7 +76,8 @@ class InputPipeline:
             else:
                 kept.append(step)
         self.dropped = dropped
-        if dropped:
+        if dropped and self.note() not in _WARNED:  # once per process: validation builds one every epoch
+            _WARNED.add(self.note())
             logger.warning("%s", self.note())
         last_resize = max((i for i, step in enumerate(kept) if _step_name(step) == "resize"), default=-1)
         before, after = kept[: last_resize + 1], kept[last_resize + 1 :]
@@ -177,7 +190,57 @@ def group_by_size(items: Sequence[Item]) -> list[list[Item]]:
     return groups
 
 
+def checkpoint_amp(cfg: Any, requested: bool, device: torch.device) -> bool | torch.dtype:
+    """Autocast for inference with a checkpoint: its ``trainer.amp_dtype`` on CUDA when both the
+    caller and the run's ``trainer.amp`` ask for AMP, else False (full precision)."""
+    from segkit.engine.inference import amp_dtype
+
+    if not (requested and cfg.trainer.amp) or device.type != "cuda":
+        return False
+    return amp_dtype(device, cfg.trainer.amp_dtype)
+
+
 def loader_workers(requested: int | None, configured: int) -> int:
     """DataLoader workers: the command line's value, else the config's, never more than the CPUs."""
     workers = configured if requested is None else requested
     return max(0, min(workers, os.cpu_count() or 1))
+
+
+def iterate_logits(
+    model: nn.Module,
+    items: InferenceItems,
+    device: torch.device,
+    *,
+    batch_size: int,
+    workers: int = 0,
+    indices: Sequence[int] | None = None,
+    tile: int | None = None,
+    overlap: float = 0.25,
+    tta: Sequence[str] | bool = (),
+    amp: bool | torch.dtype = False,
+    channels_last: bool = False,
+    progress: str | None = None,
+) -> Iterator[tuple[Item, Tensor]]:
+    """Each item (of ``indices``, default all, in order) with its logits ``(1, K, H, W)`` float32 at the image file's size.
+
+    ``batch_size`` items are loaded at a time; among them, runs of equal input size go through
+    the model together (whole image, or sliding window with ``tile``; flip TTA with ``tta``;
+    autocast on CUDA with ``amp``: True for the device's default dtype or a dtype). ``progress``:
+    a tqdm label, or None for no bar.
+    """
+    from segkit.engine.inference import model_forward, predict_logits
+
+    subset: Dataset = items if indices is None else Subset(items, list(indices))
+    loader = DataLoader(subset, batch_size=batch_size, num_workers=workers, collate_fn=collate_items)
+    batches: Any = loader
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(loader, desc=progress, leave=False, dynamic_ncols=True, disable=None)
+    forward = model_forward(model, amp, channels_last=channels_last)
+    for batch in batches:
+        for group in group_by_size(batch):
+            images = torch.stack([item.image for item in group]).to(device, non_blocking=True)
+            logits = predict_logits(forward, images, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size)
+            for item, item_logits in zip(group, logits):
+                yield item, InputPipeline.to_mask_size(item_logits[None], item.scored_size, item.size)

@@ -78,6 +78,7 @@ def plot_curves(
 
 
 @torch.no_grad()
+@torch.no_grad()
 def plot_predictions(model: nn.Module, dataset: Any, device: torch.device, out_path: Path, count: int) -> None:
     """Image, ground truth and prediction overlays for the first ``count`` validation samples."""
     count = min(count, len(dataset))

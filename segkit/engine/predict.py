@@ -77,12 +77,11 @@ def predict_folder(
     progress: bool = False,
 ) -> list[Path]:
     """Predict every image under ``source`` with the checkpoint's model; return the mask files written."""
-    import torch
     from omegaconf import OmegaConf
-    from torch.utils.data import DataLoader
 
-    from segkit.engine.inference import check_tile_options, load_model, predict_logits
-    from segkit.engine.inputs import ImageFiles, InferenceItems, InputPipeline, collate_items, group_by_size, loader_workers, normalisation_options
+    from segkit.engine.builders import transform_steps
+    from segkit.engine.inference import check_tile_options, load_model
+    from segkit.engine.inputs import ImageFiles, InferenceItems, InputPipeline, checkpoint_amp, iterate_logits, loader_workers, normalisation_options
     from segkit.engine.plots import overlay
     from segkit.engine.train import resolve_device
 
@@ -93,32 +92,23 @@ def predict_folder(
     model, cfg = load_model(checkpoint, dev)
     options: dict[str, Any] = OmegaConf.to_container(cfg.data.options, resolve=True)  # type: ignore[assignment]
     dataset = ImageFiles(paths, cfg.model.in_channels, **normalisation_options(options))
-    spec = OmegaConf.to_container(cfg.data.val_transforms, resolve=True)
-    items = InferenceItems(dataset, InputPipeline(spec, cfg.data.ignore_index, cfg.trainer.seed), masks=False, keep_image=overlays)  # type: ignore[arg-type]
-    batch = batch_size or cfg.trainer.val_batch_size or cfg.trainer.batch_size
-    loader = DataLoader(items, batch_size=batch, num_workers=loader_workers(workers, cfg.data.num_workers), collate_fn=collate_items)
+    pipeline = InputPipeline(transform_steps(cfg, train=False), cfg.data.ignore_index, cfg.trainer.seed)
+    items = InferenceItems(dataset, pipeline, masks=False, keep_image=overlays)
     num_classes = cfg.model.num_classes
     written: list[Path] = []
-    batches: Any = loader
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(loader, desc="predict", leave=False, dynamic_ncols=True, disable=None)
-    for chunk in batches:
-        for group in group_by_size(chunk):
-            logits = predict_logits(model, torch.stack([item.image for item in group]).to(dev), tile=tile, overlap=overlap,
-                                    tta=tta, amp=amp and cfg.trainer.amp, batch_size=batch)
-            for item, item_logits in zip(group, logits):
-                full = InputPipeline.to_mask_size(item_logits[None], item.scored_size, item.size)
-                labels = full.argmax(1)[0].cpu().numpy()
-                target = output / "masks" / f"{names[item.index]}.png"
-                save_index_png(labels, num_classes, target)
-                written.append(target)
-                if overlays and item.unit_image is not None:
-                    unit = item.unit_image
-                    shown = unit if unit.shape[2] == 3 else unit[..., 0]
-                    picture = (overlay(shown, labels, num_classes) * 255.0 + 0.5).astype(np.uint8)
-                    shown_path = output / "overlays" / f"{names[item.index]}.png"
-                    shown_path.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(picture).save(shown_path)
+    for item, logits in iterate_logits(model, items, dev, batch_size=batch_size or cfg.trainer.val_batch_size or cfg.trainer.batch_size,
+                                       workers=loader_workers(workers, cfg.data.num_workers), tile=tile, overlap=overlap, tta=tta,
+                                       amp=checkpoint_amp(cfg, amp, dev), channels_last=dev.type == "cuda" and cfg.trainer.channels_last,
+                                       progress="predict" if progress else None):
+        labels = logits.argmax(1)[0].cpu().numpy()
+        target = output / "masks" / f"{names[item.index]}.png"
+        save_index_png(labels, num_classes, target)
+        written.append(target)
+        if overlays and item.unit_image is not None:
+            unit = item.unit_image
+            shown = unit if unit.shape[2] == 3 else unit[..., 0]
+            picture = (overlay(shown, labels, num_classes) * 255.0 + 0.5).astype(np.uint8)
+            shown_path = output / "overlays" / f"{names[item.index]}.png"
+            shown_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(picture).save(shown_path)
     return written

@@ -1,5 +1,13 @@
-"""Validation during training: the ConfusionMatrix over the validation split, summed across ranks
-(for ``task: classification``, top-k accuracy: :func:`segkit.engine.classify.validate_classification`)."""
+"""Validation during training: the model scored on the validation split, as ``segkit evaluate`` scores it.
+
+The images go through :func:`segkit.engine.inputs.iterate_logits`, the one input pipeline that
+evaluation and prediction use too, so ``segkit evaluate --checkpoint best.pt`` reproduces the
+validation confusion matrix stored in ``best.pt`` (for any image sizes, mixed sizes in one folder,
+16-bit images). Each rank scores its own shard of the split (no padding samples: a padded
+sampler would count repeated images twice) and ``ConfusionMatrix.compute`` sums the ranks'
+matrices. For ``task: classification``: top-k accuracy,
+:func:`segkit.engine.classify.validate_classification`.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +16,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import DataLoader
 
-from segkit.engine.builders import pad_collate
-from segkit.engine.distributed import DistInfo, SeededSampler
+from segkit.engine.distributed import DistInfo
 
 __all__ = ["validate"]
 
 
-@torch.no_grad()
 def validate(
     model: nn.Module,
     dataset: Any,
@@ -27,33 +32,32 @@ def validate(
     amp: tuple[bool, torch.dtype] = (False, torch.float32),
     channels_last: bool = False,
 ) -> dict[str, Any]:
-    """mIoU and friends of ``model`` on ``dataset`` (every sample once, across all ranks).
+    """mIoU and friends of ``model`` on the validation ``dataset`` (every sample once, across all ranks).
 
-    Each rank scores its own shard of the split, with no padding samples (a padded
-    DistributedSampler would count repeated images twice); ``ConfusionMatrix.compute`` sums the
-    matrices of all ranks in place.
+    ``dataset`` is the training's validation set (a segkit dataset, possibly wrapped); only its
+    files, labels and normalisation are used: the images take the config's ``data.val_transforms``
+    through :class:`~segkit.engine.inputs.InputPipeline` and the masks are scored as stored.
     """
+    from segkit.engine.builders import transform_steps
+    from segkit.engine.inputs import InferenceItems, InputPipeline, iterate_logits
     from segkit.metrics import ConfusionMatrix
 
     if cfg.task == "classification":
         from segkit.engine.classify import validate_classification
 
         return validate_classification(model, dataset, cfg, device, info, amp=amp, channels_last=channels_last)
+    base = getattr(dataset, "dataset", dataset)  # SeededDataset wraps the segkit dataset
+    pipeline = InputPipeline(transform_steps(cfg, train=False), cfg.data.ignore_index, cfg.trainer.seed)
+    items = InferenceItems(base, pipeline)
+    use_amp, dtype = amp
     was_training = model.training
     model.eval()
-    sampler = SeededSampler(dataset, shuffle=False, seed=cfg.trainer.seed, rank=info.rank, world_size=info.world_size, pad=False)
-    loader = DataLoader(dataset, batch_size=cfg.trainer.val_batch_size or cfg.trainer.batch_size, sampler=sampler,
-                        num_workers=cfg.data.num_workers, collate_fn=pad_collate(cfg.data.ignore_index),
-                        pin_memory=device.type == "cuda")
     matrix = ConfusionMatrix(cfg.model.num_classes, ignore_index=cfg.data.ignore_index)
-    use_amp, dtype = amp
-    for images, masks in loader:
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
-            output = model(images)
-        logits = output[0] if isinstance(output, (tuple, list)) else output
-        matrix.update(logits.float().argmax(1), masks.to(device, non_blocking=True))
+    shard = range(info.rank, len(items), info.world_size)
+    for item, logits in iterate_logits(model, items, device, batch_size=cfg.trainer.val_batch_size or cfg.trainer.batch_size,
+                                       workers=cfg.data.num_workers, indices=shard, amp=dtype if use_amp else False,
+                                       channels_last=channels_last):
+        assert item.mask is not None
+        matrix.update(logits, item.mask[None].to(device, non_blocking=True))
     model.train(was_training)
     return matrix.compute()
