@@ -96,12 +96,25 @@ def test_predict_writes_palette_masks_and_overlays_of_any_size(tmp_path, ckpt):
 
 
 def test_predict_matches_evaluate_and_takes_a_single_file(tmp_path, ckpt, capsys):
-    image = np.random.default_rng(1).integers(0, 256, (40, 40)).astype(np.uint8)
-    Image.fromarray(image).save(tmp_path / "one.png")
-    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "one.png"), "--output", str(tmp_path / "o"),
-                 "--quiet", "--tile", "32", "--overlap", "0.5", "--tta", "--no-overlays"]) == 0
+    """The labels predict writes are the ones evaluate scores, with the same sliding window and TTA."""
+    from segkit.engine.evaluate import evaluate_checkpoint, evaluate_folders
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (40, 45)).astype(np.uint8)
+    for folder, array in (("images", image), ("masks", rng.integers(0, 3, (40, 45)).astype(np.uint8))):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        Image.fromarray(array).save(tmp_path / "data" / folder / "one.png")
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "data" / "images" / "one.png"),
+                 "--output", str(tmp_path / "o"), "--quiet", "--tile", "32", "--overlap", "0.5", "--tta", "--no-overlays"]) == 0
     assert "wrote 1 mask to" in capsys.readouterr().out
     assert (tmp_path / "o" / "masks" / "one.png").is_file() and not (tmp_path / "o" / "overlays").exists()
+    written = np.asarray(Image.open(tmp_path / "o" / "masks" / "one.png"))
+    assert len(np.unique(written)) > 1  # not a constant prediction: the comparison below can fail
+    scored = evaluate_checkpoint(ckpt, tmp_path / "data", device="cpu", tile=32, overlap=0.5, tta=True)
+    folders = evaluate_folders(tmp_path / "o" / "masks", tmp_path / "data" / "masks", num_classes=3)
+    assert folders.metrics["confusion_matrix"] == scored.metrics["confusion_matrix"]
+    whole = evaluate_checkpoint(ckpt, tmp_path / "data", device="cpu")  # and the options matter
+    assert whole.metrics["confusion_matrix"] != scored.metrics["confusion_matrix"]
 
 
 def test_predict_errors(tmp_path, ckpt, capsys):
