@@ -11,7 +11,10 @@
   elsewhere (:func:`max_unpool`, SegNet's max-location unpooling). The positions are the encoder's
   *switches* (see :mod:`segkit.encoders.base`); an encoder stage that downsamples by strided
   convolution records the switches of a 2x2 max over that stage's input, so the mode works with
-  every encoder.
+  every encoder. Overlapping pools (3x3 / stride 2) can send two values to one position: the
+  first window's value (raster order) goes there and the other is dropped
+  (:func:`unique_switches`), so the result is the same on every run and device, CUDA included,
+  where a plain scatter (``F.max_unpool2d``) keeps whichever write lands last.
 
 :class:`Upsample` wraps the four behind one module ``Upsample(mode, in_channels, out_channels,
 scale)``. Channel counts are changed *before* upsampling, where the map is ``scale**2`` times
@@ -59,6 +62,7 @@ __all__ = [
     "max_unpool",
     "nearest_upsample",
     "switch_channels",
+    "unique_switches",
 ]
 
 MODES = ("transposed", "nearest", "bed_of_nails", "max_unpool")
@@ -90,20 +94,63 @@ def bed_of_nails(x: Tensor, scale: int = 2) -> Tensor:
     return nails.reshape(n, c, h * scale, w * scale)
 
 
+def unique_switches(indices: Tensor, numel: int) -> Tensor:
+    """Switches ``(N, C, h, w)`` with each repeat of a position after its first (raster order) set to -1.
+
+    ``numel`` is the size ``H * W`` of the map the switches index. Overlapping pools (3x3 / stride 2:
+    the ResNet stem, GoogLeNet, Inception-v3) can find one input position as the maximum of two
+    neighbouring windows, so a switch map may hold an index twice in an ``(n, c)`` plane. Per
+    plane, ``first[p]`` is the smallest raster position ``k`` whose switch is ``p``, found by a
+    ``scatter_reduce`` with ``amin`` (a minimum is the same whatever order the writes arrive in);
+    entry ``k`` is kept where ``first[indices[k]] == k``. Every non-negative index of the result
+    is then distinct within its plane, and every position the input named is still named exactly
+    once. Entries that are already -1 stay -1 (they go to a slot ``numel`` that nothing reads).
+    """
+    n, c, h, w = indices.shape
+    k = h * w
+    flat = indices.reshape(n, c, k)
+    order = torch.arange(k, device=indices.device, dtype=torch.int32).expand(n, c, k)
+    valid = flat >= 0
+    slot = torch.where(valid, flat, torch.full_like(flat, numel))
+    first = torch.full((n, c, numel + 1), k, device=indices.device, dtype=torch.int32)
+    first = first.scatter_reduce(2, slot, order, reduce="amin", include_self=True)
+    keep = valid & (first.gather(2, slot) == order)
+    return torch.where(keep, flat, torch.full_like(flat, -1)).reshape(n, c, h, w)
+
+
 def max_unpool(x: Tensor, indices: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
     """Put each value of ``x`` ``(N, C, h, w)`` where its max-pool switch says, zeros elsewhere.
 
     ``indices`` ``(N, C, h, w)`` are flat positions in the pooled map (as
     ``F.max_pool2d(..., return_indices=True)`` returns them); ``output_size`` ``[H, W]`` is that
     map's size, by default ``(2h, 2w)``. Where pooling windows overlap (3x3 / stride-2 pools) two
-    values may share a position; one of them is kept.
+    switches may name one position: the value of the first window in raster order goes there and
+    the later one is dropped (:func:`unique_switches`); an index of -1 drops its value too.
+
+    Deterministic on every device. ``F.max_unpool2d`` is a scatter whose writes race on CUDA when
+    two values share a position, so which value was kept (and the model's output) changed from run
+    to run. Here the repeats are removed first and the values scattered into a flat buffer with
+    ``h * w`` spare slots in front: a value with switch ``p`` goes to slot ``h * w + p``, a dropped
+    one to its own spare slot, and the spares are cut off. Every write has its own target, and the
+    gradient (a gather) gives dropped values zero, as they contributed nothing to the output.
     """
     if indices.shape != x.shape:
         raise SegkitError(
             f"max_unpool needs one switch per value: the tensor has shape {list(x.shape)} but the "
             f"switches {list(indices.shape)}; project the tensor to the switches' channel count first (Upsample does)."
         )
-    return F.max_unpool2d(x, indices, kernel_size=2, stride=2, output_size=output_size)
+    n, c, h, w = x.shape
+    if output_size is None:
+        size = [2 * h, 2 * w]
+    else:
+        size = [output_size[-2], output_size[-1]]
+    spare = h * w
+    numel = size[0] * size[1]
+    flat = unique_switches(indices, numel).reshape(n, c, spare)
+    own = torch.arange(spare, device=indices.device, dtype=indices.dtype).expand(n, c, spare)
+    target = torch.where(flat < 0, own, flat + spare)
+    out = x.new_zeros(n, c, spare + numel).scatter(2, target, x.reshape(n, c, spare))
+    return out[:, :, spare:].reshape(n, c, size[0], size[1])
 
 
 def cycle_switches(indices: Tensor, channels: int) -> Tensor:

@@ -21,6 +21,15 @@ input instead: the positions the decoder gets are those of the strongest activat
 cell, which is the information max-unpooling is meant to carry, and the mode then works with every
 encoder. Switch recording costs one extra pooling per stage and happens only when asked for.
 
+Overlapping pools (the 3x3 / stride-2 max-pools of the ResNet stem, GoogLeNet and Inception-v3)
+can find one input position as the maximum of two neighbouring windows, so a switch tensor may name
+a position twice in an ``(n, c)`` plane. The switches stay exactly what ``F.max_pool2d`` returns
+(each still locates its own window's maximum); :func:`segkit.decoders.max_unpool` removes the
+repeats before scattering, keeping the first window in raster order
+(:func:`segkit.decoders.upsample.unique_switches`), because a scatter with two writes to one
+element keeps an arbitrary one on CUDA and made max-unpooling models nondeterministic.
+``F.max_unpool2d`` on these switches is still valid but keeps an unspecified value where they repeat.
+
 Stated in strides, ``switches[k]`` belongs to the x2 step from stride ``2**k`` to ``2**(k + 1)``;
 for levels at strides 2, 4, ..., 32 that is one per level as above. Encoders whose levels skip a
 stride (timm's ConvNeXt starts at 4) give one per x2 step all the same, so that the decoders can
