@@ -25,7 +25,7 @@ import torch
 
 from segkit.errors import SegkitError
 
-__all__ = ["capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
+__all__ = ["capture_rng", "load_checkpoint", "restore_grad_scaler", "restore_rng", "save_checkpoint"]
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
@@ -77,12 +77,48 @@ def capture_rng() -> dict[str, Any]:
     return state
 
 
-def restore_rng(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng`."""
+def restore_rng(state: dict[str, Any]) -> str | None:
+    """Inverse of :func:`capture_rng`, on any number of GPUs.
+
+    The CUDA states are one per GPU the saving process saw. Resumed with fewer GPUs, the first ones
+    are restored; with more, the extra GPUs keep the states ``torch.manual_seed`` gave them; on the
+    CPU they are unused. Returns a line saying so when the counts differ (None when they match).
+    """
     torch.set_rng_state(state["torch"])
     py = state["python"]
     random.setstate((py[-2], tuple(py[:-2]), py[-1]))
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = list(state.get("cuda") or [])
+    # Per device, not torch.cuda.set_rng_state_all: that one indexes device i for every saved state
+    # and fails on a machine with fewer GPUs than the one that saved.
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index, cuda_state in enumerate(saved[:visible]):
+        torch.cuda.set_rng_state(cuda_state, index)
+    if saved and len(saved) != visible:
+        return (f"the checkpoint holds CUDA random states for {len(saved)} GPU(s) and {visible} are visible now: "
+                f"restored {min(len(saved), visible)}; the run continues, but not bit-identically on the GPU.")
+    return None
+
+
+def restore_grad_scaler(scaler: torch.amp.GradScaler, saved: dict[str, Any] | None) -> str | None:
+    """Load a checkpoint's grad-scaler state into ``scaler`` where both use one.
+
+    A disabled scaler (CPU, bfloat16, AMP off) saves ``{}``; an enabled one (float16 on CUDA)
+    saves its scale. A run resumed with the other setting continues: an enabled scaler without a
+    saved state starts fresh (GradScaler itself would raise on ``{}``), a disabled one drops the
+    saved scale. Returns the line to log in those cases (None when the settings match).
+    """
+    saved = saved or {}
+    if scaler.is_enabled() and not saved:
+        return ("the checkpoint was saved without a grad scaler (CPU, bfloat16 or AMP off) and float16 AMP is on now: "
+                f"starting a fresh grad scaler (scale {scaler.get_scale():g}).")
+    if not scaler.is_enabled():
+        return ("the checkpoint's grad-scaler state is not used: float16 AMP is off now (CPU, bfloat16 or AMP off)."
+                if saved else None)
+    try:
+        scaler.load_state_dict(saved)
+    except (KeyError, RuntimeError) as err:
+        raise SegkitError(f"the checkpoint's grad-scaler state is not one GradScaler reads ({err}); "
+                          f"the file may be damaged: resume from another checkpoint or set trainer.amp=false.") from err
+    return None

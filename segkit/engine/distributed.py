@@ -3,19 +3,29 @@
 segkit does not launch processes: ``torchrun --nproc_per_node G scripts/train.py ...`` does, and
 sets RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/PORT. :func:`init_distributed` reads them (NCCL
 on CUDA, gloo on CPU); without them training runs in one process.
+
+Ranks must leave together: a rank that raises while the others wait in a collective hangs the
+job. :func:`main_then_share` runs a rank-0-only step (e.g. "the run directory already holds a
+run") and makes every rank raise its error; :func:`any_rank` agrees on a flag (a stop request);
+:func:`broadcast_batchnorm_buffers` gives every rank rank 0's BatchNorm statistics before
+validation, so that all ranks score the same model.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sized
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.utils.data import Sampler
 
-__all__ = ["DistInfo", "SeededSampler", "cleanup_distributed", "init_distributed", "is_main_process"]
+from segkit.errors import SegkitError
+
+__all__ = ["DistInfo", "SeededSampler", "any_rank", "broadcast_batchnorm_buffers", "cleanup_distributed", "init_distributed",
+           "is_main_process", "main_then_share", "resume_batch"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,76 @@ def cleanup_distributed() -> None:
 
 def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def main_then_share(fn: Callable[[], object], info: DistInfo) -> None:
+    """Run ``fn`` on rank 0 only; if it raises, every rank raises.
+
+    Rank 0 re-raises its own exception; the other ranks raise a :class:`SegkitError` with the same
+    message (a ``RuntimeError`` naming rank 0's exception for anything that is not a user error)
+    instead of waiting forever in the next collective. The broadcast is also the barrier that
+    makes the others wait until rank 0 is done (e.g. has written files they read).
+    """
+    error: BaseException | None = None
+    if info.is_main:
+        try:
+            fn()
+        except Exception as err:  # shared below, then re-raised on rank 0 as it was
+            error = err
+    if info.enabled:
+        # Plain values, not the exception object (it may not pickle); the others' entry is overwritten.
+        message: list[tuple[bool, str] | None] = [None]
+        if error is not None:
+            user_error = isinstance(error, SegkitError)
+            message = [(user_error, str(error) if user_error else f"{type(error).__name__}: {error}")]
+        dist.broadcast_object_list(message, src=0)
+        if error is None and message[0] is not None:
+            user_error, text = message[0]
+            if user_error:
+                raise SegkitError(text)
+            raise RuntimeError(f"rank 0 failed ({text}); see its traceback.")
+    if error is not None:
+        raise error
+
+
+def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """Whether ``flag`` is set on any rank (one all-reduce under DDP; ``flag`` itself otherwise)."""
+    if not info.enabled:
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def broadcast_batchnorm_buffers(model: nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's BatchNorm running statistics (mean, var, num_batches_tracked) to every rank.
+
+    Without SyncBatchNorm each rank updates its running statistics from its own batches (DDP
+    broadcasts buffers at the start of each forward, so they drift apart again within the step):
+    validating then scores a slightly different model on each rank and sums their confusion
+    matrices. After this every rank holds the model rank 0 would save.
+    """
+    if not info.enabled:
+        return
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            for buffer in module.buffers(recurse=False):
+                dist.broadcast(buffer, src=0)
+
+
+def resume_batch(batch_in_epoch: int, batch_size: int, accum: int, saved_world_size: int, world_size: int) -> int:
+    """Where an epoch stopped on ``saved_world_size`` ranks continues on ``world_size`` ranks (in batches per rank).
+
+    :class:`SeededSampler` deals the epoch's order round-robin, so ``k`` batches on each of ``W``
+    ranks consumed exactly the first ``k * batch_size * W`` samples of the order, whatever ``W``. On
+    another number of ranks the run continues from that sample, rounded down to a whole
+    accumulation window: at most ``world_size * batch_size * accum`` samples are seen twice.
+    """
+    if saved_world_size == world_size or batch_in_epoch == 0:
+        return batch_in_epoch
+    consumed = batch_in_epoch * batch_size * saved_world_size
+    batches = consumed // (batch_size * world_size)
+    return batches - batches % accum
 
 
 class SeededSampler(Sampler[tuple[int, int]]):
