@@ -7,6 +7,7 @@ hands them over.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from segkit.engine.distributed import DistInfo
+from segkit.engine.distributed import DistInfo, main_then_share
 from segkit.errors import SegkitError
 
 __all__ = ["SeededDataset", "build_datasets", "build_loss_fn", "build_model_from_config", "dataset_options", "pad_collate",
@@ -27,26 +28,36 @@ class SeededDataset(Dataset):
 
     With :class:`~segkit.engine.distributed.SeededSampler` every sample's augmentation is a
     function of (run seed, epoch, index), independent of worker count and of where a run resumed.
+
+    ``weight_map``: a function of the augmented mask (:class:`segkit.losses.weight_map.UNetWeightMap`); items
+    are then ``(image, mask, weight_map(mask))``, so the maps are computed in the DataLoader
+    workers, in parallel with training, and travel with the batch to the loss.
     """
 
-    def __init__(self, dataset: Any) -> None:
+    def __init__(self, dataset: Any, weight_map: Callable[[Tensor], Tensor] | None = None) -> None:
         self.dataset = dataset
+        self.weight_map = weight_map
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, item: tuple[int, int] | int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, item: tuple[int, int] | int) -> tuple[Tensor, ...]:
         if isinstance(item, tuple):
             index, seed = item
             if self.dataset.transforms is not None:
                 from segkit.data.transforms import seed_transforms
 
                 seed_transforms(self.dataset.transforms, seed)
-            return self.dataset[index]
-        return self.dataset[item]
+            sample = self.dataset[index]
+        else:
+            sample = self.dataset[item]
+        if self.weight_map is None:
+            return sample
+        image, mask = sample
+        return image, mask, self.weight_map(mask)
 
     def __getattr__(self, name: str) -> Any:  # in_channels, classes, image_path, ... of the wrapped set
-        if name == "dataset":
+        if name in ("dataset", "weight_map"):  # (before __init__ sets them, e.g. on unpickling in a worker)
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
@@ -105,6 +116,10 @@ def build_datasets(cfg: DictConfig, info: DistInfo | None = None) -> tuple[Any, 
     ``data.kind: synthetic`` writes the built-in dataset into ``data.root`` first if it is not
     there (rank 0 writes, the others wait). Classification datasets take ``(index, seed)`` items
     themselves (:func:`segkit.engine.classify.build_classification_datasets`).
+
+    When the loss has a ``weight_map_ce`` term, the training items are ``(image, mask, weight_map)``
+    (:class:`SeededDataset`): the U-Net weight map of each augmented mask, computed in the
+    DataLoader workers instead of in the training process at every step.
     """
     if cfg.task == "classification":
         from segkit.engine.classify import build_classification_datasets
@@ -117,11 +132,13 @@ def build_datasets(cfg: DictConfig, info: DistInfo | None = None) -> tuple[Any, 
         from segkit.data import make_synthetic
 
         root = _resolve(data.root, "data.root")
-        if info is None or info.is_main:
+
+        def write() -> None:
             if not (root / "images").is_dir():
                 make_synthetic(root, n=data.synthetic.n, size=data.synthetic.size, seed=data.synthetic.seed)
-        if info is not None and info.enabled:
-            torch.distributed.barrier()
+
+        # Rank 0 writes, the others wait for it; if writing fails every rank raises (no rank hangs).
+        main_then_share(write, info or DistInfo())
         kind = "folder"
     if kind == "folder":
         from segkit.data import FolderDataset
@@ -146,7 +163,18 @@ def build_datasets(cfg: DictConfig, info: DistInfo | None = None) -> tuple[Any, 
     if train.in_channels != cfg.model.in_channels:
         raise SegkitError(f"the images under {data.root or data.train_images} have {train.in_channels} channel(s) but "
                           f"model.in_channels is {cfg.model.in_channels}; set model.in_channels={train.in_channels}.")
-    return SeededDataset(train), SeededDataset(val)
+    return SeededDataset(train, weight_map=_weight_map_of(cfg)), SeededDataset(val)
+
+
+def _weight_map_of(cfg: DictConfig) -> Callable[[Tensor], Tensor] | None:
+    """The U-Net weight map the config's ``weight_map_ce`` loss terms need (None without such a term)."""
+    from segkit.losses import WeightMapCrossEntropyLoss
+
+    maps = {m.weight_map_fn() for m in build_loss_fn(cfg).modules() if isinstance(m, WeightMapCrossEntropyLoss)}
+    if len(maps) > 1:
+        raise SegkitError("the loss has weight_map_ce terms with different w0/sigma/class_weights/background/ignore_index, "
+                          "but each sample carries one weight map; give those terms the same options.")
+    return maps.pop() if maps else None
 
 
 def _check_options(options: dict[str, Any], dataset_class: type, taken: set[str]) -> None:

@@ -32,8 +32,11 @@ class Task:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
 
-    def loss(self, loss_fn: nn.Module, output: Any, target: Tensor) -> tuple[Tensor, Tensor]:
-        """``(loss, main logits)`` of a model output (auxiliary outputs weighted by ``trainer.aux_weight``)."""
+    def loss(self, loss_fn: nn.Module, output: Any, target: Tensor, **extra: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss, main logits)`` of a model output (auxiliary outputs weighted by ``trainer.aux_weight``).
+
+        ``extra``: per-pixel inputs that came with the batch (``weight_map``), passed on to the loss.
+        """
         raise NotImplementedError
 
     def start_epoch(self, device: torch.device) -> None:
@@ -65,16 +68,16 @@ class SegmentationTask(Task):
     line_keys = (("val_miou", "miou"), ("val_mdice", "mdice"), ("val_pixel_accuracy", "pixel_accuracy"))
     curves, curves_label = (("val_miou", "o-", "validation"),), ("mIoU", "validation mIoU")
 
-    def loss(self, loss_fn: nn.Module, output: Any, target: Tensor) -> tuple[Tensor, Tensor]:
+    def loss(self, loss_fn: nn.Module, output: Any, target: Tensor, **extra: Tensor) -> tuple[Tensor, Tensor]:
         logits, aux = (output[0], list(output[1:])) if isinstance(output, (tuple, list)) else (output, [])
-        loss = loss_fn(logits.float(), target)
+        loss = loss_fn(logits.float(), target, **extra)
         aux_weight = self.cfg.trainer.aux_weight
-        for extra in aux:  # image-level head (B, K) or auxiliary mask logits
-            if extra.dim() == 2:
-                presence = _presence_targets(target, extra.shape[1], self.cfg.data.ignore_index)
-                loss = loss + aux_weight * nn.functional.binary_cross_entropy_with_logits(extra.float(), presence)
+        for head in aux:  # image-level head (B, K) or auxiliary mask logits (the target's size)
+            if head.dim() == 2:
+                presence = _presence_targets(target, head.shape[1], self.cfg.data.ignore_index)
+                loss = loss + aux_weight * nn.functional.binary_cross_entropy_with_logits(head.float(), presence)
             else:
-                loss = loss + aux_weight * loss_fn(extra.float(), target)
+                loss = loss + aux_weight * loss_fn(head.float(), target, **extra)
         return loss, logits
 
     def plot_final(self, model: nn.Module, val_set: Any, device: torch.device, out_dir: Path) -> None:
@@ -90,7 +93,7 @@ class ClassificationTask(Task):
     curves = (("train_top1_error", "--", "training"), ("val_top1_error", "o-", "validation"))
     curves_label = ("top-1 error", "top-1 error")
 
-    def loss(self, loss_fn: nn.Module, output: Any, target: Tensor) -> tuple[Tensor, Tensor]:
+    def loss(self, loss_fn: nn.Module, output: Any, target: Tensor, **extra: Tensor) -> tuple[Tensor, Tensor]:
         from segkit.engine.classify import classification_loss
 
         return classification_loss(loss_fn, output, target, self.cfg.trainer.aux_weight)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segkit.losses._base import check_reduction, float_tensor
-from segkit.losses.weight_map import unet_weight_map
+from segkit.losses.weight_map import UNetWeightMap, unet_weight_map
 
 __all__ = ["BCEWithLogitsLoss", "CrossEntropyLoss", "WeightMapCrossEntropyLoss"]
 
@@ -94,8 +94,10 @@ class WeightMapCrossEntropyLoss(nn.Module):
     """Pixel-weighted cross-entropy, ``mean_x w(x) * CE(x)``: the U-Net paper's loss (eq. 1).
 
     ``forward(logits, target, weight_map=None)``: ``weight_map`` ``(N, H, W)`` is
-    :func:`unet_weight_map` of the target, ideally precomputed per sample in the data pipeline;
-    when it is not given it is computed here from the target (on the CPU: slower). The mean is over
+    :func:`unet_weight_map` of the target, ideally precomputed per sample in the data pipeline
+    (:meth:`weight_map_fn` gives the function; the training engine applies it to each augmented
+    mask in the DataLoader workers and passes the batch's maps here); when it is not given it is
+    computed here from the target (on the CPU, in the training process: slower). The mean is over
     the counted (not ignored) pixels, so a weight map of ones gives plain cross-entropy.
 
     Args:
@@ -121,6 +123,11 @@ class WeightMapCrossEntropyLoss(nn.Module):
         self.w0, self.sigma, self.class_weights, self.background = w0, sigma, class_weights, background
         self.ignore_index = ignore_index
         self.reduction = reduction
+
+    def weight_map_fn(self) -> UNetWeightMap:
+        """The weight map this loss expects for a target mask, as a picklable callable (for the data pipeline)."""
+        weights = None if self.class_weights is None else tuple(float(w) for w in self.class_weights)
+        return UNetWeightMap(self.w0, self.sigma, weights, self.background, self.ignore_index)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, weight_map: torch.Tensor | None = None) -> torch.Tensor:
         target = target.long()

@@ -3,21 +3,24 @@
 ``w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))^2 / (2 sigma^2))``: ``w_c`` balances the class
 frequencies, and the second term puts large weights on the thin background gaps between touching
 cells, which is what makes U-Net learn to separate them. It is computed on the CPU with
-scipy.ndimage, once per sample (precompute it in the data pipeline, or let
-:class:`segkit.losses.WeightMapCrossEntropyLoss` compute it from the target).
+scipy.ndimage, once per sample: in the data pipeline (:class:`UNetWeightMap`, which the training
+engine applies to each augmented mask in the DataLoader workers when the loss has a
+``weight_map_ce`` term), or, slower, by :class:`segkit.losses.WeightMapCrossEntropyLoss` from
+the target in each step.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["unet_weight_map"]
+__all__ = ["UNetWeightMap", "unet_weight_map"]
 
 MaskT = TypeVar("MaskT", np.ndarray, torch.Tensor)
 
@@ -79,6 +82,24 @@ def unet_weight_map(
         weights[border] += w0 * np.exp(-((d1[border] + d2[border]) ** 2) / (2 * sigma**2))
     weights[~valid] = 0
     return weights.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class UNetWeightMap:
+    """:func:`unet_weight_map` with its options fixed: ``UNetWeightMap(w0=10)(mask)``.
+
+    A plain picklable object (DataLoader workers receive it) whose equality compares the options,
+    so two loss terms that need the same map can share one.
+    """
+
+    w0: float = 10.0
+    sigma: float = 5.0
+    class_weights: tuple[float, ...] | None = None
+    background: int = 0
+    ignore_index: int | None = None
+
+    def __call__(self, mask: MaskT) -> MaskT:
+        return unet_weight_map(mask, self.w0, self.sigma, self.class_weights, self.background, self.ignore_index)
 
 
 def _class_weight_term(mask: np.ndarray, valid: np.ndarray, class_weights: Sequence[float] | None) -> np.ndarray:
