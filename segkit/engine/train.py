@@ -3,9 +3,16 @@
 What a run does, in order: pick the device and join the torchrun process group if there is one;
 seed; build the datasets, the model (DDP, SyncBatchNorm, channels_last, torch.compile as the
 config asks), the loss, the optimizer and the per-iteration schedule; resume from ``last.pt`` if
-asked; then for each epoch train (AMP on CUDA, gradient accumulation and clipping), validate every
-``val_interval`` epochs, and write ``last.pt`` (every epoch and on SIGINT/SIGTERM), ``best.pt``
-(best validation score), ``metrics.jsonl`` and the plots. Only rank 0 writes files and prints.
+asked; then for each epoch train (:func:`segkit.engine.loop.train_epoch`: AMP on CUDA, gradient
+accumulation and clipping, one host synchronisation per log interval), validate every
+``val_interval`` epochs (rank 0's BatchNorm statistics on every rank first), and write ``last.pt``
+(every epoch and on SIGINT/SIGTERM), ``best.pt`` (best validation score), ``metrics.jsonl`` and
+the plots. Only rank 0 writes files and prints.
+
+Under torchrun the ranks leave together: a rank-0-only check (the run directory already holds a
+run) raises on every rank; a signal or a non-finite loss on any rank stops every rank at the same
+step (:mod:`segkit.engine.loop`); ``last.pt`` is written once, by rank 0; every rank exits with
+the same code (130 after a signal, 2 for a SegkitError, from ``segkit train``).
 
 The ``task`` (:mod:`segkit.engine.tasks`) supplies what differs: segmentation scores with the
 ConfusionMatrix and keeps the best mIoU; classification (``task: classification``) adds the
@@ -16,19 +23,16 @@ Exact resume: the data order and every sample's augmentation are functions of (s
 index) (:class:`~segkit.engine.distributed.SeededSampler`), the data loader draws from its own
 generator rather than torch's global one, and the checkpoint carries every RNG state, the step
 within the epoch, optimizer, schedule and grad-scaler states. On CPU a run stopped after k steps
-and resumed ends bit-identical to an uninterrupted run (tested).
+and resumed ends bit-identical to an uninterrupted run (tested). A run may also resume with other
+settings (CPU or GPU, float16 or bfloat16 AMP, another number of GPUs or processes): it continues,
+not bit-identically, and says what changed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import signal
-import sys
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,9 +43,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from segkit.config import save_config, to_dict
+from segkit.engine.amp import resolve_amp
 from segkit.engine.builders import build_datasets, build_loss_fn, build_model_from_config, resolve_normalisation
-from segkit.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from segkit.engine.distributed import DistInfo, SeededSampler, cleanup_distributed, init_distributed
+from segkit.engine.checkpoint import capture_rng, load_checkpoint, restore_grad_scaler, restore_rng, save_checkpoint
+from segkit.engine.distributed import (DistInfo, SeededSampler, any_rank, broadcast_batchnorm_buffers, cleanup_distributed,
+                                       init_distributed, main_then_share, resume_batch)
+from segkit.engine.loop import Run, StopFlag, train_epoch
 from segkit.engine.optim import build_optimizer, build_scheduler
 from segkit.engine.report import json_safe
 from segkit.engine.tasks import make_task
@@ -74,42 +81,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class _StopFlag:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (then saves and exits)."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:  # a second Ctrl-C: stop at once
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def _use_channels_last(cfg: DictConfig, device: torch.device) -> bool:
     """channels_last pays on CUDA tensor cores; on the CPU it is left off."""
     return device.type == "cuda" and cfg.trainer.channels_last
 
 
 def _amp_settings(cfg: DictConfig, device: torch.device) -> tuple[bool, torch.dtype, bool]:
-    """(use autocast, its dtype, use a grad scaler). AMP runs on CUDA only."""
-    if device.type != "cuda" or not cfg.trainer.amp:
-        return False, torch.float32, False
-    want = cfg.trainer.amp_dtype
-    if want == "bfloat16" or (want == "auto" and torch.cuda.is_bf16_supported()):
-        return True, torch.bfloat16, False
-    return True, torch.float16, True
+    """(use autocast, its dtype, use a grad scaler): :func:`segkit.engine.amp.resolve_amp` (bfloat16 only where native)."""
+    return resolve_amp(cfg.trainer.amp, cfg.trainer.amp_dtype, device)
 
 
 def _frozen_norms(model: nn.Module) -> list[nn.Module]:
@@ -188,7 +167,26 @@ def train(
         cleanup_distributed()
 
 
+def _check_sync_bn(cfg: DictConfig, device: torch.device, info: DistInfo) -> None:
+    """SyncBatchNorm has CUDA kernels only: under torchrun off CUDA it is a user error, raised before any work.
+
+    In a single process there is nothing to synchronise and ``trainer.sync_bn`` is ignored on any device.
+    """
+    if cfg.trainer.sync_bn and info.enabled and device.type != "cuda":
+        raise SegkitError(f"trainer.sync_bn needs CUDA GPUs (SyncBatchNorm has no {device.type} implementation); "
+                          f"set trainer.sync_bn=false to train on the {device.type} (BatchNorm statistics then stay per process).")
+
+
+def _prepare_run_dir(cfg: DictConfig, out_dir: Path, last_path: Path, resume: bool) -> None:
+    """Rank 0: create the run directory, refuse one that holds a run (unless resuming), write config.yaml."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and (last_path.exists() or (out_dir / "metrics.jsonl").exists()):
+        raise SegkitError(f"run directory {out_dir} already holds a run; pass --resume to continue it or choose another --out.")
+    save_config(cfg, out_dir / "config.yaml")
+
+
 def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo, *, max_steps: int | None, resume: bool, progress: bool) -> TrainResult:
+    _check_sync_bn(cfg, device, info)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.backends.cudnn.benchmark = True
@@ -196,11 +194,8 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     if resume and not last_path.is_file():
         raise SegkitError(f"--resume needs {last_path}, which does not exist; start the run without --resume.")
     resolve_normalisation(cfg)
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not resume and (last_path.exists() or (out_dir / "metrics.jsonl").exists()):
-            raise SegkitError(f"run directory {out_dir} already holds a run; pass --resume to continue it or choose another --out.")
-        save_config(cfg, out_dir / "config.yaml")
+    # Checked on rank 0 only (it owns the directory); every rank raises its error, none waits for it.
+    main_then_share(lambda: _prepare_run_dir(cfg, out_dir, last_path, resume), info)
     log = _Log(out_dir, info.is_main, cfg.output.tensorboard)
 
     torch.manual_seed(cfg.trainer.seed)
@@ -241,17 +236,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     start_epoch, batch_in_epoch, step, best = 0, 0, 0, None
     if resume:
         state = load_checkpoint(last_path)
-        trained_with = state.get("config", {}).get("optimizer", {}).get("name")
-        if trained_with != cfg.optimizer.name:
-            raise SegkitError(f"optimizer.name is {cfg.optimizer.name!r} but the run in {out_dir} was trained with "
-                              f"{trained_with!r}; resume with the run's own config ({out_dir}/config.yaml).")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
-        best = state.get("best_score", state.get("best_miou"))
-        restore_rng(state["rng"])
+        start_epoch, batch_in_epoch, step, best = _resume(state, cfg, out_dir, info, log, model, optimizer, scheduler, scaler)
         log.print(f"resumed from {last_path}: epoch {start_epoch + 1}, step {step}")
 
     train_model: nn.Module = model
@@ -266,76 +251,35 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
             "scaler": scaler.state_dict(), "epoch": epoch, "batch_in_epoch": batch, "step": step,
             "best_miou": best if task.score_key == "miou" else None, "best_score": best, "score_key": task.score_key,
             "rng": capture_rng(), "config": to_dict(cfg), "metrics": json_safe(metrics or {}),
-            "segkit_checkpoint": 1,
+            "world_size": info.world_size, "segkit_checkpoint": 1,
         }
 
     last_metrics: dict[str, Any] = {}
     interrupted = False
     epoch = start_epoch
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
+        run = Run(cfg=cfg, info=info, device=device, model=model, train_model=train_model, loss_fn=loss_fn, optimizer=optimizer,
+                  scheduler=scheduler, scaler=scaler, task=task, loader=loader, stop=stop, log=log, amp=(use_amp, amp_dtype),
+                  channels_last=channels_last, frozen_norms=frozen_norms, batches_per_epoch=batches_per_epoch,
+                  max_steps=max_steps, progress=progress, last_path=last_path)
         for epoch in range(start_epoch, cfg.trainer.epochs):
             sampler.set_epoch(epoch, start=batch_in_epoch * batch_size)
-            train_model.train()
-            for norm in frozen_norms:
-                norm.eval()
-            task.start_epoch(device)
-            seen, loss_sum, loss_count, t0 = 0, 0.0, 0, time.perf_counter()
-            bar = _progress(loader, epoch, cfg.trainer.epochs, enabled=progress and info.is_main)
-            for images, targets in bar:  # targets: masks (N, H, W) or labels (N,)
-                images = images.to(device, non_blocking=True)
-                targets = targets.to(device, non_blocking=True)
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    loss, logits = task.loss(loss_fn, train_model(images), targets)
-                task.observe(logits, targets)
-                if not torch.isfinite(loss):
-                    raise SegkitError(
-                        f"the loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}); training stopped and "
-                        f"{last_path} keeps the last good state; lower optimizer.lr or enable trainer.clip_grad_norm."
-                    )
-                if batch_in_epoch % accum == 0:  # the first batch of an accumulation window
-                    # Cleared here, just before backward (as torchvision's reference does), not after the
-                    # step: the new gradients then reuse the freed ones' memory; clearing right after the
-                    # step cost 5-8 % of CPU throughput in allocations (scripts/benchmark.py training).
-                    optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss / accum).backward()
-                batch_in_epoch += 1
-                stepped = batch_in_epoch % accum == 0 or batch_in_epoch == batches_per_epoch
-                if stepped:
-                    if cfg.trainer.clip_grad_norm:
-                        scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.clip_grad_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    step += 1
-                seen += images.shape[0]
-                loss_sum += loss.item()
-                loss_count += 1
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                                    img_s=f"{seen * info.world_size / (time.perf_counter() - t0):.1f}")
-                if stepped and step % cfg.trainer.log_interval == 0:
-                    log.write({"kind": "train", "epoch": epoch + 1, "step": step, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]})
-                # Stop only between optimizer steps, so no accumulated gradient is lost.
-                if stepped and (stop.signal is not None or (max_steps is not None and step >= max_steps)):
-                    break
-            epoch_done = batch_in_epoch >= batches_per_epoch
-            if not epoch_done:  # stopped inside the epoch: save the exact position and leave
-                interrupted = stop.signal is not None
+            end = train_epoch(run, epoch, batch_in_epoch, step)  # SegkitError on a non-finite loss (all ranks)
+            step, batch_in_epoch = end.step, end.batch_in_epoch
+            if batch_in_epoch < batches_per_epoch:  # stopped inside the epoch: save the exact position and leave
+                interrupted = end.interrupted
                 if info.is_main:
                     save_checkpoint(checkpoint_state(epoch, batch_in_epoch), last_path)
                 reason = "interrupted" if interrupted else f"reached --max-steps {max_steps}"
                 log.print(f"{reason} at step {step}; saved {last_path} (continue with --resume)")
                 break
             batch_in_epoch = 0
-            elapsed = time.perf_counter() - t0
             summary: dict[str, Any] = {"kind": "epoch", "epoch": epoch + 1, "step": step,
-                                       "train_loss": loss_sum / max(loss_count, 1), "images_per_s": seen * info.world_size / elapsed,
-                                       **task.train_metrics()}
+                                       "train_loss": end.loss_sum / max(end.loss_batches, 1),
+                                       "images_per_s": end.seen * info.world_size / end.seconds, **task.train_metrics()}
             last_epoch = epoch + 1 == cfg.trainer.epochs
             if (epoch + 1) % cfg.trainer.val_interval == 0 or last_epoch or (max_steps is not None and step >= max_steps):
+                broadcast_batchnorm_buffers(model, info)  # every rank scores rank 0's model, the one saved
                 metrics = validate(model, val_set, cfg, device, info, amp=(use_amp, amp_dtype), channels_last=channels_last)
                 summary.update({"val_" + k: v for k, v in metrics.items() if k in task.val_keys})
                 last_metrics = metrics
@@ -349,7 +293,9 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
             log.print(_summary_line(summary, cfg.trainer.epochs, task.line_keys))
             if info.is_main and cfg.output.plots:
                 task.plot_curves(log.path, out_dir / "curves.png")
-            if stop.signal is not None:
+            # A signal after the epoch's last log point (e.g. during validation) may have reached some
+            # ranks only: they agree here (one all-reduce per epoch) and stop together.
+            if end.interrupted or any_rank(stop.signal is not None, info, device):
                 interrupted = True
                 log.print(f"interrupted after epoch {epoch + 1}; saved {last_path} (continue with --resume)")
                 break
@@ -366,12 +312,37 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
                        interrupted=interrupted, best_score=best, score_key=task.score_key)
 
 
-def _progress(loader: DataLoader, epoch: int, epochs: int, enabled: bool) -> Iterator[Any]:
-    if not enabled:
-        return iter(loader)
-    from tqdm import tqdm
+def _resume(state: dict[str, Any], cfg: DictConfig, out_dir: Path, info: DistInfo, log: _Log, model: nn.Module,
+            optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler) -> tuple[int, int, int, float | None]:
+    """Load ``last.pt`` into the run's objects; ``(epoch, batch in epoch, step, best score)`` to continue from.
 
-    return tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True, file=sys.stderr)
+    Settings that may differ from the saved run's (CPU or GPU, AMP dtype, number of GPUs or
+    processes) continue, with a logged line; what cannot continue (another model or optimizer) is a
+    SegkitError naming why.
+    """
+    trained_with = state.get("config", {}).get("optimizer", {}).get("name")
+    if trained_with != cfg.optimizer.name:
+        raise SegkitError(f"optimizer.name is {cfg.optimizer.name!r} but the run in {out_dir} was trained with "
+                          f"{trained_with!r}; resume with the run's own config ({out_dir}/config.yaml).")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0][:200]
+        raise SegkitError(f"{out_dir}/last.pt does not fit the model or optimizer this config builds ({first}); "
+                          f"resume with the run's own config ({out_dir}/config.yaml).") from err
+    scheduler.load_state_dict(state["scheduler"])
+    notes = [restore_grad_scaler(scaler, state.get("scaler")), restore_rng(state["rng"]) if "rng" in state else None]
+    epoch, batch, step = state["epoch"], state["batch_in_epoch"], state["step"]
+    saved_world = int(state.get("world_size", info.world_size))
+    moved = resume_batch(batch, cfg.trainer.batch_size, cfg.trainer.grad_accum, saved_world, info.world_size)
+    if moved != batch:
+        notes.append(f"the run was saved on {saved_world} process(es) and continues on {info.world_size}: epoch {epoch + 1} "
+                     f"resumes at batch {moved} of each process (batch {batch} of {saved_world}); a few samples repeat.")
+    for note in notes:
+        if note:
+            logger.warning(note)
+    return epoch, moved, step, state.get("best_score", state.get("best_miou"))
 
 
 def _summary_line(summary: dict[str, Any], epochs: int, keys: tuple[tuple[str, str], ...]) -> str:
