@@ -9,10 +9,25 @@ et al. 2017; decaying them only pulls BN scales towards zero).
 Schedules are stepped once per optimizer step (iteration), as segmentation training does: the
 "poly" policy of DeepLab, lr = base * (1 - t / T) ** power, is the default. Every schedule may
 start with a linear warm-up from ``warmup_factor * base`` over ``warmup_iters`` iterations.
+Below, ``t`` counts optimizer steps from 0 (the lr of step ``t + 1``), ``W = warmup_iters`` and
+``ramp(t) = warmup_factor + (1 - warmup_factor) * t / W`` for ``t < W``, 1 after.
+
+* ``step`` and ``multistep``: decay boundaries count from iteration 0, not from the end of the
+  warm-up, and the warm-up multiplies the step factor:
+  ``lr(t) = base * ramp(t) * gamma ** n(t)``, with ``n(t) = t // step_size`` (``step``) or the
+  number of ``milestones`` ``<= t`` (``multistep``). A boundary is an iteration number as written in
+  the config (as in torchvision's detection references, detectron2 and timm), so
+  ``step_size: 1000`` and ``milestones: [1000, 2000, ...]`` give the same lrs, with or without a
+  warm-up; one that falls inside the warm-up lowers the ramp from there on. Without a warm-up the
+  two are torch's ``StepLR`` and ``MultiStepLR``.
+* the smooth schedules (``poly``, ``cosine``, ``exponential``, ``inverse_time``, ``constant``)
+  start after the warm-up and run over the remaining ``T - W`` iterations (``t - W`` in the
+  formulas), so ``poly`` and ``cosine`` still end at their final value on the last iteration.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import Any
 
 import torch
@@ -86,13 +101,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, total_ite
     warmup = min(s.warmup_iters, max(total_iters - 1, 0))
     main_iters = max(total_iters - warmup, 1)
     name = s.name
+    if name in ("step", "multistep"):
+        return _step_schedule(optimizer, cfg, warmup)
     main: lr_scheduler.LRScheduler
     if name == "poly":
         main = lr_scheduler.PolynomialLR(optimizer, total_iters=main_iters, power=s.power)
-    elif name == "step":
-        main = lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
-    elif name == "multistep":
-        main = lr_scheduler.MultiStepLR(optimizer, milestones=[m - warmup for m in s.milestones], gamma=s.gamma)
     elif name == "exponential":
         main = lr_scheduler.ExponentialLR(optimizer, gamma=s.gamma)
     elif name == "inverse_time":
@@ -108,3 +121,49 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, total_ite
         return main
     ramp = lr_scheduler.LinearLR(optimizer, start_factor=s.warmup_factor, end_factor=1.0, total_iters=warmup)
     return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def _step_schedule(optimizer: torch.optim.Optimizer, cfg: DictConfig, warmup: int) -> lr_scheduler.LambdaLR:
+    """``step`` / ``multistep``: ``base * ramp(t) * gamma ** (boundaries <= t)``, boundaries from iteration 0.
+
+    One ``LambdaLR`` of the absolute iteration rather than a ``SequentialLR`` hand-over, whose
+    second schedule restarts its count at the end of the warm-up: that made ``step`` count from
+    the end of the warm-up while ``multistep`` (milestones shifted by it) counted from 0. Plain
+    functions, so the state dict holds only the iteration count and the config decides the rest.
+    """
+    s = cfg.schedule
+    gamma = float(s.gamma)
+    start = float(s.warmup_factor)
+    if s.name == "step":
+        size = int(s.step_size)  # config validation keeps it positive
+
+        def passed(t: int) -> int:
+            return t // size
+
+    else:
+        milestones = sorted(int(m) for m in s.milestones)  # bisect needs them in order
+
+        def passed(t: int) -> int:
+            return bisect_right(milestones, t)
+
+    def factor(t: int) -> float:
+        ramp = start + (1.0 - start) * t / warmup if t < warmup else 1.0
+        return ramp * gamma ** passed(t)
+
+    return _IterationSchedule(optimizer, factor)
+
+
+class _IterationSchedule(lr_scheduler.LambdaLR):
+    """A ``LambdaLR`` of the iteration count that also resumes from the state of the schedulers it replaced.
+
+    Runs saved before ``step`` / ``multistep`` became one ``LambdaLR`` hold a ``StepLR``,
+    ``MultiStepLR`` or ``SequentialLR`` state; each counts in ``last_epoch`` the optimizer steps
+    taken, which is all this schedule needs, so such a run continues (with the boundaries counted
+    from iteration 0) instead of stopping on the missing ``lr_lambdas`` key.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "lr_lambdas" not in state_dict:
+            state_dict = {**self.state_dict(), "last_epoch": state_dict["last_epoch"],
+                          "_last_lr": state_dict.get("_last_lr", self.get_last_lr())}
+        super().load_state_dict(state_dict)
