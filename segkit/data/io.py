@@ -170,6 +170,44 @@ def read_mask_pixels(path: str | os.PathLike) -> np.ndarray:
     return arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr
 
 
+@dataclass(frozen=True)
+class UnitScale:
+    """Per-channel ``(pixels - offset) / divisor`` (or ``* factor`` for 8-bit), clipped to [0, 1] if ``clip``."""
+
+    offset: np.ndarray | None
+    divisor: np.ndarray | None = None
+    factor: np.float32 | None = None
+    clip: bool = False
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        """``pixels`` (..., C), any part of the image the scale was computed on, as float32."""
+        out = pixels.astype(np.float32)
+        if self.offset is not None:
+            out -= self.offset
+        if self.factor is not None:
+            out *= self.factor
+        if self.divisor is not None:
+            out /= self.divisor
+        return np.clip(out, 0.0, 1.0, out=out) if self.clip else out
+
+
+def unit_scale(image: np.ndarray, scaling: str = "auto", percentiles: tuple[float, float] = (1.0, 99.8)) -> UnitScale:
+    """The scaling :func:`to_unit_float` applies to ``image`` (H, W, C), computed once from the whole
+    image and applicable to any part of it (striped prediction on images too big to convert at once)."""
+    if scaling not in SCALINGS:
+        raise SegkitError(f"scaling {scaling!r} is not one of {', '.join(SCALINGS)}; pick one of those")
+    if image.dtype == np.uint8 and scaling != "percentile":
+        return UnitScale(None, factor=np.float32(1.0 / 255.0))
+    if scaling == "dtype":
+        if np.issubdtype(image.dtype, np.integer):
+            return UnitScale(None, divisor=np.float32(np.iinfo(image.dtype).max))
+        return UnitScale(None)
+    flat = image.reshape(-1, image.shape[-1]).astype(np.float32)
+    lo, hi = np.percentile(flat, percentiles, axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
+    return UnitScale(lo.astype(np.float32), divisor=span, clip=True)
+
+
 def to_unit_float(
     image: np.ndarray, scaling: str = "auto", percentiles: tuple[float, float] = (1.0, 99.8)
 ) -> np.ndarray:
@@ -177,16 +215,23 @@ def to_unit_float(
 
     See the module docstring for the three scalings.
     """
-    if scaling not in SCALINGS:
-        raise SegkitError(f"scaling {scaling!r} is not one of {', '.join(SCALINGS)}; pick one of those")
-    if image.dtype == np.uint8 and scaling != "percentile":
-        return image.astype(np.float32) * np.float32(1.0 / 255.0)
-    if scaling == "dtype":
-        if np.issubdtype(image.dtype, np.integer):
-            return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
-        return image.astype(np.float32)
-    flat = image.reshape(-1, image.shape[-1]).astype(np.float32)
-    lo, hi = np.percentile(flat, percentiles, axis=0)
-    span = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
-    out = (image.astype(np.float32) - lo.astype(np.float32)) / span
-    return np.clip(out, 0.0, 1.0, out=out)
+    return unit_scale(image, scaling, percentiles)(image)
+
+
+def open_image(path: str | os.PathLike) -> np.ndarray:
+    """Pixels as (H, W, C) like :func:`read_image`, but an uncompressed TIFF is memory-mapped
+    (nothing decoded until rows are read), so a 20k x 20k slide costs no memory up front."""
+    path = Path(path)
+    if path.suffix.lower() in _TIFF:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                layout = _tiff_layout(series.axes, tuple(series.shape), path, "image")
+            if layout != "cyx":
+                mapped = tifffile.memmap(path, mode="r")
+                return mapped[:, :, None] if mapped.ndim == 2 else mapped
+        except (ValueError, OSError):  # compressed or tiled: not mappable, decode it whole
+            pass
+    return read_image(path)

@@ -23,11 +23,10 @@ float32 on the input's device.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ __all__ = [
     "model_forward",
     "predict_logits",
     "sliding_window",
+    "sliding_window_rows",
     "window_starts",
 ]
 
@@ -172,6 +172,74 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     return pair[0], pair[1]
 
 
+def _window_grid(height: int, width: int, tile: int | Sequence[int], overlap: float) -> tuple[int, int, list[int], list[int]]:
+    """``(th, tw, ys, xs)``: the tile clipped to the image and the window offsets per axis."""
+    if not 0.0 <= overlap < 1.0:
+        raise SegkitError(f"overlap must lie in [0, 1); got {overlap}.")
+    th, tw = _pair(tile, "tile")
+    th, tw = min(th, height), min(tw, width)
+    ys = window_starts(height, th, max(1, int(th * (1 - overlap))))
+    xs = window_starts(width, tw, max(1, int(tw * (1 - overlap))))
+    return th, tw, ys, xs
+
+
+def sliding_window_rows(
+    forward: Forward,
+    read_rows: Callable[[int, int], Tensor],
+    height: int,
+    width: int,
+    tile: int | Sequence[int],
+    overlap: float = 0.25,
+    *,
+    blend: str = "gaussian",
+    sigma_scale: float = 0.125,
+    batch_size: int = 4,
+) -> Iterator[tuple[int, int, Tensor]]:
+    """Blended sliding-window logits of one image, a stripe of rows at a time.
+
+    ``read_rows(y0, y1)`` gives the model input's rows ``(C, y1 - y0, width)``. Windows run in
+    row-major order, ``batch_size`` per forward pass; as soon as no later window reaches a row,
+    its logits are final and yielded as ``(y0, y1, logits (K, y1 - y0, width))``. Memory holds the
+    logits of the window rows in flight, about ``(K, tile + step * batch_size / windows_per_row, width)``,
+    never the whole image's: this is how ``segkit predict --tile`` handles slides of any size.
+    The stripes, concatenated, are :func:`sliding_window`'s logits for that image.
+    """
+    if blend not in BLENDS:
+        raise SegkitError(f"blend is {blend!r}; choose one of {', '.join(BLENDS)}.")
+    if batch_size < 1:
+        raise SegkitError(f"batch_size must be >= 1; got {batch_size}.")
+    th, tw, ys, xs = _window_grid(height, width, tile, overlap)
+    windows = [(y, x) for y in ys for x in xs]
+    top = 0  # the image row of the buffers' first row; rows above it were yielded
+    acc: Tensor | None = None  # logits summed over the windows run so far, rows [top, top + acc.shape[1])
+    norm: Tensor | None = None  # their summed weights
+    weight: Tensor | None = None
+    inputs: dict[int, Tensor] = {}  # model input rows [y, y + th) of the window rows in use
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start : start + batch_size]
+        for y in {y for y, _ in chunk} - set(inputs):
+            inputs[y] = read_rows(y, y + th)
+        logits = forward(torch.stack([inputs[y][:, :, x : x + tw] for y, x in chunk]))
+        if acc is None or norm is None or weight is None:
+            device = logits.device
+            weight = gaussian_weights((th, tw), sigma_scale, device) if blend == "gaussian" else torch.ones(th, tw, device=device)
+            acc = torch.zeros(logits.shape[1], 0, width, device=device)
+            norm = torch.zeros(0, width, device=device)
+        grow = chunk[-1][0] + th - top - acc.shape[1]
+        if grow > 0:
+            acc = torch.cat([acc, acc.new_zeros(acc.shape[0], grow, width)], dim=1)
+            norm = torch.cat([norm, norm.new_zeros(grow, width)], dim=0)
+        for (y, x), window_logits in zip(chunk, logits):
+            acc[:, y - top : y - top + th, x : x + tw] += window_logits * weight
+            norm[y - top : y - top + th, x : x + tw] += weight
+        pending = windows[start + batch_size][0] if start + batch_size < len(windows) else height
+        if pending > top:  # rows no later window reaches: final
+            done = pending - top
+            yield top, pending, acc[:, :done] / norm[:done]
+            acc, norm, top = acc[:, done:], norm[done:], pending
+            inputs = {y: rows for y, rows in inputs.items() if y >= pending}
+
+
 def sliding_window(
     forward: Forward,
     images: Tensor,
@@ -185,37 +253,19 @@ def sliding_window(
     """Blend ``forward`` over windows of ``images (N, C, H, W)`` -> logits ``(N, K, H, W)`` float32.
 
     ``tile`` is clipped to the image; the step is ``max(1, int(tile * (1 - overlap)))`` per axis;
-    ``batch_size`` windows (of any of the N images) go through ``forward`` at once.
+    ``batch_size`` windows of one row of windows go through ``forward`` at once (see
+    :func:`sliding_window_rows`, which this assembles).
     """
-    if not 0.0 <= overlap < 1.0:
-        raise SegkitError(f"overlap must lie in [0, 1); got {overlap}.")
-    if blend not in BLENDS:
-        raise SegkitError(f"blend is {blend!r}; choose one of {', '.join(BLENDS)}.")
-    if batch_size < 1:
-        raise SegkitError(f"batch_size must be >= 1; got {batch_size}.")
     n, _, height, width = images.shape
-    th, tw = _pair(tile, "tile")
-    th, tw = min(th, height), min(tw, width)
-    ys = window_starts(height, th, max(1, int(th * (1 - overlap))))
-    xs = window_starts(width, tw, max(1, int(tw * (1 - overlap))))
-    if blend == "gaussian":
-        weight = gaussian_weights((th, tw), sigma_scale, images.device)
-    else:
-        weight = torch.ones(th, tw, device=images.device)
-    norm = torch.zeros(height, width, device=images.device)
-    for y, x in itertools.product(ys, xs):
-        norm[y : y + th, x : x + tw] += weight
-    windows = [(i, y, x) for i in range(n) for y, x in itertools.product(ys, xs)]
     out: Tensor | None = None
-    for start in range(0, len(windows), batch_size):
-        chunk = windows[start : start + batch_size]
-        logits = forward(torch.stack([images[i, :, y : y + th, x : x + tw] for i, y, x in chunk]))
-        if out is None:
-            out = torch.zeros(n, logits.shape[1], height, width, device=images.device)
-        for (i, y, x), window_logits in zip(chunk, logits):
-            out[i, :, y : y + th, x : x + tw] += window_logits * weight
+    for i in range(n):
+        for y0, y1, logits in sliding_window_rows(forward, lambda a, b: images[i, :, a:b], height, width, tile, overlap,
+                                                  blend=blend, sigma_scale=sigma_scale, batch_size=batch_size):
+            if out is None:
+                out = torch.empty(n, logits.shape[0], height, width, device=images.device)
+            out[i, :, y0:y1] = logits
     assert out is not None  # at least one window
-    return out / norm
+    return out
 
 
 def flip_tta(forward: Forward, flips: Sequence[str] = ("h", "v", "hv")) -> Forward:

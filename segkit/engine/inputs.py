@@ -84,6 +84,11 @@ class InputPipeline:
         self.before = build_transforms(before, train=False, seed=seed, ignore_index=ignore_index) if before else None
         self.after = build_transforms(after, train=False, seed=seed, ignore_index=ignore_index) if after else None
 
+    @property
+    def identity(self) -> bool:
+        """No step to run: the model input is the standardised image itself."""
+        return self.before is None and self.after is None
+
     def note(self) -> str:
         """What was left out of the validation transforms, as a sentence ('' if nothing)."""
         if not self.dropped:

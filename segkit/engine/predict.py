@@ -95,8 +95,12 @@ def predict_folder(
     pipeline = InputPipeline(transform_steps(cfg, train=False), cfg.data.ignore_index, cfg.trainer.seed)
     items = InferenceItems(dataset, pipeline, masks=False, keep_image=overlays)
     num_classes = cfg.model.num_classes
+    batch = batch_size or cfg.trainer.val_batch_size or cfg.trainer.batch_size
+    if tile is not None and pipeline.identity:  # bounded memory for images of any size
+        return _predict_striped(model, cfg, dataset, names, output, dev, tile=tile, overlap=overlap, tta=tta, amp=amp,
+                                batch_size=batch, overlays=overlays, progress=progress)
     written: list[Path] = []
-    for item, logits in iterate_logits(model, items, dev, batch_size=batch_size or cfg.trainer.val_batch_size or cfg.trainer.batch_size,
+    for item, logits in iterate_logits(model, items, dev, batch_size=batch,
                                        workers=loader_workers(workers, cfg.data.num_workers), tile=tile, overlap=overlap, tta=tta,
                                        amp=checkpoint_amp(cfg, amp, dev), channels_last=dev.type == "cuda" and cfg.trainer.channels_last,
                                        progress="predict" if progress else None):
@@ -111,4 +115,35 @@ def predict_folder(
             shown_path = output / "overlays" / f"{names[item.index]}.png"
             shown_path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(picture).save(shown_path)
+    return written
+
+
+def _predict_striped(model: Any, cfg: Any, dataset: Any, names: list[str], output: Path, dev: Any, *, tile: int, overlap: float,
+                     tta: bool, amp: bool, batch_size: int, overlays: bool, progress: bool) -> list[Path]:
+    """``predict_folder`` with ``--tile`` and no resizing transforms: each image read, standardised and
+    labelled by stripes (:mod:`segkit.engine.stripes`), the same labels in memory bounded by the tile."""
+    from segkit.engine.inference import flip_tta, model_forward
+    from segkit.engine.inputs import checkpoint_amp
+    from segkit.engine.stripes import RowReader, overlay_rows, striped_labels
+
+    forward = model_forward(model, checkpoint_amp(cfg, amp, dev), channels_last=dev.type == "cuda" and cfg.trainer.channels_last)
+    if tta:
+        forward = flip_tta(forward)
+    num_classes = cfg.model.num_classes
+    indices: Any = range(len(dataset))
+    if progress:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc="predict", leave=False, dynamic_ncols=True, disable=None)
+    written: list[Path] = []
+    for index in indices:
+        reader = RowReader(dataset.image_path(index), dataset, dev)
+        labels = striped_labels(forward, reader, num_classes, tile, overlap, batch_size=batch_size)
+        target = output / "masks" / f"{names[index]}.png"
+        save_index_png(labels, num_classes, target)
+        written.append(target)
+        if overlays:
+            shown_path = output / "overlays" / f"{names[index]}.png"
+            shown_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(overlay_rows(reader, labels, num_classes)).save(shown_path)
     return written
