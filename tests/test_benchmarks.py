@@ -26,6 +26,7 @@ TINY = {
     "evaluate": ["--pairs", "6", "--size", "32", "--classes", "3", "--repeats", "1", "--warmup", "0", "--startup-repeats", "0"],
     "accuracy": ["--datasets", "quickstart", "--models", "unet-nearest,smp-unet", "--seeds", "0", "--epochs", "1",
                  "--quickstart-n", "8", "--quickstart-size", "64", "--batch", "4", "--threads", "1"],
+    "predict_scaling": ["--sizes", "64,96", "--tile", "64", "--format", "tif", "--threads", "1"],
 }
 
 
