@@ -19,8 +19,8 @@ from torch.utils.data import Dataset
 from segkit.engine.distributed import DistInfo, main_then_share
 from segkit.errors import SegkitError
 
-__all__ = ["SeededDataset", "build_datasets", "build_loss_fn", "build_model_from_config", "dataset_options", "pad_collate",
-           "resolve_normalisation", "transforms_from_config"]
+__all__ = ["SeededDataset", "build_datasets", "build_loss_fn", "build_model_from_config", "dataset_options",
+           "resolve_normalisation", "transform_steps", "transforms_from_config"]
 
 
 class SeededDataset(Dataset):
@@ -68,13 +68,22 @@ def _resolve(path: str | None, key: str) -> Path:
     return Path(path).expanduser()
 
 
+def transform_steps(cfg: DictConfig, train: bool) -> list[Any]:
+    """The steps of ``data.train_transforms`` (or ``val_transforms``): ``auto`` (or null) is the
+    default pipeline (:func:`segkit.data.default_spec`), a list is exactly those steps, ``[]`` none."""
+    from segkit.data import default_spec
+
+    spec = cfg.data.train_transforms if train else cfg.data.val_transforms
+    if spec is None or (isinstance(spec, str) and spec == "auto"):
+        return default_spec(train)
+    return list(OmegaConf.to_container(spec, resolve=True))  # type: ignore[arg-type]
+
+
 def transforms_from_config(cfg: DictConfig, train: bool) -> Any:
     """The augmentation pipeline ``data.train_transforms`` (or ``val_transforms``) describes, seeded by ``trainer.seed``."""
     from segkit.data import build_transforms
 
-    spec = cfg.data.train_transforms if train else cfg.data.val_transforms
-    spec = OmegaConf.to_container(spec, resolve=True) if spec else None
-    return build_transforms(spec, train=train, seed=cfg.trainer.seed, ignore_index=cfg.data.ignore_index)
+    return build_transforms(transform_steps(cfg, train), train=train, seed=cfg.trainer.seed, ignore_index=cfg.data.ignore_index)
 
 
 def dataset_options(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -221,23 +230,3 @@ def build_loss_fn(cfg: DictConfig) -> nn.Module:
     for term in spec:  # type: ignore[union-attr]
         term.setdefault("ignore_index", cfg.data.ignore_index)  # type: ignore[union-attr]
     return build_loss(spec)  # type: ignore[arg-type]
-
-
-def pad_collate(ignore_index: int) -> Any:
-    """A collate function that pads images (zeros) and masks (``ignore_index``) to the batch's largest size.
-
-    Evaluation images may differ in size; padding bottom/right keeps every pixel where it was,
-    and padded mask pixels never count.
-    """
-
-    def collate(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        h = max(image.shape[-2] for image, _ in batch)
-        w = max(image.shape[-1] for image, _ in batch)
-        images = torch.zeros(len(batch), batch[0][0].shape[0], h, w, dtype=batch[0][0].dtype)
-        masks = torch.full((len(batch), h, w), ignore_index, dtype=torch.int64)
-        for i, (image, mask) in enumerate(batch):
-            images[i, :, : image.shape[-2], : image.shape[-1]] = image
-            masks[i, : mask.shape[-2], : mask.shape[-1]] = mask
-        return images, masks
-
-    return collate
