@@ -253,7 +253,8 @@ COMMANDS["predict"] = ("write predicted masks (palette PNGs) and overlays for a 
 def _add_export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a run checkpoint (best.pt / last.pt)")
     parser.add_argument("--format", required=True, choices=("onnx", "torchscript"), help="onnx or torchscript")
-    parser.add_argument("--out", help="output file (default: the checkpoint's name with .onnx / .ts.pt)")
+    parser.add_argument("--out", help="output file (default: beside the checkpoint, its suffix replaced by .onnx / .torchscript.pt: "
+                        "best.pt -> best.onnx, best.torchscript.pt)")
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="example input size (default 256 256)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
 
