@@ -178,7 +178,10 @@ def _check_sync_bn(cfg: DictConfig, device: torch.device, info: DistInfo) -> Non
 
 
 def _prepare_run_dir(cfg: DictConfig, out_dir: Path, last_path: Path, resume: bool) -> None:
-    """Rank 0: create the run directory, refuse one that holds a run (unless resuming), write config.yaml."""
+    """Rank 0: check --resume has a run to continue, create the run directory, refuse one that holds a
+    run (unless resuming), write config.yaml."""
+    if resume and not last_path.is_file():
+        raise SegkitError(f"--resume needs {last_path}, which does not exist; start the run without --resume.")
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume and (last_path.exists() or (out_dir / "metrics.jsonl").exists()):
         raise SegkitError(f"run directory {out_dir} already holds a run; pass --resume to continue it or choose another --out.")
@@ -191,8 +194,6 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
         device = torch.device("cuda", info.local_rank)
         torch.backends.cudnn.benchmark = True
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    if resume and not last_path.is_file():
-        raise SegkitError(f"--resume needs {last_path}, which does not exist; start the run without --resume.")
     resolve_normalisation(cfg)
     # Checked on rank 0 only (it owns the directory); every rank raises its error, none waits for it.
     main_then_share(lambda: _prepare_run_dir(cfg, out_dir, last_path, resume), info)
