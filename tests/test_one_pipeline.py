@@ -128,3 +128,21 @@ def test_empty_transform_list_means_none_and_auto_means_defaults(tmp_path):
 def test_transform_key_of_the_wrong_kind_is_a_segkit_error(tmp_path):
     with pytest.raises(SegkitError, match=r"data.train_transforms' is 'none'; give 'auto'"):
         config_from_dict({**_config(tmp_path), "data": {"train_transforms": "none"}})
+
+
+@pytest.mark.parametrize("native, amp_dtype, trained_amp, requested, expected", [
+    (True, "auto", True, True, torch.bfloat16),
+    (False, "auto", True, True, torch.float16),
+    (False, "bfloat16", True, True, torch.float16),  # emulated bf16 is slower than fp32: fp16 instead
+    (True, "float16", True, True, torch.float16),
+    (True, "auto", False, True, False),  # the run trained without AMP
+    (True, "auto", True, False, False),  # --no-amp
+])
+def test_inference_runs_in_the_precision_training_chose(monkeypatch, native, amp_dtype, trained_amp, requested, expected):
+    import segkit.engine.amp as amp
+    from segkit.engine.inputs import checkpoint_amp
+
+    monkeypatch.setattr(amp, "native_bf16", lambda device: native)
+    cfg = config_from_dict({"trainer": {"amp": trained_amp, "amp_dtype": amp_dtype}})
+    assert checkpoint_amp(cfg, requested, torch.device("cuda", 0)) == expected
+    assert checkpoint_amp(cfg, requested, torch.device("cpu")) is False

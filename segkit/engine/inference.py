@@ -92,17 +92,11 @@ def load_model(checkpoint: str | os.PathLike[str], device: torch.device | str = 
 
 
 def amp_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
-    """The autocast dtype for ``trainer.amp_dtype`` ``name`` on ``device``.
+    """The autocast dtype for ``trainer.amp_dtype`` ``name`` on ``device``, as training decides it
+    (:func:`segkit.engine.amp.resolve_amp`: bfloat16 only where the GPU computes it natively)."""
+    from segkit.engine.amp import resolve_amp
 
-    ``auto``: bfloat16 where the GPU computes it natively (Ampere and newer), else float16;
-    emulated bfloat16 (older GPUs report it as "supported") is slower than float16 and is not chosen.
-    """
-    if name == "bfloat16":
-        return torch.bfloat16
-    if name == "float16":
-        return torch.float16
-    native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-    return torch.bfloat16 if native_bf16 else torch.float16
+    return resolve_amp(True, name, device)[1] if device.type == "cuda" else torch.float16
 
 
 def model_forward(model: nn.Module, amp: bool | torch.dtype = False, *, channels_last: bool = False) -> Forward:

@@ -196,13 +196,13 @@ def group_by_size(items: Sequence[Item]) -> list[list[Item]]:
 
 
 def checkpoint_amp(cfg: Any, requested: bool, device: torch.device) -> bool | torch.dtype:
-    """Autocast for inference with a checkpoint: its ``trainer.amp_dtype`` on CUDA when both the
-    caller and the run's ``trainer.amp`` ask for AMP, else False (full precision)."""
-    from segkit.engine.inference import amp_dtype
+    """Autocast for inference with a checkpoint: on CUDA, when both the caller and the run's
+    ``trainer.amp`` ask for it, the dtype training would use there for its ``trainer.amp_dtype``
+    (:func:`segkit.engine.amp.resolve_amp`); else False (full precision)."""
+    from segkit.engine.amp import resolve_amp
 
-    if not (requested and cfg.trainer.amp) or device.type != "cuda":
-        return False
-    return amp_dtype(device, cfg.trainer.amp_dtype)
+    enabled, dtype, _ = resolve_amp(bool(requested and cfg.trainer.amp), cfg.trainer.amp_dtype, device)
+    return dtype if enabled else False
 
 
 def loader_workers(requested: int | None, configured: int) -> int:
