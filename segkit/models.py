@@ -90,26 +90,47 @@ class SegmentationModel(nn.Module):
     docstring). With an ``aux_head`` the forward returns
     ``(logits, class_logits)``, the class logits ``(N, aux_classes)`` from the head on the
     encoder's deepest features.
+
+    With ``side_heads`` (deep supervision; the decoder must have ``forward_levels``, as
+    :class:`segkit.decoders.UnetDecoder` does) a model in training mode appends one more element, a
+    *list* of side logits: ``(logits, sides)`` or ``(logits, class_logits, sides)``. ``sides[k]``
+    comes from the decoder level at stride ``2 ** (k + 1)`` (finest first, the order of
+    ``trainer.deep_supervision_weights``), cropped to the ``ceil(H / stride)`` rows and columns that
+    cover the image. The list, never a tensor, is what marks them: a tensor after the logits is an
+    image-level head (2-D) or auxiliary logits at the mask's size. In eval mode (evaluate, predict,
+    export) the side heads are skipped and the output is as without them.
     """
 
-    def __init__(self, encoder: Encoder, decoder: nn.Module, head: nn.Module, aux_head: nn.Module | None = None) -> None:
+    def __init__(self, encoder: Encoder, decoder: nn.Module, head: nn.Module, aux_head: nn.Module | None = None,
+                 side_heads: nn.ModuleList | None = None) -> None:
         super().__init__()
+        if side_heads is not None and not hasattr(decoder, "forward_levels"):
+            raise ValueError(f"side heads need a decoder with forward_levels; {type(decoder).__name__} has none")
         self.encoder = encoder
         self.decoder = decoder
         self.head = head
         self.aux_head = aux_head
+        self.side_heads = side_heads
         self.multiple = max(encoder.reductions)
         self.min_size = -(-encoder.min_input_size // self.multiple) * self.multiple
         self.use_switches = getattr(decoder, "upsampling", None) == "max_unpool"
 
-    def forward(self, x: Tensor) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    def forward(self, x: Tensor) -> Union[Tensor, Tuple[Tensor, Tensor], Tuple[Tensor, List[Tensor]], Tuple[Tensor, Tensor, List[Tensor]]]:
+        # Side logits only where a loss can use them: in training. torch.jit.is_scripting() is a
+        # compile-time constant, so a TorchScript export does not even compile this branch and keeps
+        # the single-tensor output whatever mode it is later put in.
+        if self.side_heads is not None and self.training and not torch.jit.is_scripting():
+            logits, deepest, sides = self.forward_deep_supervision(x)
+            if self.aux_head is None:
+                return logits, sides
+            return logits, self.aux_head(deepest), sides
         logits, deepest = self.forward_features(x)
         if self.aux_head is None:
             return logits
         return logits, self.aux_head(deepest)
 
-    def forward_features(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """``(logits, deepest encoder features)``."""
+    def _encode(self, x: Tensor) -> Tuple[Tensor, List[Tensor], Optional[List[Tensor]]]:
+        """``(padded image, encoder features, switches or None)``."""
         h, w = x.shape[-2], x.shape[-1]
         x = fit_to(x, [max(h + (-h) % self.multiple, self.min_size), max(w + (-w) % self.multiple, self.min_size)])
         switches: Optional[List[Tensor]] = None
@@ -117,8 +138,30 @@ class SegmentationModel(nn.Module):
             features, switches = self.encoder.forward_with_switches(x)
         else:
             features = self.encoder(x)
+        return x, features, switches
+
+    def forward_features(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(logits, deepest encoder features)``."""
+        h, w = x.shape[-2], x.shape[-1]
+        x, features, switches = self._encode(x)
         logits = self.head(self.decoder(features, switches, [x.shape[-2], x.shape[-1]]))
         return logits[..., :h, :w], features[-1]
+
+    def forward_deep_supervision(self, x: Tensor) -> Tuple[Tensor, Tensor, List[Tensor]]:
+        """``(logits, deepest encoder features, side logits)``, the side logits finest first (see the class docstring)."""
+        if self.side_heads is None:
+            raise ValueError("this model has no side heads (build it with deep_supervision=True)")
+        h, w = x.shape[-2], x.shape[-1]
+        x, features, switches = self._encode(x)
+        levels = self.decoder.forward_levels(features, switches, [x.shape[-2], x.shape[-1]])
+        logits = self.head(levels[-1])[..., :h, :w]
+        sides: List[Tensor] = []
+        for head, level in zip(self.side_heads, levels[-2::-1]):  # the levels below the main head's, finest first
+            side = head(level)
+            sh, sw = x.shape[-2] // side.shape[-2], x.shape[-1] // side.shape[-1]
+            # Keep the rows and columns that see the image; the padding's are cropped as the main logits' are.
+            sides.append(side[..., : -(-h // sh), : -(-w // sw)])
+        return logits, features[-1], sides
 
 
 # arch name -> factory(encoder, num_classes, in_channels, upsampling, encoder_weights, aux_classes, **options)
@@ -173,7 +216,8 @@ def create_model(
             ``fc_channels`` ("auto": 4096 on VGG, none otherwise), ``dropout``; U-Net
             ``decoder_channels`` (one per x2 step, deepest first; default smp's (256, 128, 64, 32, 16),
             fewer or more for an encoder whose deepest stride is 16 or 64), ``head_kernel_size``
-            (3, smp's head; 1 for the paper's 1x1);
+            (3, smp's head; 1 for the paper's 1x1), ``deep_supervision`` (a 1x1 side head on every
+            other decoder level; see :class:`SegmentationModel`);
             unet_original ``padding`` ("valid" | "same").
 
     Layers that do not come from a checkpoint start as :mod:`segkit.decoders.init` and
@@ -188,6 +232,12 @@ def create_model(
     check_choice(upsampling, MODES, "upsampling mode")
     factory = MODELS[arch]
     options = [p for p in inspect.signature(factory).parameters if p not in _COMMON]
+    if "deep_supervision" in decoder_kwargs and "deep_supervision" not in options:
+        if decoder_kwargs["deep_supervision"] is False:
+            del decoder_kwargs["deep_supervision"]  # asking for none asks nothing of any arch (a shared config may say so)
+        else:
+            having = [name for name in list_models() if "deep_supervision" in inspect.signature(MODELS[name]).parameters]
+            raise SegkitError(f"deep_supervision is an option of arch {', '.join(having)} only, not of {arch}; use that arch or leave deep_supervision out.")
     unknown = sorted(set(decoder_kwargs) - set(options))
     if unknown:
         raise SegkitError(f"{arch} has no option {', '.join(map(repr, unknown))}; its options are {', '.join(options) or 'none'}.")
@@ -279,12 +329,17 @@ def _unet(
     aux_classes: int | None,
     decoder_channels: tuple[int, ...] | None = None,
     head_kernel_size: int = 3,
+    deep_supervision: bool = False,
 ) -> nn.Module:
     """unet: U-Net decoder on any encoder (see segkit.decoders.unet), 3x3 head (1: the paper's 1x1).
 
     ``decoder_channels`` default: one width per x2 step, smp's ``(256, 128, 64, 32, 16)`` for the
     usual deepest stride 32 (see :func:`segkit.decoders.unet.default_decoder_channels`).
+    ``deep_supervision``: a 1x1 head (Xavier, as the segmentation head) on each decoder level but
+    the last, whose logits the model returns in training mode (see :class:`SegmentationModel`).
     """
+    if not isinstance(deep_supervision, bool):
+        raise SegkitError(f"deep_supervision must be true or false; got {deep_supervision!r}.")
     enc = _build_encoder("unet", encoder, in_channels, encoder_weights)
     decoder = UnetDecoder(
         enc.out_channels,
@@ -294,7 +349,13 @@ def _unet(
         reductions=enc.reductions,
     )
     head = SegmentationHead(decoder.out_channels, num_classes, kernel_size=head_kernel_size)
-    return SegmentationModel(enc, decoder, head, _aux_head(enc.out_channels[-1], aux_classes))
+    side_heads = None
+    if deep_supervision:
+        if len(decoder.level_channels) < 2:
+            raise SegkitError(f"deep_supervision needs a decoder level besides the last; encoder {encoder} gives the U-Net a single one, so leave deep_supervision out.")
+        # 1x1 as in nnU-Net's deep supervision: a linear read-out, so the side loss shapes the level's features.
+        side_heads = nn.ModuleList(SegmentationHead(c, num_classes, kernel_size=1) for c in decoder.level_channels[-2::-1])
+    return SegmentationModel(enc, decoder, head, _aux_head(enc.out_channels[-1], aux_classes), side_heads)
 
 
 @register_model("unet_original")

@@ -90,7 +90,8 @@ class UnetDecoder(nn.Module):
 
     ``forward(features, switches=None, size=None)``: ``features`` as the encoder returns them,
     ``switches`` as ``forward_with_switches`` does (``"max_unpool"``), ``size`` the image's
-    ``[H, W]`` (default: the shallowest feature's times its reduction). Returns ``(N, decoder_channels[-1], H, W)``.
+    ``[H, W]`` (default: the shallowest feature's times its reduction). Returns ``(N, decoder_channels[-1], H, W)``;
+    ``forward_levels`` (same arguments) returns every block's output, deepest first.
     """
 
     def __init__(
@@ -116,6 +117,9 @@ class UnetDecoder(nn.Module):
             raise SegkitError(f"the max_unpool U-Net decoder needs the channel count of each of the encoder's {steps} switch tensors.")
         self.upsampling = upsampling
         self.out_channels = decoder_channels[-1]
+        # What forward_levels returns, deepest first: block i ends at stride 2**(steps - 1 - i).
+        self.level_channels = decoder_channels
+        self.level_strides = tuple(2 ** (steps - 1 - i) for i in range(steps))
         # level_at[k]: the encoder level at stride 2**k (-1: none); block i climbs from stride
         # 2**(steps - i) to 2**(steps - 1 - i) and takes the level there as its skip, if any.
         self.level_at = level_at_stride(reductions, steps)
@@ -140,11 +144,18 @@ class UnetDecoder(nn.Module):
         self.blocks = nn.ModuleList(blocks)
 
     def forward(self, features: List[Tensor], switches: Optional[List[Tensor]] = None, size: Optional[List[int]] = None) -> Tensor:
+        return self.forward_levels(features, switches, size)[-1]
+
+    def forward_levels(self, features: List[Tensor], switches: Optional[List[Tensor]] = None,
+                       size: Optional[List[int]] = None) -> List[Tensor]:
+        """Every block's output, deepest first (``level_channels`` channels at ``level_strides``); the
+        last is :meth:`forward`'s. Deep supervision puts a side head on the others."""
         if size is None:
             size = [self.first_reduction * features[0].shape[-2], self.first_reduction * features[0].shape[-1]]
         sizes = step_sizes(features, self.level_at, size)
         steps = len(self.level_at)
         x = features[-1]
+        levels: List[Tensor] = []
         for i, block in enumerate(self.blocks):
             target = steps - 1 - i
             level = self.level_at[target]
@@ -155,7 +166,8 @@ class UnetDecoder(nn.Module):
             if switches is not None:
                 indices = switches[target]
             x = block(x, skip, indices, sizes[target])
-        return x
+            levels.append(x)
+        return levels
 
 
 def default_decoder_channels(steps: int) -> tuple[int, ...]:
