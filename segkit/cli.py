@@ -11,9 +11,15 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from segkit import __version__
 from segkit.errors import SegkitError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from segkit.engine.report import EvalReport
 
 # name -> (help, function that adds the subcommand's arguments, function that runs it).
 # Later subcommands (train, evaluate, predict, ...) register themselves here.
@@ -177,7 +183,10 @@ def _add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     masks.add_argument("--pred-suffix", help="prediction file ending that pairs, e.g. _pred.png")
     masks.add_argument("--gt-suffix", help="ground-truth file ending that pairs, e.g. _mask.png")
     masks.add_argument("--skip-missing", action="store_true", help="score the pairs there are; list unpaired files as warnings")
+    masks.add_argument("--images", metavar="DIR", help="with --html: images (paired by stem) to draw the masks over; default: masks alone")
     parser.add_argument("--out", help="write the report as JSON here, with <stem>_confusion.png and <stem>_worst.png beside it")
+    parser.add_argument("--html", metavar="PATH", help="write the report as one self-contained web page (charts, tables, the --worst K "
+                        "worst and best images)")
     parser.add_argument("--worst", type=int, default=5, metavar="K", help="list (and draw) the K images with the lowest IoU (default 5)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_inference_args(parser)
@@ -193,6 +202,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.checkpoint:
         if args.pred or args.gt:
             raise SegkitError("give either --checkpoint (a model on a dataset) or --pred and --gt (two mask folders), not both.")
+        if args.images:
+            raise SegkitError("--images goes with --pred/--gt; with --checkpoint the page draws the dataset's own images.")
         from segkit.engine.evaluate import evaluate_checkpoint
 
         report = evaluate_checkpoint(
@@ -218,11 +229,69 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.out:
         written = write_report(report, args.out, args.worst)
         print(f"wrote {', '.join(str(p) for p in written + ([figure] if figure and figure.exists() else []))}")
+    if args.html:
+        print(f"wrote {_write_evaluation_html(args, report)}")
     return 0
+
+
+def _write_evaluation_html(args: argparse.Namespace, report: EvalReport) -> Path:
+    """The page of ``segkit evaluate --html``, with the worst and best images drawn as the mode reads them."""
+    from segkit.engine import html
+
+    worst, best = html.shown_images(report, args.worst)
+    names, notes = [name for name, _ in worst + best], []
+    if args.checkpoint:
+        overlays = html.checkpoint_overlays(args.checkpoint, names, args.data, args.split, device=args.device, tile=args.tile,
+                                            overlap=args.overlap, tta=args.tta, amp=not args.no_amp, batch_size=args.batch_size)
+    else:
+        overlays, notes = html.folder_overlays(names, args.pred, args.gt, args.num_classes, images_dir=args.images,
+                                               ignore_index=args.ignore_index, binary=args.binary,
+                                               reduce_zero_label=args.reduce_zero_label, pred_suffix=args.pred_suffix,
+                                               gt_suffix=args.gt_suffix)
+    return html.write_evaluation_html(report, args.html, overlays, args.worst, notes)
 
 
 COMMANDS["evaluate"] = ("mIoU and friends: a checkpoint on a dataset, or predicted masks against ground truth",
                         _add_evaluate_args, _run_evaluate)
+
+
+def _add_report_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN_DIR", help="a run directory of segkit train (metrics.jsonl, config.yaml, best.pt)")
+    parser.add_argument("--html", metavar="PATH", help="the page to write (default RUN_DIR/report.html)")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from segkit.engine.html import write_page
+    from segkit.engine.runs import run_page
+
+    print(f"wrote {write_page(run_page(args.run), args.html or Path(args.run) / 'report.html')}")
+    return 0
+
+
+COMMANDS["report"] = ("a training run as one web page: config, curves, per-class IoU, predictions, throughput",
+                      _add_report_args, _run_report)
+
+
+def _add_compare_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="RUN", help="report JSONs of segkit evaluate --out, or run directories; the first is the baseline")
+    parser.add_argument("--html", metavar="PATH", help="also write the comparison as one web page")
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from segkit.engine.html import write_page
+    from segkit.engine.runs import compare_page, compare_table, load_compared
+
+    compared = [load_compared(path) for path in args.inputs]
+    print(compare_table(compared))
+    if args.html:
+        print(f"wrote {write_page(compare_page(compared), args.html)}")
+    return 0
+
+
+COMMANDS["compare"] = ("per-class differences between evaluation reports or runs, and which is better where",
+                       _add_compare_args, _run_compare)
 
 
 def _add_predict_args(parser: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from segkit.engine.folders import evaluate_folders
-from segkit.engine.report import EvalReport, image_miou, plot_panels
+from segkit.engine.report import EvalReport, image_details, image_miou, plot_panels
 from segkit.errors import SegkitError
 
 __all__ = ["evaluate_checkpoint", "evaluate_folders"]
@@ -115,17 +115,20 @@ def evaluate_checkpoint(
 
     matrix = ConfusionMatrix(num_classes, ignore_index=ignore_index)
     images: list[tuple[str, float]] = []
+    details: list[dict[str, Any]] = []  # each image's pixel accuracy and classes, for the HTML page
     before = matrix.matrix
     for item, logits in iterate_logits(model, items, dev, workers=loader_workers(workers, cfg.data.num_workers),
                                        progress="evaluate" if progress else None, **options):
         assert item.mask is not None
         matrix.update(logits, item.mask[None].to(dev))
         after = matrix.matrix
-        images.append((names[item.index], image_miou((after - before).cpu().numpy())))
+        counts = (after - before).cpu().numpy()
+        images.append((names[item.index], image_miou(counts)))
+        details.append(image_details(counts))
         before = after
     classes = list(cfg.data.classes or getattr(dataset, "classes", None) or [str(c) for c in range(num_classes)])
     report = EvalReport(matrix.compute(), classes, ignore_index, images, [pipeline.note()] if pipeline.dropped else [],
-                        {"mode": "checkpoint", "checkpoint": str(checkpoint), **source, "tile": tile, "tta": bool(tta)})
+                        {"mode": "checkpoint", "checkpoint": str(checkpoint), **source, "tile": tile, "tta": bool(tta)}, details)
     if worst_figure is not None and worst > 0:
         from segkit.engine.plots import overlay
 

@@ -22,7 +22,7 @@ import torch
 
 from segkit.data.io import MASK_EXTENSIONS, read_mask_pixels
 from segkit.data.masks import MaskDecoder, bad_value_message
-from segkit.engine.report import EvalReport, image_miou, plot_panels
+from segkit.engine.report import EvalReport, image_details, image_miou, plot_panels
 from segkit.errors import SegkitError
 from segkit.metrics import ConfusionMatrix
 
@@ -212,13 +212,15 @@ def evaluate_folders(
 
     total = np.zeros((num_classes, num_classes), np.int64)
     images: list[tuple[str, float]] = []
+    details: list[dict[str, Any]] = []  # each image's pixel accuracy and classes, for the HTML page
     for stem, counts in _ordered_map(score, pairs, workers or default_workers()):
         total += counts
         images.append((stem, image_miou(counts)))
+        details.append(image_details(counts))
     matrix = ConfusionMatrix(num_classes, ignore_index=ignore_index)
     matrix.add_counts(total, [value for _, value in images])
     report = EvalReport(matrix.compute(), classes, ignore_index, images, warnings,
-                        {"mode": "folders", "pred": str(pred_dir), "gt": str(gt_dir)})
+                        {"mode": "folders", "pred": str(pred_dir), "gt": str(gt_dir)}, details)
     if worst_figure is not None and worst > 0:
         paths = {stem: (pred_path, gt_path) for stem, pred_path, gt_path in pairs}
         rows = []

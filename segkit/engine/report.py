@@ -4,7 +4,8 @@ The JSON holds the keys of ``ConfusionMatrix.compute()`` unchanged (per-class li
 order, NaN written as null) and, beside them: ``classes``, ``num_classes``, ``ignore_index``,
 ``num_images``, ``pixels`` (ground-truth pixels per class), ``images`` (every image's mean IoU
 over the classes in its ground truth, in evaluation order), ``worst_images`` (the k lowest),
-``warnings`` and ``source`` (what was evaluated).
+``warnings`` and ``source`` (what was evaluated). ``EvalReport.details`` (each image's pixel accuracy
+and ground-truth classes) feeds the HTML page (``segkit.engine.html``), not the JSON.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EvalReport", "format_report", "image_miou", "json_safe", "plot_confusion", "plot_panels", "write_report"]
+__all__ = ["EvalReport", "format_report", "image_details", "image_miou", "json_safe", "plot_confusion", "plot_panels", "write_report"]
 
 
 def image_miou(counts: np.ndarray) -> float:
@@ -35,6 +36,15 @@ def image_miou(counts: np.ndarray) -> float:
     return float(np.mean(tp[present] / union[present]))
 
 
+def image_details(counts: np.ndarray) -> dict[str, Any]:
+    """One image's pixel accuracy (NaN when nothing counted) and the classes in its ground truth,
+    from its confusion matrix ``(K, K)`` (rows ground truth)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    return {"pixel_accuracy": float(np.trace(counts) / total) if total > 0 else float("nan"),
+            "classes": np.flatnonzero(counts.sum(1)).tolist()}
+
+
 @dataclass
 class EvalReport:
     """The result of an evaluation: ``metrics`` is ``ConfusionMatrix.compute()``'s dict."""
@@ -45,6 +55,7 @@ class EvalReport:
     images: list[tuple[str, float]] = field(default_factory=list)  # (name, per-image mean IoU)
     warnings: list[str] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
+    details: list[dict[str, Any]] = field(default_factory=list)  # per image, as ``images``: image_details(...)
 
     @property
     def num_classes(self) -> int:
