@@ -15,12 +15,14 @@ from torch import nn
 
 from segkit.encoders import classic, googlenet, inception, resnet, vgg  # noqa: F401  (each registers its names)
 from segkit.encoders.base import CLASSIFIERS, ENCODERS, Encoder, register_classifier, register_encoder
+from segkit.encoders.resnet import OUTPUT_STRIDES, check_output_stride
 from segkit.encoders.timm_encoder import create_timm_encoder  # imports timm only when called
 from segkit.encoders.weights import adapt_first_conv, load_weights, read_checkpoint, resolve_weights
 from segkit.errors import SegkitError
 
 __all__ = [
     "Encoder",
+    "OUTPUT_STRIDES",
     "adapt_first_conv",
     "create_encoder",
     "list_classifiers",
@@ -83,12 +85,28 @@ def create_encoder(
     (fetched into torch's hub cache on first use: :func:`segkit.encoders.weights.resolve_weights`).
     Extra keyword arguments go to the family's constructor (e.g. ``zero_init_residual=True``).
     ``"tu-NAME"`` builds timm's NAME instead (:mod:`segkit.encoders.timm_encoder`: timm's own weights).
+
+    ``output_stride`` (32, 16 or 8): the deepest stride. Below 32 the last stages dilate their
+    convolutions instead of downsampling (:mod:`segkit.encoders.resnet`; timm's own
+    ``output_stride`` for ``tu-`` names), and ``reductions`` says the true strides, e.g.
+    ``(2, 4, 8, 16, 16)``. The ResNets (every depth and shortcut option, the plain nets) and timm
+    encoders take it; the others are a ``SegkitError``.
     """
+    output_stride = check_output_stride(kwargs.pop("output_stride", 32))
     if isinstance(name, str) and name.startswith("tu-"):
         check_in_channels(in_channels)
+        if output_stride != 32:
+            kwargs["output_stride"] = output_stride
         return create_timm_encoder(name, in_channels=in_channels, weights=weights, **kwargs)
     factory = lookup(ENCODERS, name, "encoder")
     check_in_channels(in_channels)
+    if output_stride != 32:
+        if output_stride not in getattr(factory, "output_strides", ()):
+            raise SegkitError(
+                f"encoder {name!r} cannot trade stride for dilation (output_stride={output_stride}); use a ResNet "
+                f"(resnet18/34/50/101/152, their _a/_c variants, plain18/34) or a timm encoder (tu-NAME), or output_stride=32."
+            )
+        kwargs["output_stride"] = output_stride
     transform_input = kwargs.pop("transform_input", None)
     encoder = factory(in_channels=in_channels, **kwargs)
     weights = resolve_weights(name, weights)

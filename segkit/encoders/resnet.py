@@ -13,6 +13,14 @@
   filters, global average pooling and a fully connected layer: 6n+2 layers, option A shortcuts
   (``cifar_resnet20/32/44/56/110/1202``) and their plain twins (``cifar_plain20/32/44/56/110``).
   Classifier-only: their stride-8 output is no segmentation encoder.
+
+Dilated encoders (``output_stride=16`` or ``8``, Chen et al.'s atrous convolution for DeepLab): the
+last one or two stages keep their input's resolution and dilate their 3x3 convolutions instead, as
+torchvision's ``replace_stride_with_dilation=[False, False, True]`` / ``[False, True, True]`` does:
+the first block of a dilated stage drops its stride (its shortcut projection too) and keeps the
+previous dilation, the following blocks take the stage's dilation (2 at stride 16, then 4). No
+weight changes shape, so torchvision's checkpoints load unchanged. torchvision refuses dilation
+in basic blocks (ResNet-18/34); segkit dilates both of their 3x3 convolutions by the same rule.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from torch import Tensor, nn
 from segkit.encoders.base import Classifier, Encoder, kaiming_init, register_classifier, register_encoder, switches_2x2
 from segkit.errors import SegkitError
 
-__all__ = ["BasicBlock", "Bottleneck", "CifarResNet", "ResNet", "ResNetEncoder", "ZeroPadShortcut"]
+__all__ = ["BasicBlock", "Bottleneck", "CifarResNet", "OUTPUT_STRIDES", "ResNet", "ResNetEncoder", "ZeroPadShortcut", "check_output_stride"]
 
 SHORTCUTS = ("A", "B", "C", "none")
 
@@ -61,21 +69,24 @@ def make_shortcut(option: str, in_channels: int, out_channels: int, stride: int)
     )
 
 
-def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
+def _conv3x3(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=dilation, dilation=dilation, bias=False)
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions and a shortcut: ``(N, C_in, H, W)`` -> ``(N, planes, H / stride, W / stride)``."""
+    """Two 3x3 convolutions and a shortcut: ``(N, C_in, H, W)`` -> ``(N, planes, H / stride, W / stride)``.
+
+    ``dilation`` dilates both 3x3 convolutions (dilated encoders; see the module docstring).
+    """
 
     expansion = 1
 
-    def __init__(self, in_channels: int, planes: int, stride: int = 1, shortcut: str = "B") -> None:
+    def __init__(self, in_channels: int, planes: int, stride: int = 1, shortcut: str = "B", dilation: int = 1) -> None:
         super().__init__()
-        self.conv1 = _conv3x3(in_channels, planes, stride)
+        self.conv1 = _conv3x3(in_channels, planes, stride, dilation)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = _conv3x3(planes, planes)
+        self.conv2 = _conv3x3(planes, planes, 1, dilation)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = make_shortcut(shortcut, in_channels, planes, stride)
         self.residual = shortcut != "none"
@@ -95,17 +106,18 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     """1x1 reduce, 3x3 (strided), 1x1 expand by 4, and a shortcut.
 
-    ``(N, C_in, H, W)`` -> ``(N, 4 * planes, H / stride, W / stride)``.
+    ``(N, C_in, H, W)`` -> ``(N, 4 * planes, H / stride, W / stride)``. ``dilation`` dilates the 3x3
+    convolution, as torchvision's.
     """
 
     expansion = 4
 
-    def __init__(self, in_channels: int, planes: int, stride: int = 1, shortcut: str = "B") -> None:
+    def __init__(self, in_channels: int, planes: int, stride: int = 1, shortcut: str = "B", dilation: int = 1) -> None:
         super().__init__()
         out_channels = planes * self.expansion
         self.conv1 = nn.Conv2d(in_channels, planes, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = _conv3x3(planes, planes, stride)
+        self.conv2 = _conv3x3(planes, planes, stride, dilation)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out_channels, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
@@ -129,9 +141,11 @@ class Bottleneck(nn.Module):
 Block = type[BasicBlock] | type[Bottleneck]
 
 
-def _make_layer(block: Block, in_channels: int, planes: int, blocks: int, stride: int, shortcut: str) -> nn.Sequential:
-    layers = [block(in_channels, planes, stride, shortcut)]
-    layers += [block(planes * block.expansion, planes, 1, shortcut) for _ in range(blocks - 1)]
+def _make_layer(block: Block, in_channels: int, planes: int, blocks: int, stride: int, shortcut: str,
+                dilation: int = 1, first_dilation: int = 1) -> nn.Sequential:
+    """One stage: ``blocks`` blocks, the first with ``stride`` and ``first_dilation``, the rest with ``dilation``."""
+    layers = [block(in_channels, planes, stride, shortcut, first_dilation)]
+    layers += [block(planes * block.expansion, planes, 1, shortcut, dilation) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
 
 
@@ -151,24 +165,51 @@ def _check_shortcut(shortcut: str) -> None:
         raise SegkitError(f"shortcut must be one of {', '.join(SHORTCUTS)}; got {shortcut!r}.")
 
 
+OUTPUT_STRIDES = (32, 16, 8)
+
+
+def check_output_stride(output_stride: object) -> int:
+    """``output_stride`` if it is 32, 16 or 8, else a SegkitError."""
+    if output_stride not in OUTPUT_STRIDES or isinstance(output_stride, bool):
+        raise SegkitError(f"output_stride must be 32 (no dilation), 16 or 8 (the last stages dilated); got {output_stride!r}.")
+    return int(output_stride)  # type: ignore[call-overload]
+
+
 class _ResNetBody(nn.Module):
-    """Stem (7x7/2 conv, BN, ReLU, 3x3/2 max-pool) and four stages; torchvision's module names."""
+    """Stem (7x7/2 conv, BN, ReLU, 3x3/2 max-pool) and four stages; torchvision's module names.
+
+    ``output_stride`` 16 or 8 dilates layer4, or layer3 and layer4, instead of striding them
+    (torchvision's ``replace_stride_with_dilation``; see the module docstring).
+    """
 
     first_conv = "conv1"
 
-    def __init__(self, block: Block, layers: list[int], in_channels: int, shortcut: str, zero_init_residual: bool) -> None:
+    def __init__(self, block: Block, layers: list[int], in_channels: int, shortcut: str, zero_init_residual: bool,
+                 output_stride: int = 32) -> None:
         super().__init__()
         _check_shortcut(shortcut)
+        output_stride = check_output_stride(output_stride)
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         widths = (64, 128, 256, 512)
-        channels = 64
+        channels, stride_so_far, dilation = 64, 4, 1
+        strided: list[bool] = []
         for i, (planes, blocks) in enumerate(zip(widths, layers)):
-            self.add_module(f"layer{i + 1}", _make_layer(block, channels, planes, blocks, 1 if i == 0 else 2, shortcut))
+            stride, previous = (1 if i == 0 else 2), dilation
+            if stride == 2 and stride_so_far * 2 > output_stride:  # dilate instead of striding
+                dilation *= 2
+                stride = 1
+            stride_so_far *= stride
+            if i > 0:
+                strided.append(stride == 2)
+            self.add_module(f"layer{i + 1}", _make_layer(block, channels, planes, blocks, stride, shortcut, dilation, previous))
             channels = planes * block.expansion
         self.feature_channels = (64, *(w * block.expansion for w in widths))
+        # True strides of the five levels, and which of layer2-4 downsample (they record switches).
+        self.feature_reductions = (2, 4, *(min(s, output_stride) for s in (8, 16, 32)))
+        self.strided_stages = tuple(strided)
         _init_weights(self, zero_init_residual, shortcut)
 
     def forward_stages(self, x: Tensor, record_switches: bool) -> tuple[list[Tensor], list[Tensor]]:
@@ -185,8 +226,8 @@ class _ResNetBody(nn.Module):
             x = self.maxpool(x)
         x = self.layer1(x)
         features.append(x)
-        for layer in (self.layer2, self.layer3, self.layer4):
-            if record_switches:  # strided convolution again
+        for layer, strided in zip((self.layer2, self.layer3, self.layer4), self.strided_stages):
+            if record_switches and strided:  # strided convolution again (a dilated stage has no x2 step)
                 switches.append(switches_2x2(x))
             x = layer(x)
             features.append(x)
@@ -197,15 +238,18 @@ class ResNetEncoder(_ResNetBody, Encoder):
     """ResNet feature extractor: features at reductions (2, 4, 8, 16, 32).
 
     Channels (64, 64, 128, 256, 512) with basic blocks, (64, 256, 512, 1024, 2048) with
-    bottlenecks. ``forward(x)`` ``(N, C, H, W)`` -> list of 5 maps.
+    bottlenecks. ``forward(x)`` ``(N, C, H, W)`` -> list of 5 maps. With ``output_stride`` 16 the
+    reductions are (2, 4, 8, 16, 16), with 8 (2, 4, 8, 8, 8); switches are recorded for the stages
+    that still downsample (4 and 3 of them).
     """
 
     checkpoint_ignore = ("fc.",)
 
-    def __init__(self, block: Block, layers: list[int], in_channels: int = 3, shortcut: str = "B", zero_init_residual: bool = False) -> None:
-        super().__init__(block, layers, in_channels, shortcut, zero_init_residual)
+    def __init__(self, block: Block, layers: list[int], in_channels: int = 3, shortcut: str = "B", zero_init_residual: bool = False,
+                 output_stride: int = 32) -> None:
+        super().__init__(block, layers, in_channels, shortcut, zero_init_residual, output_stride)
         self.out_channels = self.feature_channels
-        self.reductions = (2, 4, 8, 16, 32)
+        self.reductions = self.feature_reductions
 
 
 class ResNet(_ResNetBody, Classifier):
@@ -284,6 +328,7 @@ def _register_imagenet(name: str, depth: int, shortcut: str) -> None:
         return ResNet(block, layers, num_classes=num_classes, in_channels=in_channels, shortcut=shortcut, **kwargs)
 
     encoder.__doc__ = classifier.__doc__ = f"{name}: {depth}-layer ResNet, shortcut option {shortcut}."
+    encoder.output_strides = OUTPUT_STRIDES  # type: ignore[attr-defined]  (create_encoder's output_stride)
     register_encoder(name)(encoder)
     register_classifier(name)(classifier)
 
