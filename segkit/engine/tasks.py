@@ -64,7 +64,7 @@ class Task:
 
 class SegmentationTask(Task):
     score_key, score_name = "miou", "mIoU"
-    val_keys = ("miou", "mdice", "pixel_accuracy", "mean_accuracy", "fwiou", "per_image_miou")
+    val_keys = ("miou", "mdice", "pixel_accuracy", "mean_accuracy", "fwiou", "per_image_miou", "iou")  # iou: per class, for segkit report
     line_keys = (("val_miou", "miou"), ("val_mdice", "mdice"), ("val_pixel_accuracy", "pixel_accuracy"))
     curves, curves_label = (("val_miou", "o-", "validation"),), ("mIoU", "validation mIoU")
 
