@@ -12,6 +12,7 @@ The resolved config (defaults filled in, overrides applied) is saved in every ru
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -132,6 +133,9 @@ class TrainerConfig:
     device: str = "auto"
     log_interval: int = 10
     aux_weight: float = 0.3  # weight of auxiliary losses (image-level head, GoogLeNet/Inception aux heads)
+    # model.decoder.deep_supervision: one weight per side output, finest first (the decoder level at
+    # stride 2, then 4, ...), the main loss weighing 1; None: halving per level, 0.5, 0.25, 0.125, ...
+    deep_supervision_weights: Optional[list[float]] = None
     eval_crops: str = "center"  # classification validation: center (one crop) | ten_crop (corners + center, and their flips, averaged)
 
 
@@ -208,11 +212,27 @@ def validate(cfg: DictConfig, source: str) -> None:
         value = OmegaConf.select(cfg, key)
         if not (value is None or value == "auto" or isinstance(value, ListConfig)):
             raise SegkitError(f"{source}: config key '{key}' is {value!r}; give 'auto' (the defaults), a list of steps, or [] for none.")
+    _check_deep_supervision_weights(cfg, source)
     if not cfg.loss:
         raise SegkitError(f"{source}: config key 'loss' is empty; give at least one term, e.g. [{{name: ce, weight: 1.0}}].")
     for i, term in enumerate(cfg.loss):
         if not isinstance(term, DictConfig) or "name" not in term:
             raise SegkitError(f"{source}: config key 'loss[{i}]' needs a 'name' (e.g. ce, dice, focal).")
+
+
+def _check_deep_supervision_weights(cfg: DictConfig, source: str) -> None:
+    """Signs here; the count, one per side output, is checked against the model by the loss."""
+    weights = OmegaConf.select(cfg, "trainer.deep_supervision_weights")
+    if weights is None:
+        return
+    if not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise SegkitError(f"{source}: config key 'trainer.deep_supervision_weights' must hold finite weights >= 0 (one per side output, "
+                          f"finest first); got {list(weights)}.")
+    decoder = OmegaConf.select(cfg, "model.decoder")
+    if not (isinstance(decoder, DictConfig) and decoder.get("deep_supervision") is True):
+        # Set without side outputs it would silently do nothing.
+        raise SegkitError(f"{source}: config key 'trainer.deep_supervision_weights' is set but model.decoder.deep_supervision is not true; "
+                          "set model.decoder.deep_supervision=true (arch unet) or remove the weights.")
 
 
 def config_from_dict(data: dict[str, Any] | DictConfig, overrides: Sequence[str] = (), source: str = "config") -> DictConfig:

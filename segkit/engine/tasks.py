@@ -15,7 +15,9 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-__all__ = ["ClassificationTask", "SegmentationTask", "Task", "make_task"]
+from segkit.errors import SegkitError
+
+__all__ = ["ClassificationTask", "SegmentationTask", "Task", "downsample_nearest", "make_task"]
 
 
 class Task:
@@ -69,16 +71,51 @@ class SegmentationTask(Task):
     curves, curves_label = (("val_miou", "o-", "validation"),), ("mIoU", "validation mIoU")
 
     def loss(self, loss_fn: nn.Module, output: Any, target: Tensor, **extra: Tensor) -> tuple[Tensor, Tensor]:
+        """The main loss, plus ``trainer.aux_weight`` times each auxiliary head's, plus the deep
+        supervision side losses weighted by ``trainer.deep_supervision_weights``.
+
+        ``output``: the logits, or ``(logits, extra...)`` where each extra is a tensor (2-D: an
+        image-level head; else auxiliary mask logits at the target's size) or a list of side logits
+        (deep supervision, finest first; see :class:`segkit.models.SegmentationModel`).
+        """
         logits, aux = (output[0], list(output[1:])) if isinstance(output, (tuple, list)) else (output, [])
         loss = loss_fn(logits.float(), target, **extra)
         aux_weight = self.cfg.trainer.aux_weight
-        for head in aux:  # image-level head (B, K) or auxiliary mask logits (the target's size)
-            if head.dim() == 2:
+        for head in aux:  # image-level head (B, K), auxiliary mask logits (the target's size), or side logits (a list)
+            if isinstance(head, (list, tuple)):
+                loss = loss + self.deep_supervision_loss(loss_fn, head, target, **extra)
+            elif head.dim() == 2:
                 presence = _presence_targets(target, head.shape[1], self.cfg.data.ignore_index)
                 loss = loss + aux_weight * nn.functional.binary_cross_entropy_with_logits(head.float(), presence)
             else:
                 loss = loss + aux_weight * loss_fn(head.float(), target, **extra)
         return loss, logits
+
+    def deep_supervision_loss(self, loss_fn: nn.Module, sides: list[Tensor], target: Tensor, **extra: Tensor) -> Tensor:
+        """``sum_k weight_k * loss_fn(sides[k], target at sides[k]'s resolution)``.
+
+        The target is brought down to each side rather than the side up to the target, as nnU-Net
+        does: a side head is then judged on what its resolution can express, at 1/s**2 of the cost,
+        and no interpolation of logits adds a smoothing the head did not learn. Per-pixel extras
+        (``weight_map``) come down with the target.
+        """
+        weights = self.cfg.trainer.get("deep_supervision_weights")
+        if weights is None:
+            weights = [0.5 ** (k + 1) for k in range(len(sides))]  # halving per level away from the main output
+        if len(weights) != len(sides):
+            raise SegkitError(
+                f"trainer.deep_supervision_weights has {len(weights)} weights but the model has {len(sides)} side outputs "
+                f"(decoder levels at strides {', '.join(str(2 ** (k + 1)) for k in range(len(sides)))}, finest first); "
+                f"give {len(sides)} weights or leave it null for halving per level."
+            )
+        ignore_index = self.cfg.data.ignore_index
+        total = target.new_zeros((), dtype=torch.float32)
+        for side, weight in zip(sides, weights):
+            size = (side.shape[-2], side.shape[-1])
+            side_target = downsample_nearest(target, size, ignore_index)
+            side_extra = {key: downsample_nearest(value, size, 0) for key, value in extra.items()}
+            total = total + float(weight) * loss_fn(side.float(), side_target, **side_extra)
+        return total
 
     def plot_final(self, model: nn.Module, val_set: Any, device: torch.device, out_dir: Path) -> None:
         from segkit.engine.plots import plot_predictions
@@ -118,6 +155,29 @@ class ClassificationTask(Task):
 
 def make_task(cfg: DictConfig) -> Task:
     return ClassificationTask(cfg) if cfg.task == "classification" else SegmentationTask(cfg)
+
+
+def downsample_nearest(mask: Tensor, size: tuple[int, int], fill: int | float) -> Tensor:
+    """``mask`` ``(N, H, W)`` at the resolution of side logits of ``size`` ``(h, w)``, nearest-neighbour.
+
+    Side logits at stride ``s`` (a power of two) cover the image's padded canvas and were cropped to
+    ``ceil(H / s)`` rows (see :class:`segkit.models.SegmentationModel`); ``s`` is the smallest power
+    of two with ``h * s >= H`` (exactly the stride whenever ``H >= s``; a 1-row side otherwise, which
+    covers the image whatever ``s``). Each side pixel takes the mask pixel at the centre of its
+    ``s x s`` block, ``mask[s * i + s // 2]`` (PyTorch's ``nearest-exact``, as nnU-Net resizes its
+    deep-supervision targets), and ``fill`` (``ignore_index`` for masks) where that centre falls in
+    the padding. The labels stay labels: no averaging, so ``ignore_index`` survives as it is.
+    """
+    h_in, w_in = mask.shape[-2], mask.shape[-1]
+    strides = []
+    for out, full in zip(size, (h_in, w_in)):
+        stride = 1
+        while out * stride < full:
+            stride *= 2
+        strides.append(stride)
+    sh, sw = strides
+    canvas = nn.functional.pad(mask, (0, size[1] * sw - w_in, 0, size[0] * sh - h_in), value=fill)
+    return canvas[..., sh // 2 :: sh, sw // 2 :: sw]
 
 
 def _presence_targets(mask: Tensor, num_classes: int, ignore_index: int) -> Tensor:
