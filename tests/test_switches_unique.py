@@ -33,7 +33,7 @@ def reference_unpool(values: np.ndarray, switches: np.ndarray, size: tuple[int, 
         for j in range(c):
             taken: set[int] = set()
             for v, p in zip(values[i, j].ravel(), switches[i, j].ravel()):
-                if p >= 0 and p not in taken:
+                if p not in taken:
                     taken.add(int(p))
                     out[i, j, p] = v
     return out.reshape(n, c, *size)
@@ -94,12 +94,12 @@ def test_dropped_values_get_no_gradient_and_kept_ones_their_positions():
     assert (~kept).any()
 
 
-def test_minus_one_drops_a_value_and_small_example_by_hand():
+def test_small_example_by_hand():
     values = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
-    # windows 0 and 1 share position 5 (row 1, col 1 of a 4x4 map); window 3 is marked dropped.
-    switches = torch.tensor([[[[5, 5], [8, -1]]]])
+    # Windows 0, 1 and 3 share position 5 (row 1, col 1 of a 4x4 map); window 2 has position 8.
+    switches = torch.tensor([[[[5, 5], [8, 5]]]])
     expected = torch.zeros(1, 1, 4, 4)
-    expected[0, 0, 1, 1] = 1.0  # the first window's value, not 2.0
+    expected[0, 0, 1, 1] = 1.0  # the first window's value, not 2.0 or 4.0
     expected[0, 0, 2, 0] = 3.0
     assert torch.equal(max_unpool(values, switches), expected)
     assert torch.equal(unique_switches(switches, 16), torch.tensor([[[[5, -1], [8, -1]]]]))
@@ -139,3 +139,30 @@ def test_resnet_unet_max_unpool_is_deterministic_under_deterministic_algorithms(
     finally:
         torch.use_deterministic_algorithms(previous)
     assert torch.equal(a, b)
+
+
+def test_onnx_export_keeps_the_rule_and_dynamic_sizes(tmp_path):
+    """The unpooling exports to ONNX (F.max_unpool2d did not, with dynamic sizes) and onnxruntime
+    keeps the first window's value where switches repeat, at sizes other than the traced one."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import warnings
+
+    class PoolUnpool(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            pooled, switches = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+            # Values that differ between windows sharing a position: the rule shows in the output.
+            rows = torch.arange(pooled.shape[-2], dtype=x.dtype).view(-1, 1) * 100
+            cols = torch.arange(pooled.shape[-1], dtype=x.dtype).view(1, -1)
+            return max_unpool(pooled + rows + cols, switches, [x.shape[-2], x.shape[-1]])
+
+    path = tmp_path / "unpool.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(PoolUnpool(), (torch.randn(1, 2, 16, 16),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.relu(torch.randn(3, 2, 24, 40))  # another batch and size; ReLU zeros: many shared maxima
+    _, switches = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+    assert planes_with_repeats(switches) > 0
+    np.testing.assert_array_equal(session.run(None, {"x": x.numpy()})[0], PoolUnpool()(x).numpy())

@@ -1,4 +1,4 @@
-"""The four upsampling modes every segkit decoder takes.
+"""The upsampling modes every segkit decoder takes: the four the library is built around, and bilinear.
 
 * ``"transposed"``: a learnable transposed convolution ("up-conv"). In U-Net it is the paper's
   2x2 / stride-2 up-conv (kernel = stride = ``scale``); in FCN it is Long et al.'s deconvolution,
@@ -15,13 +15,16 @@
   first window's value (raster order) goes there and the other is dropped
   (:func:`unique_switches`), so the result is the same on every run and device, CUDA included,
   where a plain scatter (``F.max_unpool2d``) keeps whichever write lands last.
+* ``"bilinear"``: bilinear interpolation (``align_corners=False``, torchvision's and the DeepLab
+  papers'), straight to the target size when one is given (:func:`bilinear_upsample`), as smp's
+  ``Unet(decoder_interpolation="bilinear")`` and torchvision's segmentation models resize.
 
-:class:`Upsample` wraps the four behind one module ``Upsample(mode, in_channels, out_channels,
+:class:`Upsample` wraps the five behind one module ``Upsample(mode, in_channels, out_channels,
 scale)``. Channel counts are changed *before* upsampling, where the map is ``scale**2`` times
 smaller:
 
 * ``"transposed"`` maps ``in_channels`` to ``out_channels`` itself;
-* ``"nearest"`` and ``"bed_of_nails"`` have no weights; a 1x1 convolution projects to
+* ``"nearest"``, ``"bilinear"`` and ``"bed_of_nails"`` have no weights; a 1x1 convolution projects to
   ``out_channels`` first when the two counts differ (for nearest the order does not matter, since a
   1x1 convolution commutes with copying; for bed-of-nails it keeps the holes exactly zero);
 * ``"max_unpool"``: the switches carry one position per channel of the pooled encoder map, so the
@@ -35,8 +38,9 @@ smaller:
 
 ``forward(x, indices=None, output_size=None)``: ``indices`` are the switches (max_unpool only);
 ``output_size`` ``[H, W]`` is the size of the map being upsampled to. Max-unpooling needs it to tell
-e.g. a 35-pixel level from a 34-pixel one; the other modes crop or zero-pad their bottom/right edge
-to it, so a decoder's tensor always matches its skip connection whatever rounding the encoder did.
+e.g. a 35-pixel level from a 34-pixel one; bilinear resizes to it; the other modes crop or zero-pad
+their bottom/right edge to it, so a decoder's tensor always matches its skip connection whatever
+rounding the encoder did.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ __all__ = [
     "Upsample",
     "bed_of_nails",
     "bilinear_kernel",
+    "bilinear_upsample",
     "check_choice",
     "cycle_switches",
     "fit_to",
@@ -65,7 +70,7 @@ __all__ = [
     "unique_switches",
 ]
 
-MODES = ("transposed", "nearest", "bed_of_nails", "max_unpool")
+MODES = ("transposed", "nearest", "bed_of_nails", "max_unpool", "bilinear")
 
 
 def check_choice(value: object, choices: Sequence[str], what: str) -> str:
@@ -86,6 +91,17 @@ def nearest_upsample(x: Tensor, scale: int = 2) -> Tensor:
     return F.interpolate(x, scale_factor=float(scale), mode="nearest")
 
 
+def bilinear_upsample(x: Tensor, scale: int = 2, size: Optional[List[int]] = None) -> Tensor:
+    """``(N, C, H, W)`` -> ``(N, C, scale*H, scale*W)`` (or ``size`` ``[H', W']``) by bilinear interpolation.
+
+    ``align_corners=False``: pixel centres, as torchvision's segmentation models and the papers'
+    Caffe/TensorFlow code resize logits.
+    """
+    if size is not None:
+        return F.interpolate(x, size=[size[-2], size[-1]], mode="bilinear", align_corners=False)
+    return F.interpolate(x, scale_factor=float(scale), mode="bilinear", align_corners=False)
+
+
 def bed_of_nails(x: Tensor, scale: int = 2) -> Tensor:
     """``(N, C, H, W)`` -> ``(N, C, scale*H, scale*W)``: each value at the top-left of its block, zeros elsewhere."""
     n, c, h, w = x.shape
@@ -94,27 +110,33 @@ def bed_of_nails(x: Tensor, scale: int = 2) -> Tensor:
     return nails.reshape(n, c, h * scale, w * scale)
 
 
+def _first_of_each_position(flat: Tensor, numel: int) -> Tensor:
+    """Bool ``(N, C, k)``: entry ``j`` of ``flat`` (switches into a map of ``numel`` positions) is the
+    first, in raster order, to name its position.
+
+    Per plane, ``first[p]`` is the smallest ``j`` whose switch is ``p``, found by a
+    ``scatter_reduce`` with ``amin``: a minimum does not depend on the order the writes arrive in,
+    so this is deterministic on CUDA too (and allowed under ``torch.use_deterministic_algorithms``).
+    """
+    n, c, k = flat.shape
+    order = torch.arange(k, device=flat.device, dtype=torch.int32).expand(n, c, k)
+    first = torch.full((n, c, numel), k, device=flat.device, dtype=torch.int32)
+    first = first.scatter_reduce(2, flat, order, reduce="amin", include_self=True)
+    return first.gather(2, flat) == order
+
+
 def unique_switches(indices: Tensor, numel: int) -> Tensor:
     """Switches ``(N, C, h, w)`` with each repeat of a position after its first (raster order) set to -1.
 
     ``numel`` is the size ``H * W`` of the map the switches index. Overlapping pools (3x3 / stride 2:
     the ResNet stem, GoogLeNet, Inception-v3) can find one input position as the maximum of two
-    neighbouring windows, so a switch map may hold an index twice in an ``(n, c)`` plane. Per
-    plane, ``first[p]`` is the smallest raster position ``k`` whose switch is ``p``, found by a
-    ``scatter_reduce`` with ``amin`` (a minimum is the same whatever order the writes arrive in);
-    entry ``k`` is kept where ``first[indices[k]] == k``. Every non-negative index of the result
-    is then distinct within its plane, and every position the input named is still named exactly
-    once. Entries that are already -1 stay -1 (they go to a slot ``numel`` that nothing reads).
+    neighbouring windows, so a switch map may name a position twice in an ``(n, c)`` plane; here
+    every non-negative index is distinct within its plane and every position named is still named
+    once. This is the rule :func:`max_unpool` applies (it uses the mask, not the -1s).
     """
     n, c, h, w = indices.shape
-    k = h * w
-    flat = indices.reshape(n, c, k)
-    order = torch.arange(k, device=indices.device, dtype=torch.int32).expand(n, c, k)
-    valid = flat >= 0
-    slot = torch.where(valid, flat, torch.full_like(flat, numel))
-    first = torch.full((n, c, numel + 1), k, device=indices.device, dtype=torch.int32)
-    first = first.scatter_reduce(2, slot, order, reduce="amin", include_self=True)
-    keep = valid & (first.gather(2, slot) == order)
+    flat = indices.reshape(n, c, h * w)
+    keep = _first_of_each_position(flat, numel)
     return torch.where(keep, flat, torch.full_like(flat, -1)).reshape(n, c, h, w)
 
 
@@ -125,14 +147,18 @@ def max_unpool(x: Tensor, indices: Tensor, output_size: Optional[List[int]] = No
     ``F.max_pool2d(..., return_indices=True)`` returns them); ``output_size`` ``[H, W]`` is that
     map's size, by default ``(2h, 2w)``. Where pooling windows overlap (3x3 / stride-2 pools) two
     switches may name one position: the value of the first window in raster order goes there and
-    the later one is dropped (:func:`unique_switches`); an index of -1 drops its value too.
+    the later one is dropped (:func:`unique_switches`).
 
     Deterministic on every device. ``F.max_unpool2d`` is a scatter whose writes race on CUDA when
     two values share a position, so which value was kept (and the model's output) changed from run
-    to run. Here the repeats are removed first and the values scattered into a flat buffer with
-    ``h * w`` spare slots in front: a value with switch ``p`` goes to slot ``h * w + p``, a dropped
-    one to its own spare slot, and the spares are cut off. Every write has its own target, and the
-    gradient (a gather) gives dropped values zero, as they contributed nothing to the output.
+    to run, and it refuses to run at all under ``torch.use_deterministic_algorithms(True)``. Here
+    the first writer of each position is found first, and the values are scattered into a flat
+    buffer with ``h * w`` spare slots in front: a kept value with switch ``p`` goes to slot
+    ``h * w + p``, a dropped one to its own spare slot, and the spares are cut off. Every write has
+    its own target; the gradient (a gather) gives dropped values zero, as they contributed nothing
+    (``F.max_unpool2d`` gave them the gradient of the value that was kept). The cost, on the CPU:
+    3 to 4 times ``F.max_unpool2d``'s time for the unpooling itself, about 15 % more for a ResNet-18
+    U-Net's forward and backward in the ``max_unpool`` mode (128x128, one thread).
     """
     if indices.shape != x.shape:
         raise SegkitError(
@@ -143,12 +169,14 @@ def max_unpool(x: Tensor, indices: Tensor, output_size: Optional[List[int]] = No
     if output_size is None:
         size = [2 * h, 2 * w]
     else:
+        # Kept as given (not int()-converted), so the ONNX exporter traces them as dynamic sizes.
         size = [output_size[-2], output_size[-1]]
     spare = h * w
     numel = size[0] * size[1]
-    flat = unique_switches(indices, numel).reshape(n, c, spare)
+    flat = indices.reshape(n, c, spare)
+    keep = _first_of_each_position(flat, numel)
     own = torch.arange(spare, device=indices.device, dtype=indices.dtype).expand(n, c, spare)
-    target = torch.where(flat < 0, own, flat + spare)
+    target = torch.where(keep, flat + spare, own)
     out = x.new_zeros(n, c, spare + numel).scatter(2, target, x.reshape(n, c, spare))
     return out[:, :, spare:].reshape(n, c, size[0], size[1])
 
@@ -190,7 +218,7 @@ def bilinear_kernel(channels: int, kernel_size: int) -> Tensor:
 class Upsample(nn.Module):
     """Upsample ``(N, in_channels, h, w)`` to ``(N, out_channels, scale*h, scale*w)`` in ``mode``.
 
-    See the module docstring for the four modes and how channels change. ``bilinear_init=True``
+    See the module docstring for the five modes and how channels change. ``bilinear_init=True``
     (transposed only, ``in_channels == out_channels``) gives FCN's bilinear-initialised,
     bias-free deconvolution; otherwise the up-conv is U-Net's ``scale x scale`` one with bias,
     initialised to a 1x1 projection followed by nearest upsampling (see :mod:`segkit.decoders.init`).
@@ -236,6 +264,8 @@ class Upsample(nn.Module):
             if self.reuse_switches:
                 indices = cycle_switches(indices, x.shape[1])
             return max_unpool(x, indices, output_size)
+        if self.mode == "bilinear":
+            return bilinear_upsample(x, self.scale, output_size)
         if self.mode == "nearest":
             x = nearest_upsample(x, self.scale)
         elif self.mode == "bed_of_nails":
