@@ -119,7 +119,7 @@ def test_unet_decoder_errors():
     with pytest.raises(SegkitError, match="5 positive integers"):
         UnetDecoder((4, 6, 8, 10, 12), (16, 8))
     with pytest.raises(SegkitError, match="upsampling mode"):
-        UnetDecoder((4, 6, 8, 10, 12), upsampling="bilinear")
+        UnetDecoder((4, 6, 8, 10, 12), upsampling="bicubic")
     with pytest.raises(SegkitError, match="switch"):
         UnetDecoder((4, 6, 8, 10, 12), upsampling="max_unpool")
 

@@ -133,7 +133,7 @@ def test_errors_name_the_valid_choices():
     with pytest.raises(SegkitError, match="unknown encoder 'swin'; choose one of .*resnet18"):
         create_model("unet", encoder="swin")
     with pytest.raises(SegkitError, match="transposed, nearest, bed_of_nails, max_unpool"):
-        create_model("unet", encoder="resnet18", upsampling="bilinear")
+        create_model("unet", encoder="resnet18", upsampling="bicubic")
     with pytest.raises(SegkitError, match="needs an encoder"):
         create_model("unet")
     with pytest.raises(SegkitError, match="takes no encoder"):

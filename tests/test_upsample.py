@@ -128,7 +128,7 @@ def test_upsample_output_size_crops_or_pads():
 
 def test_upsample_errors():
     with pytest.raises(SegkitError, match="transposed, nearest, bed_of_nails, max_unpool"):
-        Upsample("bilinear", 4, 4)
+        Upsample("bicubic", 4, 4)
     with pytest.raises(SegkitError, match="indices"):
         Upsample("max_unpool", 4, 4)(torch.randn(1, 4, 2, 2))
     with pytest.raises(SegkitError, match="scale=2"):

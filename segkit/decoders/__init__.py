@@ -1,4 +1,4 @@
-"""Decoders: FCN-32s/16s/8s, U-Net on any encoder, the original U-Net, and the four upsampling modes.
+"""Decoders: FCN-32s/16s/8s, U-Net on any encoder, the original U-Net, and the upsampling modes.
 
 Models are built by :func:`segkit.create_model`; the pieces are here for use in your own code::
 
@@ -10,7 +10,16 @@ Models are built by :func:`segkit.create_model`; the pieces are here for use in 
 from segkit.decoders.fcn import FCNDecoder
 from segkit.decoders.unet import UnetBlock, UnetDecoder
 from segkit.decoders.unet_original import UNetOriginal
-from segkit.decoders.upsample import MODES, Upsample, bed_of_nails, bilinear_kernel, max_unpool, nearest_upsample, switch_channels
+from segkit.decoders.upsample import (
+    MODES,
+    Upsample,
+    bed_of_nails,
+    bilinear_kernel,
+    bilinear_upsample,
+    max_unpool,
+    nearest_upsample,
+    switch_channels,
+)
 
 __all__ = [
     "FCNDecoder",
@@ -21,6 +30,7 @@ __all__ = [
     "Upsample",
     "bed_of_nails",
     "bilinear_kernel",
+    "bilinear_upsample",
     "max_unpool",
     "nearest_upsample",
     "switch_channels",

@@ -19,8 +19,9 @@ The backbone's classifier turned fully convolutional, then class scores upsample
   convolution initialised to ``[I, I]`` (the sum), so both start as the paper's net.
 
 Upsampling modes: ``"transposed"`` is the paper's learnable deconvolution initialised to bilinear
-interpolation (kernel ``2s``, stride ``s``); ``"nearest"`` and ``"bed_of_nails"`` upsample the
-score maps by ``s`` at once, without weights; ``"max_unpool"`` undoes the encoder's poolings one
+interpolation (kernel ``2s``, stride ``s``); ``"bilinear"`` is that interpolation fixed, not
+learnt (as the paper's last, stride-8 upsampling of FCN-8s), resized to the target size;
+``"nearest"`` and ``"bed_of_nails"`` upsample the score maps by ``s`` at once, without weights; ``"max_unpool"`` undoes the encoder's poolings one
 level at a time with its switches (each step projects to the switches' channel count by 1x1
 convolution, or keeps its channels and reuses the switches cyclically where they are narrower than
 the class scores, as the image's are; a last 1x1 convolution maps back to the classes). Bed-of-nails and unpooling leave
