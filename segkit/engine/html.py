@@ -340,26 +340,27 @@ def _source_rows(report: EvalReport) -> list[tuple[str, str]]:
     return rows
 
 
-def _plain_warnings(report: EvalReport, rows: list[dict[str, Any]], limit: int = 50) -> list[str]:
-    """The report's warnings and what the class table implies, in words; at most ``limit`` listed."""
-    said = []
+def _plain_warnings(report: EvalReport, rows: list[dict[str, Any]], limit: int = 200) -> list[tuple[str, list[str]]]:
+    """The report's warnings and what the class table implies, in words: ``(sentence, the files it
+    is about)``, at most ``limit`` files listed."""
+    said: list[tuple[str, list[str]]] = []
     absent = [r["name"] for r in rows if r["absent"]]
     unseen = [r["name"] for r in rows if r["unseen"]]
     if absent:
-        said.append(f"{len(absent)} class{'es' if len(absent) > 1 else ''} never appeared, in the ground truth or in the "
-                    f"predictions: {', '.join(absent)}. {'They are' if len(absent) > 1 else 'It is'} left out of mIoU and the other means.")
+        said.append((f"{len(absent)} class{'es' if len(absent) > 1 else ''} never appeared, in the ground truth or in the "
+                     f"predictions: {', '.join(absent)}. {'They are' if len(absent) > 1 else 'It is'} left out of mIoU and the "
+                     "other means.", []))
     if unseen:
-        said.append(f"Predicted but never in the ground truth: {', '.join(unseen)} (IoU 0, counted in mIoU).")
-    unscored = sum(1 for _, value in report.images if math.isnan(value))
+        said.append((f"Predicted but never in the ground truth: {', '.join(unseen)} (IoU 0, counted in mIoU).", []))
+    unscored = [name for name, value in report.images if math.isnan(value)]
     if unscored:
-        said.append(f"{unscored} image{'s have' if unscored > 1 else ' has'} no counted pixel (all ignore_index) and no mean IoU.")
-    skipped = [w for w in report.warnings if w.startswith("skipped: ")]
+        said.append((f"{len(unscored)} image{'s have' if len(unscored) > 1 else ' has'} no counted pixel (all ignore_index) "
+                     "and no mean IoU.", unscored[:limit]))
+    skipped = [w[len("skipped: "):] for w in report.warnings if w.startswith("skipped: ")]
     if skipped:
-        said.append(f"{len(skipped)} file{'s were' if len(skipped) > 1 else ' was'} left unscored (--skip-missing):")
-        said += [w[len("skipped: "):] for w in skipped[:limit]]
-        if len(skipped) > limit:
-            said.append(f"... and {len(skipped) - limit} more.")
-    said += [w for w in report.warnings if not w.startswith("skipped: ")]
+        said.append((f"{len(skipped)} file{'s were' if len(skipped) > 1 else ' was'} left unscored (--skip-missing): no "
+                     f"partner file" + (f"; the first {limit} are listed" if len(skipped) > limit else "") + ".", skipped[:limit]))
+    said += [(w, []) for w in report.warnings if not w.startswith("skipped: ")]
     return said
 
 
