@@ -11,7 +11,7 @@ from PIL import Image
 
 from segkit.engine import stripes
 from segkit.engine.inference import gaussian_weights, load_model, window_starts
-from segkit.engine.inputs import ImageFiles, InferenceItems, InputPipeline
+from segkit.engine.inputs import DeviceScaling, ImageFiles, InferenceItems, InputPipeline
 from segkit.engine.predict import predict_folder
 from tests.test_predict_export import write_checkpoint
 
@@ -81,7 +81,7 @@ def test_row_reader_gives_the_whole_image_pipelines_values_for_16_bit_percentile
     image = (np.random.default_rng(2).random((70, 90)) * 50000 + 1000).astype(np.uint16)
     tifffile.imwrite(tmp_path / "a.tif", image)
     files = ImageFiles([tmp_path / "a.tif"], 1, mean=0.3, std=0.2)
-    whole = InferenceItems(files, InputPipeline([]), masks=False)[0].image
+    whole = DeviceScaling.of(files)(InferenceItems(files, InputPipeline([]), masks=False)[0].image[None])[0]
     reader = stripes.RowReader(tmp_path / "a.tif", files, torch.device("cpu"))
     torch.testing.assert_close(torch.cat([reader(0, 30), reader(30, 70)], dim=1), whole, rtol=0, atol=0)
 

@@ -1,13 +1,17 @@
-"""Data-loader throughput (images/s): segkit's FolderDataset + DataLoader against a bare single-threaded PNG decode.
+"""Data-loader throughput (images/s): segkit's FolderDataset + DataLoader against a bare decode of the same PNGs.
 
 The data: ``--n`` synthetic microscopy image/mask pairs (``segkit.data.make_synthetic``, 8-bit
-grayscale PNGs of ``--size`` pixels) in a temporary folder. segkit rows: one pass over
-``FolderDataset`` through a ``DataLoader`` (batch ``--batch``, ``--workers`` processes, worker
-start-up included) with no augmentation and with the default training pipeline (random resized
-crop to ``--crop``, flips, rotation, elastic deformation, brightness/contrast; see
-``segkit.data.transforms``), in the seeded wrapper the engine uses. The peer: a plain loop that
-decodes each pair with PIL into tensors, nothing else: the floor any loader pays. ``ratio`` =
-segkit images/s / bare-decode images/s; the rounds alternate in one process, medians reported.
+grayscale PNGs of ``--size`` pixels) and the same number of RGB pairs (the grey image tinted per
+channel), in a temporary folder. segkit rows: one pass over ``FolderDataset`` through a
+``DataLoader`` (batch ``--batch``, ``--workers`` processes, worker start-up included), as the
+training engine builds it (``device_scaling``: workers decode and augment, the float conversion and
+standardisation run in the training step on the device, timed here on the CPU after the batch
+arrives), with no augmentation and with the default training pipeline (random resized crop to
+``--crop``, flips, rotation, elastic deformation, brightness/contrast; see
+``segkit.data.transforms``), in the seeded wrapper the engine uses. The peer, the floor any
+loader pays: a DataLoader with the same batch and workers over a dataset that decodes each pair
+with Pillow into uint8 tensors and does nothing else. ``ratio`` = segkit images/s / bare-decode
+images/s at the same worker count; rounds alternate in one process, medians reported.
 """
 
 from __future__ import annotations
@@ -35,25 +39,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=512, help="image size in pixels (default 512)")
     parser.add_argument("--crop", type=int, default=256, help="training crop of the augmented pipeline (default 256)")
     parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
-    parser.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts (default 0,2)")
+    parser.add_argument("--workers", default="1,2", help="comma-separated DataLoader worker counts (default 1,2)")
     parser.add_argument("--rounds", type=int, default=3, help="timed passes of each candidate (default 3)")
 
 
-def _bare_decode(pairs: list[tuple[Path, Path]]) -> int:
-    for image_path, mask_path in pairs:
+class _BareDecode(torch.utils.data.Dataset):
+    """Pillow decode of image and mask into uint8 tensors, nothing else."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]]) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image_path, mask_path = self.pairs[index]
         with Image.open(image_path) as im:
-            image = torch.from_numpy(np.asarray(im, dtype=np.uint8))
+            image = torch.from_numpy(np.asarray(im))
         with Image.open(mask_path) as m:
-            mask = torch.from_numpy(np.asarray(m, dtype=np.uint8))
-        del image, mask
-    return len(pairs)
+            mask = torch.from_numpy(np.asarray(m))
+        return image, mask
+
+
+def _bare_pass(pairs: list[tuple[Path, Path]], batch: int, workers: int) -> int:
+    loader = DataLoader(_BareDecode(pairs), batch_size=batch, shuffle=True, num_workers=workers)
+    return sum(images.shape[0] for images, _ in loader)
 
 
 def _segkit_pass(dataset: SeededDataset, batch: int, workers: int, epoch: int) -> int:
+    from segkit.engine.inputs import DeviceScaling
+
+    scaling = DeviceScaling.of(dataset)
     sampler = SeededSampler(dataset, shuffle=True, seed=0)
     sampler.set_epoch(epoch)
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers)
-    return sum(images.shape[0] for images, _ in loader)
+    count = 0
+    for images, _ in loader:
+        count += scaling(images).shape[0]  # what the training step does on the device
+    return count
+
+
+def _rgb_copy(root: Path, out: Path) -> Path:
+    """The grey pairs under ``root`` as RGB images (each channel a different tint), same masks."""
+    import shutil
+
+    for sub in ("images/train", "masks/train"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for image in sorted((root / "images" / "train").glob("*.png")):
+        grey = np.asarray(Image.open(image), dtype=np.float32)
+        rgb = np.stack([grey, grey * 0.8 + 30, 255 - grey], axis=-1).clip(0, 255).astype(np.uint8)
+        Image.fromarray(rgb).save(out / "images" / "train" / image.name)
+        shutil.copy(root / "masks" / "train" / image.name, out / "masks" / "train" / image.name)
+    return out
 
 
 def _rate(fn: Any) -> float:
@@ -66,26 +103,31 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     torch.set_num_threads(1)  # loaders are process-parallel; keep the main process to one thread
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        root = make_synthetic(Path(tmp), n=args.n, size=args.size, seed=0, val_fraction=0.0)
-        pipelines = {"none": None, "default train": build_transforms(default_spec(train=True, size=args.crop), train=True, seed=0)}
-        datasets = {name: SeededDataset(FolderDataset(root, "train", num_classes=3, transforms=p)) for name, p in pipelines.items()}
-        pairs = datasets["none"].dataset.samples
+        grey = make_synthetic(Path(tmp) / "grey", n=args.n, size=args.size, seed=0, val_fraction=0.0)
+        roots = {"gray": grey, "RGB": _rgb_copy(grey, Path(tmp) / "rgb")}
         workers = [int(w) for w in args.workers.split(",")]
         epochs = itertools.count()  # each pass a new epoch: new order, new augmentations
-        candidates: dict[str, Any] = {"bare": lambda: _bare_decode(pairs)}
-        for name, dataset in datasets.items():
-            for w in workers:
-                candidates[f"{name}|{w}"] = lambda d=dataset, w=w: _segkit_pass(d, args.batch, w, next(epochs))
+        candidates: dict[str, Any] = {}
+        for kind, root in roots.items():
+            pipelines = {"none": None, "default train": build_transforms(default_spec(train=True, size=args.crop), train=True, seed=0)}
+            for name, pipeline in pipelines.items():
+                dataset = FolderDataset(root, "train", num_classes=3, transforms=pipeline)
+                dataset.device_scaling = True  # as the training engine builds it
+                for w in workers:
+                    candidates[f"{kind}|{name}|{w}"] = lambda d=SeededDataset(dataset), w=w: _segkit_pass(d, args.batch, w, next(epochs))
+                    pairs = dataset.samples
+                    candidates[f"{kind}|bare|{w}"] = lambda p=pairs, w=w: _bare_pass(p, args.batch, w)
         rates: dict[str, list[float]] = {name: [] for name in candidates}
         names = list(candidates)
         for round_ in range(args.rounds):
             shift = round_ % len(names)
             for name in names[shift:] + names[:shift]:
                 rates[name].append(_rate(candidates[name]))
-        bare = statistics.median(rates["bare"])
-        for name in names[1:]:
-            pipeline, w = name.split("|")
-            segkit = statistics.median(rates[name])
-            rows.append({"case": f"{args.n}x {args.size}^2 gray PNG, augmentation: {pipeline}", "workers": int(w),
+        for name in names:
+            kind, pipeline, w = name.split("|")
+            if pipeline == "bare":
+                continue
+            segkit, bare = statistics.median(rates[name]), statistics.median(rates[f"{kind}|bare|{w}"])
+            rows.append({"case": f"{args.n}x {args.size}^2 {kind} PNG, augmentation: {pipeline}", "workers": int(w),
                          "segkit_images_per_s": segkit, "bare_decode_images_per_s": bare, "ratio": segkit / bare})
     return rows

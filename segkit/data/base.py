@@ -7,7 +7,8 @@ An item is made in four steps:
 2. read the mask as class indices and check its values (``SegmentationDataset.check_mask``);
 3. apply ``transforms`` (an albumentations pipeline from ``build_transforms``, or any callable
    taking ``image=`` and ``mask=`` and returning a dict with both);
-4. standardise per channel: ``(x - mean) / std``. ``mean``/``std`` come from the config, or default
+4. standardise per channel: ``(x - mean) / std`` (with ``device_scaling``, steps 1 and 4 are left
+   to the training step on the device for 8-bit images; see ``SegmentationDataset.device_scaling``). ``mean``/``std`` come from the config, or default
    to ImageNet's (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) for 3 channels, and to their
    averages 0.449 / 0.226 for any other channel count, which matches ImageNet weights whose
    first convolution was averaged over RGB. ``mean=0, std=1`` leaves the [0, 1] scaling alone.
@@ -27,7 +28,7 @@ from torch.utils.data import Dataset
 
 from segkit.data.io import SCALINGS, to_unit_float
 from segkit.data.masks import bad_value_message
-from segkit.data.transforms import reseed_for_worker
+from segkit.data.transforms import moves_pixels_only, reseed_for_worker
 from segkit.errors import SegkitError
 
 __all__ = ["SegmentationDataset", "default_mean_std"]
@@ -64,6 +65,11 @@ class SegmentationDataset(Dataset):
     classes: list[str] | None
     ignore_index: int
     transforms: Callable[..., dict[str, Any]] | None = None
+    #: False (the default): items are standardised float32. True (the training engine sets it): the
+    #: image leaves the worker as uint8 when it is 8-bit and the transforms only move whole pixels
+    #: (else float32 in [0, 1]), and ``segkit.engine.inputs.DeviceScaling`` scales and standardises
+    #: it on the device: workers only decode and augment, the host copies 4x fewer bytes.
+    device_scaling: bool = False
 
     def _setup_intensity(
         self,
@@ -98,6 +104,10 @@ class SegmentationDataset(Dataset):
     # -- shared ------------------------------------------------------------------------------
     def load_image(self, index: int) -> np.ndarray:
         """Float32 (H, W, in_channels) in [0, 1] (before transforms and standardisation)."""
+        return to_unit_float(self.load_stored_image(index), self.scaling, self.percentiles)
+
+    def load_stored_image(self, index: int) -> np.ndarray:
+        """(H, W, in_channels) in the file's own dtype (a grayscale image among RGB ones repeated)."""
         raw = self.read_raw_image(index)
         if raw.shape[2] != self.in_channels:
             if raw.shape[2] == 1 and self.in_channels == 3:
@@ -107,7 +117,13 @@ class SegmentationDataset(Dataset):
                     f"image {self.image_path(index)} has {raw.shape[2]} channels but the dataset has {self.in_channels}; "
                     "convert the images to one channel count"
                 )
-        return to_unit_float(raw, self.scaling, self.percentiles)
+        return raw
+
+    def keeps_stored_dtype(self, stored: np.ndarray) -> bool:
+        """With ``device_scaling``, whether this image travels as stored (8-bit, scaled by 1/255,
+        transforms that only move whole pixels) instead of as float32 in [0, 1]."""
+        return (self.device_scaling and stored.dtype == np.uint8 and self.scaling != "percentile"
+                and moves_pixels_only(self.transforms))
 
     def check_mask(self, mask: np.ndarray, path: str | Path) -> None:
         """Raise a SegkitError naming the file and value when a label is outside [0, num_classes)."""
@@ -132,7 +148,8 @@ class SegmentationDataset(Dataset):
         return self.image_path(index)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.load_image(index)
+        stored = self.load_stored_image(index)
+        image = stored if self.keeps_stored_dtype(stored) else to_unit_float(stored, self.scaling, self.percentiles)
         mask = self.load_mask(index)
         if image.shape[:2] != mask.shape[:2]:
             raise SegkitError(
@@ -151,6 +168,8 @@ class SegmentationDataset(Dataset):
         mask_t = mask if isinstance(mask, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(mask))
         if image_t.ndim == 2:
             image_t = image_t.unsqueeze(0)
+        if self.device_scaling:  # uint8 or [0, 1] float32; the engine scales and standardises on the device
+            return image_t, mask_t.long()
         image_t = (image_t.float() - self.mean) / self.std
         return image_t, mask_t.long()
 

@@ -201,6 +201,20 @@ def reseed_for_worker(pipeline: Any) -> None:
     pipeline._segkit_pid = os.getpid()
 
 
+def moves_pixels_only(pipeline: Any) -> bool:
+    """Whether ``pipeline`` (None, or an albumentations ``Compose``) only flips, rotates by 90
+    degrees, crops or pads: steps that give the same pixels on uint8 as on float images, so an
+    8-bit image may go through them as stored (interpolating and intensity steps need float)."""
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    if pipeline is None:
+        return True
+    lossless = (A.HorizontalFlip, A.VerticalFlip, A.RandomRotate90, A.RandomCrop, A.CenterCrop, A.PadIfNeeded, ToTensorV2)
+    steps = getattr(pipeline, "transforms", None)
+    return steps is not None and all(type(step) in lossless for step in steps)
+
+
 def build_transforms(
     spec: Sequence[Any] | Mapping[str, Any] | None = None,
     *,

@@ -26,7 +26,7 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,6 +151,7 @@ class Run:
     max_steps: int | None
     progress: bool
     last_path: Any  # named in the non-finite-loss error
+    scaling: Callable[[Tensor], Tensor]  # images as the loader gives them -> model input (segkit.engine.inputs.DeviceScaling)
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ def train_epoch(run: Run, epoch: int, batch_in_epoch: int, step: int) -> EpochEn
     bar = _progress(run.loader, epoch, cfg.trainer.epochs, enabled=run.progress and info.is_main)
     for batch in bar:  # (images, targets) or (images, targets, weight_map); targets: masks (N, H, W) or labels (N,)
         images, targets, *rest = batch
-        images = images.to(device, non_blocking=True)
+        images = run.scaling(images.to(device, non_blocking=True))  # uint8 / [0, 1] -> standardised, on the device
         targets = targets.to(device, non_blocking=True)
         extra = {"weight_map": rest[0].to(device, non_blocking=True)} if rest else {}
         if run.channels_last:

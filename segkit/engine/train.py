@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,19 @@ def _use_channels_last(cfg: DictConfig, device: torch.device) -> bool:
 def _amp_settings(cfg: DictConfig, device: torch.device) -> tuple[bool, torch.dtype, bool]:
     """(use autocast, its dtype, use a grad scaler): :func:`segkit.engine.amp.resolve_amp` (bfloat16 only where native)."""
     return resolve_amp(cfg.trainer.amp, cfg.trainer.amp_dtype, device)
+
+
+def _device_scaling(train_set: Any) -> Callable[[Tensor], Tensor]:
+    """Segmentation: the loader's workers only decode and augment (``device_scaling``); the step
+    scales and standardises on the device. Classification datasets give model input already."""
+    from segkit.data.base import SegmentationDataset
+    from segkit.engine.inputs import DeviceScaling
+
+    base = getattr(train_set, "dataset", train_set)
+    if not isinstance(base, SegmentationDataset):
+        return lambda images: images
+    base.device_scaling = True
+    return DeviceScaling.of(base)
 
 
 def _frozen_norms(model: nn.Module) -> list[nn.Module]:
@@ -262,7 +276,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
         run = Run(cfg=cfg, info=info, device=device, model=model, train_model=train_model, loss_fn=loss_fn, optimizer=optimizer,
                   scheduler=scheduler, scaler=scaler, task=task, loader=loader, stop=stop, log=log, amp=(use_amp, amp_dtype),
                   channels_last=channels_last, frozen_norms=frozen_norms, batches_per_epoch=batches_per_epoch,
-                  max_steps=max_steps, progress=progress, last_path=last_path)
+                  max_steps=max_steps, progress=progress, last_path=last_path, scaling=_device_scaling(train_set))
         for epoch in range(start_epoch, cfg.trainer.epochs):
             sampler.set_epoch(epoch, start=batch_in_epoch * batch_size)
             end = train_epoch(run, epoch, batch_in_epoch, step)  # SegkitError on a non-finite loss (all ranks)
