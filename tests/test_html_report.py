@@ -15,6 +15,7 @@ from _report_helpers import CLASSES, fake_run, page_data, tiny_config, write_che
 from segkit import SegkitError
 from segkit.cli import main
 from segkit.engine import html
+from segkit.engine.checkpoint import save_checkpoint
 from segkit.engine.evaluate import evaluate_folders
 from segkit.engine.report import EvalReport, image_details, write_report
 from segkit.engine.runs import compare_page, compare_table, load_compared, run_page
@@ -98,6 +99,15 @@ def test_checkpoint_page_numbers_equal_the_json_report(tmp_path):
     assert data["classes"] == CLASSES and len(data["overlays"]) == 2  # both images among the worst; none left for best
     assert page.count("data:image/jpeg;base64,") == 8
     assert "a checkpoint on a dataset" in page and "val" in page
+
+
+def test_worst_zero_draws_no_images(folders, tmp_path):
+    root, _ = folders
+    assert main(["evaluate", "--pred", str(root / "pred"), "--gt", str(root / "gt"), "--num-classes", "3", "--worst", "0",
+                 "--html", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert 'class="shot"' not in page and len(page_data(page)["images"]) == 12
+    assert html.checkpoint_overlays(tmp_path / "not-even-read.pt", []) == {}
 
 
 def test_images_flag_needs_mask_folders(tmp_path, capsys):
@@ -223,6 +233,12 @@ def test_run_page_without_per_class_log_and_for_classification(tmp_path):
     assert "top-1 and top-5 error" in page and "top-1 accuracy" in page and 'id="class-bars"' not in page
     with pytest.raises(SegkitError, match="no metrics.jsonl"):
         run_page(tmp_path)
+    long = fake_run(tmp_path / "long")  # 50,000 logged steps are drawn as at most 2,000 points
+    with (long / "metrics.jsonl").open("a") as f:
+        f.writelines(json.dumps({"kind": "train", "epoch": 5, "step": s, "loss": 1 / s, "lr": 0.001}) + "\n" for s in range(13, 50_013))
+        f.write('{"kind": "epoch", "epoch": 5, "st')  # a run still writing
+    page = run_page(long)
+    assert max(path.count("L") for path in re.findall(r'<path d="([^"]+)"', page)) <= 2000 and len(page) < 2_000_000
 
 
 def test_compare_reports_and_runs(folders, tmp_path, capsys):
@@ -258,12 +274,19 @@ def test_compare_reports_and_runs(folders, tmp_path, capsys):
 
 def test_compare_refuses_what_it_cannot_compare(tmp_path, folders):
     root, _ = folders
-    write_report(evaluate_folders(root / "pred", root / "gt", 3), tmp_path / "three.json", plots=False)
+    write_report(evaluate_folders(root / "pred", root / "gt", 3, class_names=["x", "y", "z"]), tmp_path / "three.json", plots=False)
     (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(SegkitError, match="not a report of `segkit evaluate --out`"):
         load_compared(tmp_path / "other.json")
     with pytest.raises(SegkitError, match="compare evaluations of the same classes"):
         compare_table([load_compared(tmp_path / "three.json"), load_compared(fake_run(tmp_path / "run"))])
+    numbered = fake_run(tmp_path / "numbered")  # a run whose config names no classes compares by number
+    state = __import__("torch").load(numbered / "best.pt", weights_only=True)
+    state["config"]["data"]["classes"] = None
+    save_checkpoint(state, numbered / "best.pt")
+    assert load_compared(numbered).classes == ["0", "1", "2"]
+    table = compare_table([load_compared(numbered), load_compared(fake_run(tmp_path / "named"))])
+    assert table.splitlines()[2].startswith("background ")
     with pytest.raises(SegkitError, match="at least two"):
         compare_page([load_compared(tmp_path / "three.json")])
     with pytest.raises(SegkitError, match="does not exist"):

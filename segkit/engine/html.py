@@ -175,6 +175,9 @@ def checkpoint_overlays(checkpoint: str | os.PathLike[str], names: Iterable[str]
     from segkit.engine.inputs import InferenceItems, InputPipeline, checkpoint_amp, iterate_logits
     from segkit.engine.train import resolve_device
 
+    names = list(names)
+    if not names:
+        return {}
     dev = resolve_device(device)
     model, cfg = load_model(checkpoint, dev)
     dataset, _ = _eval_dataset(cfg, data, split)
@@ -184,7 +187,8 @@ def checkpoint_overlays(checkpoint: str | os.PathLike[str], names: Iterable[str]
     index_of = {name: i for i, name in enumerate(all_names)}
     wanted = [index_of[name] for name in names if name in index_of]
     panels: dict[str, Panels] = {}
-    for item, logits in iterate_logits(model, items, dev, indices=wanted, batch_size=batch_size or cfg.trainer.batch_size,
+    batch_size = batch_size or cfg.trainer.val_batch_size or cfg.trainer.batch_size
+    for item, logits in iterate_logits(model, items, dev, indices=wanted, batch_size=batch_size,
                                        tile=tile, overlap=overlap, tta=tta, amp=checkpoint_amp(cfg, amp, dev)):
         assert item.mask is not None and item.unit_image is not None
         pred = logits.argmax(1)[0].cpu().numpy()
@@ -388,11 +392,15 @@ def evaluation_page(report: EvalReport, overlays: dict[str, Panels] | None = Non
     absent = [r["name"] for r in rows if r["absent"]]
     counted = report.num_classes - len(absent)
     policy = (f"mIoU is dataset-level: one confusion matrix summed over every counted pixel of the {len(report.images):,} "
-              f"images, IoU = TP / (TP + FP + FN) per class, then the mean over the {counted} of {report.num_classes} classes "
-              "that occur in the ground truth or the predictions"
-              + (f"; {', '.join(absent)} occur{'s' if len(absent) == 1 else ''} in neither and {'is' if len(absent) == 1 else 'are'} left out"
-                 if absent else "") + "."
-              + ("" if report.ignore_index is None else f" Ground-truth pixels labelled {report.ignore_index} (ignore_index) are not counted."))
+              "images gives each class's IoU = TP / (TP + FP + FN), then mIoU is their mean over ")
+    if absent:
+        policy += (f"the {counted} of {report.num_classes} classes that occur in the ground truth or the predictions; "
+                   f"{', '.join(absent)} occur{'s' if len(absent) == 1 else ''} in neither and {'is' if len(absent) == 1 else 'are'} "
+                   "left out.")
+    else:
+        policy += f"all {report.num_classes} classes (each occurs in the ground truth or the predictions)."
+    if report.ignore_index is not None:
+        policy += f" Ground-truth pixels labelled {report.ignore_index} (ignore_index) are not counted."
     headline = [("mIoU", m["miou"], "dataset-level mean IoU"), ("mDice", m["mdice"], "mean Dice over the same classes"),
                 ("pixel accuracy", m["pixel_accuracy"], "correct pixels / counted pixels"),
                 ("mean accuracy", m["mean_accuracy"], "mean per-class recall"),

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from segkit.engine.html import class_rows, confusion_view, fmt, hex_colors, image_uri, line_chart, render, signed
+from segkit.engine.report import json_safe
 from segkit.errors import SegkitError
 
 __all__ = ["Compared", "compare_page", "compare_table", "load_compared", "load_run", "run_page"]
@@ -29,6 +30,7 @@ RUN_COLORS = ["#2f6db5", "#e08a2c", "#3a9a5b", "#b8437a", "#7a5cc4", "#8c6d31", 
 HEADLINE = [("miou", "mIoU"), ("mdice", "mDice"), ("pixel_accuracy", "pixel accuracy"), ("mean_accuracy", "mean accuracy"),
             ("fwiou", "fwIoU"), ("per_image_miou", "per-image mean IoU")]
 CHANGED = 15  # images whose mean IoU changed most, per compared run
+MAX_POINTS = 2000  # logged steps drawn at most (evenly thinned beyond)
 EQUAL = 5e-4  # differences smaller than this (what rounds to 0.000) count as equal
 
 
@@ -92,6 +94,7 @@ def run_page(run_dir: str | Path) -> str:
     config, records, best = run["config"], run["records"], run["best"]
     task = config.get("task", "segmentation")
     steps = [r for r in records if r.get("kind") == "train"]
+    steps = steps[:: -(-len(steps) // MAX_POINTS)] + steps[-1:] if len(steps) > MAX_POINTS else steps  # the page stays small
     epochs = [r for r in records if r.get("kind") == "epoch"]
     classes = _classes(config)
     colors = hex_colors(len(classes))
@@ -129,8 +132,6 @@ def run_page(run_dir: str | Path) -> str:
     score_key = "val_top1" if task == "classification" else "val_miou"
     data = {"task": task, "classes": classes, "best_epoch": best.get("epoch"), "best_metrics": metrics,
             "confusion_matrix": metrics.get("confusion_matrix"), "epochs": epochs}
-    from segkit.engine.report import json_safe
-
     return render("run.html.j2", title=f"segkit run {run['dir'].name}", run=run, task=task, config=config, headline=headline,
                   charts=list(zip(charts, captions)), class_chart=class_chart,
                   rows=class_rows(metrics, classes) if has_matrix else [],
@@ -205,12 +206,14 @@ def comparison(compared: list[Compared]) -> dict[str, Any]:
         raise SegkitError("segkit compare needs at least two reports or run directories.")
     base = compared[0]
     for other in compared[1:]:
-        if other.classes != base.classes:
+        if not _same_classes(other.classes, base.classes):
             raise SegkitError(f"{other.path} scores classes {other.classes} but {base.path} scores {base.classes}; "
                               "compare evaluations of the same classes.")
+    numbers = [str(c) for c in range(len(base.classes))]
+    base_classes = next((x.classes for x in compared if x.classes != numbers), numbers)  # names where any side has them
     names = _unique_names(compared)
     classes = []
-    for c, cls in enumerate(base.classes):
+    for c, cls in enumerate(base_classes):
         values = [_value(x.metrics["iou"][c]) for x in compared]
         scored = [v for v in values if v is not None]
         top = max(scored) if scored else None
@@ -243,6 +246,12 @@ def comparison(compared: list[Compared]) -> dict[str, Any]:
             "classes": classes, "headline": headline, "verdicts": verdicts, "moved": moved}
 
 
+def _same_classes(a: list[str], b: list[str]) -> bool:
+    """Equal lists, or as many classes where one side only numbers them (a run whose config names none)."""
+    numbers = [str(c) for c in range(len(a))]
+    return a == b or (len(a) == len(b) and numbers in (a, b))
+
+
 def _delta(value: float | None, base: float | None) -> float | None:
     return None if value is None or base is None else value - base
 
@@ -273,8 +282,6 @@ def compare_table(compared: list[Compared]) -> str:
 
 def compare_page(compared: list[Compared]) -> str:
     """The comparison as a page: headline table, per-class differences (chart and table), the images that moved most."""
-    from segkit.engine.report import json_safe
-
     result = comparison(compared)
     limit = max([abs(d) for r in result["classes"] for d in r["deltas"] if d is not None] + [1e-6])
     data = json_safe({"names": result["names"], "classes": [r["name"] for r in result["classes"]],
