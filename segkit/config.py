@@ -191,7 +191,7 @@ def _check_positive(cfg: DictConfig, key: str, source: str, allow_zero: bool = F
         raise SegkitError(f"{source}: config key '{key}' must be {'>= 0' if allow_zero else '> 0'}; got {value}.")
 
 
-def validate(cfg: DictConfig, source: str) -> None:
+def check_config(cfg: DictConfig, source: str) -> None:
     """Checks OmegaConf's types cannot express: menus and ranges."""
     _check_choice(cfg, "task", TASKS, source)
     _check_choice(cfg, "data.kind", DATA_KINDS, source)
@@ -243,7 +243,7 @@ def config_from_dict(data: dict[str, Any] | DictConfig, overrides: Sequence[str]
         raise SegkitError(f"override {bad[0]!r} is not of the form KEY=VALUE (e.g. trainer.epochs=5).")
     if overrides:
         cfg = _merge(cfg, OmegaConf.from_dotlist(list(overrides)), "command line")
-    validate(cfg, source)
+    check_config(cfg, source)
     return cfg
 
 

@@ -1,4 +1,4 @@
-"""FolderDataset: pairing, layouts and splits, every mask kind, 16-bit images, bad input, validate()."""
+"""FolderDataset: pairing, layouts and splits, every mask kind, 16-bit images, bad input, check_files()."""
 
 from __future__ import annotations
 
@@ -337,7 +337,7 @@ def test_validate_lists_every_problem_at_once(tmp_path):
 
 def test_validate_on_a_good_dataset_reports_histogram_and_absent_classes(tmp_path):
     make_folder(tmp_path, ["a", "b"], split="train")
-    report = FolderDataset(tmp_path, "train", num_classes=4, classes=["bg", "x", "y", "z"]).validate()
+    report = FolderDataset(tmp_path, "train", num_classes=4, classes=["bg", "x", "y", "z"]).check_files()
     assert report.ok and report.num_pairs == 2 and report.in_channels == 1
     assert set(report.histogram) == {0, 1, 2} and sum(report.histogram.values()) == 2 * 24 * 32
     assert any("3 (z) has no pixels" in hint for hint in report.hints)

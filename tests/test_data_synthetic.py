@@ -31,7 +31,7 @@ def test_layout_split_and_contents(tmp_path):
     assert not set(train.stems) & set(val.stems)
     image = Image.open(train.samples[0][0])
     assert image.mode == "L" and image.size == (128, 96)
-    report = train.validate()
+    report = train.check_files()
     assert report.ok and not report.hints, report.format()
     share = {k: v / sum(report.histogram.values()) for k, v in report.histogram.items()}
     assert set(share) == {0, 1, 2}

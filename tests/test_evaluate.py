@@ -315,10 +315,10 @@ def test_checkpoint_report_matches_a_hand_computation_and_training_validation(tm
     from segkit.engine.builders import build_datasets
     from segkit.engine.distributed import DistInfo
     from segkit.engine.inference import load_model
-    from segkit.engine.validate import validate
+    from segkit.engine.validation import score_validation_split
 
     model, cfg = load_model(ckpt)
-    metrics = validate(model, build_datasets(cfg)[1], cfg, torch.device("cpu"), DistInfo(rank=0, world_size=1, local_rank=0))
+    metrics = score_validation_split(model, build_datasets(cfg)[1], cfg, torch.device("cpu"), DistInfo(rank=0, world_size=1, local_rank=0))
     assert metrics["confusion_matrix"] == report.metrics["confusion_matrix"]
 
 

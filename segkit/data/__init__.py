@@ -8,7 +8,7 @@ Items are ``(image, mask)``: image float32 ``(C, H, W)``, mask int64 ``(H, W)``.
     train = FolderDataset("data/synthetic", "train", num_classes=3,
                           transforms=build_transforms(train=True, size=96, seed=0))
     image, mask = train[0]        # (1, 96, 96) float32, (96, 96) int64
-    print(FolderDataset("data/synthetic", "val", num_classes=3).validate().format())
+    print(FolderDataset("data/synthetic", "val", num_classes=3).check_files().format())
 """
 
 from segkit.data.base import SegmentationDataset, default_mean_std

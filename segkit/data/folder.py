@@ -14,7 +14,7 @@ Layouts (``root`` is the folder you pass):
 Checks at construction are file-name and file-header work only (cheap on big folders): empty
 folder, image without mask, mask without image, two files with one stem, unreadable header,
 image/mask size mismatch, RGB masks without ``class_colors``. Each raises a ``SegkitError`` naming
-the file and the fix. Label values are checked when a mask is loaded. ``validate()`` (and
+the file and the fix. Label values are checked when a mask is loaded. ``check_files()`` (and
 ``segkit check-data``) decodes every file and lists every problem at once, with a class pixel
 histogram and hints on label values that usually end in a NaN mIoU.
 
@@ -384,7 +384,7 @@ class FolderDataset(SegmentationDataset):
         path = self.samples[index][1]
         return self.decoder.decode(read_mask_pixels(path), path)
 
-    def validate(self) -> DataReport:
+    def check_files(self) -> DataReport:
         """Decode every image and mask of this split and report every problem at once."""
         return check_folder(self.root, self.split, **self._label_options, **self._layout_options)
 

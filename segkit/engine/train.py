@@ -53,7 +53,7 @@ from segkit.engine.loop import Run, StopFlag, train_epoch
 from segkit.engine.optim import build_optimizer, build_scheduler
 from segkit.engine.report import json_safe
 from segkit.engine.tasks import make_task
-from segkit.engine.validate import validate
+from segkit.engine.validation import score_validation_split
 from segkit.errors import SegkitError
 
 __all__ = ["TrainResult", "resolve_device", "train"]
@@ -295,7 +295,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
             last_epoch = epoch + 1 == cfg.trainer.epochs
             if (epoch + 1) % cfg.trainer.val_interval == 0 or last_epoch or (max_steps is not None and step >= max_steps):
                 broadcast_batchnorm_buffers(model, info)  # every rank scores rank 0's model, the one saved
-                metrics = validate(model, val_set, cfg, device, info, amp=(use_amp, amp_dtype), channels_last=channels_last)
+                metrics = score_validation_split(model, val_set, cfg, device, info, amp=(use_amp, amp_dtype), channels_last=channels_last)
                 summary.update({"val_" + k: v for k, v in metrics.items() if k in task.val_keys})
                 last_metrics = metrics
                 score = metrics[task.score_key]

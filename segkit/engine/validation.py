@@ -19,10 +19,10 @@ from torch import nn
 
 from segkit.engine.distributed import DistInfo
 
-__all__ = ["validate"]
+__all__ = ["score_validation_split"]
 
 
-def validate(
+def score_validation_split(
     model: nn.Module,
     dataset: Any,
     cfg: DictConfig,
