@@ -103,7 +103,7 @@ SEGKIT_MODELS = {
     "unet-max_unpool": ("unet", "max_unpool"),
     "fcn8s": ("fcn8s", "transposed"),  # the paper's learnt, bilinear-initialised upsampling
 }
-SMP_MODELS = {"smp-unet": "Unet", "smp-fpn": "FPN", "smp-linknet": "Linknet"}  # name -> smp class
+SMP_MODELS = {"smp-unet": "Unet", "smp-fpn": "FPN", "smp-linknet": "Linknet", "smp-pspnet": "PSPNet", "smp-pan": "PAN"}  # name -> smp class
 MODELS = (*SEGKIT_MODELS, *SMP_MODELS)
 DEFAULT_EPOCHS = 30  # real data: 210 optimizer steps, about 2.5 minutes a run on 2 CPU cores (see the docstring)
 DEFAULT_LR = 1e-3
