@@ -166,6 +166,8 @@ class SegmentationModel(nn.Module):
 
 # arch name -> factory(encoder, num_classes, in_channels, upsampling, encoder_weights, aux_classes, **options)
 MODELS: dict[str, Callable[..., nn.Module]] = {}
+# create_model's upsampling=None: "transposed", unless the arch's papers say otherwise (fpn: None, its decoder's own mix).
+DEFAULT_UPSAMPLING: dict[str, str | None] = {"deeplabv3": "bilinear", "deeplabv3plus": "bilinear", "fcn_head": "bilinear", "fpn": None}
 _COMMON = ("encoder", "num_classes", "in_channels", "upsampling", "encoder_weights", "aux_classes")
 
 
@@ -196,22 +198,30 @@ def create_model(
     encoder: str | None = None,
     num_classes: int = 1,
     in_channels: int = 3,
-    upsampling: str = "transposed",
+    upsampling: str | None = None,
     encoder_weights: str | os.PathLike[str] | None = None,
     aux_classes: int | None = None,
+    weights: str | os.PathLike[str] | None = None,
     **decoder_kwargs: Any,
 ) -> nn.Module:
     """Build segmentation model ``arch``: ``(N, in_channels, H, W)`` -> logits ``(N, num_classes, H, W)``.
 
     Args:
-        arch: ``fcn32s``, ``fcn16s``, ``fcn8s``, ``unet`` (any encoder) or ``unet_original``.
+        arch: ``fcn32s``, ``fcn16s``, ``fcn8s``, ``unet`` (any encoder), ``unet_original``;
+            ``deeplabv3``, ``deeplabv3plus``, ``fcn_head``, ``fpn`` (:mod:`segkit.archs`).
         encoder: encoder name (``segkit.list_encoders()``); ``unet_original`` takes none.
         num_classes: channels of the logits.
         in_channels: channels of the image.
-        upsampling: ``"transposed"`` | ``"nearest"`` | ``"bed_of_nails"`` | ``"max_unpool"``.
+        upsampling: ``"transposed"`` | ``"nearest"`` | ``"bed_of_nails"`` | ``"max_unpool"`` | ``"bilinear"``;
+            None: the arch's default (transposed; bilinear for DeepLab and fcn_head; for fpn the
+            papers' nearest pyramid and bilinear branch).
         encoder_weights: path of a torchvision checkpoint for the encoder (for FCN on VGG it also
             fills fc6/fc7), a published weights name (``"imagenet"``, ``"imagenet1k_v2"``, ...), or None.
         aux_classes: with ``K``, the model returns ``(logits, class_logits (N, K))``.
+        weights: the whole model's weights, loaded after building it: a segkit run checkpoint
+            (``best.pt``), a torchvision segmentation model's file, or torchvision's published
+            weights by name (``"coco_with_voc_labels_v1"``: deeplabv3 / fcn_head on resnet50 / 101;
+            :func:`segkit.archs.load_model_weights`). Not together with ``encoder_weights``.
         decoder_kwargs: the arch's options: FCN ``skip_fusion`` ("add" | "concat"),
             ``fc_channels`` ("auto": 4096 on VGG, none otherwise), ``dropout``; U-Net
             ``decoder_channels`` (one per x2 step, deepest first; default smp's (256, 128, 64, 32, 16),
@@ -229,7 +239,12 @@ def create_model(
     _check_count("num_classes", num_classes)
     if aux_classes is not None:
         _check_count("aux_classes", aux_classes)
-    check_choice(upsampling, MODES, "upsampling mode")
+    if upsampling is None:
+        upsampling = DEFAULT_UPSAMPLING.get(arch, "transposed")
+    if upsampling is not None:
+        check_choice(upsampling, MODES, "upsampling mode")
+    if weights is not None and encoder_weights is not None:
+        raise SegkitError("give weights (the whole model) or encoder_weights (the encoder only), not both; the whole model's weights replace the encoder's.")
     factory = MODELS[arch]
     options = [p for p in inspect.signature(factory).parameters if p not in _COMMON]
     if "deep_supervision" in decoder_kwargs and "deep_supervision" not in options:
@@ -241,7 +256,7 @@ def create_model(
     unknown = sorted(set(decoder_kwargs) - set(options))
     if unknown:
         raise SegkitError(f"{arch} has no option {', '.join(map(repr, unknown))}; its options are {', '.join(options) or 'none'}.")
-    return factory(
+    model = factory(
         encoder=encoder,
         num_classes=num_classes,
         in_channels=in_channels,
@@ -250,6 +265,11 @@ def create_model(
         aux_classes=aux_classes,
         **decoder_kwargs,
     )
+    if weights is not None:
+        from segkit.archs import load_model_weights
+
+        load_model_weights(model, arch, encoder, weights)
+    return model
 
 
 def _build_encoder(arch: str, name: str | None, in_channels: int, weights: str | os.PathLike[str] | None) -> Encoder:
@@ -372,3 +392,6 @@ def _unet_original(
     if encoder is not None or encoder_weights is not None:
         raise SegkitError("unet_original is the paper's own network and takes no encoder or encoder_weights; leave them out, or use arch 'unet' with an encoder.")
     return UNetOriginal(in_channels, num_classes, padding=padding, upsampling=upsampling, aux_classes=aux_classes)
+
+
+from segkit import archs  # noqa: E402,F401  (registers deeplabv3, deeplabv3plus, fcn_head, fpn; imports this module)

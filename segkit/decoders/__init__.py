@@ -1,4 +1,4 @@
-"""Decoders: FCN-32s/16s/8s, U-Net on any encoder, the original U-Net, and the upsampling modes.
+"""Decoders: FCN-32s/16s/8s, U-Net on any encoder, the original U-Net, DeepLabV3/V3+, FPN, and the upsampling modes.
 
 Models are built by :func:`segkit.create_model`; the pieces are here for use in your own code::
 
@@ -7,7 +7,9 @@ Models are built by :func:`segkit.create_model`; the pieces are here for use in 
     y = up(x, indices=switches[3], output_size=[h, w])
 """
 
+from segkit.decoders.deeplab import ASPP, DeepLabV3Decoder, DeepLabV3PlusDecoder, FCNHead, FCNHeadDecoder
 from segkit.decoders.fcn import FCNDecoder
+from segkit.decoders.fpn import FPNDecoder
 from segkit.decoders.unet import UnetBlock, UnetDecoder
 from segkit.decoders.unet_original import UNetOriginal
 from segkit.decoders.upsample import (
@@ -22,7 +24,13 @@ from segkit.decoders.upsample import (
 )
 
 __all__ = [
+    "ASPP",
+    "DeepLabV3Decoder",
+    "DeepLabV3PlusDecoder",
     "FCNDecoder",
+    "FCNHead",
+    "FCNHeadDecoder",
+    "FPNDecoder",
     "MODES",
     "UNetOriginal",
     "UnetBlock",

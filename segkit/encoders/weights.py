@@ -25,6 +25,12 @@ Loading is strict in what matters and forgiving in what is routine:
 
 Files are read with ``torch.load(weights_only=True)``: a file that needs arbitrary unpickling is
 refused, never executed.
+
+Whole segmentation models (``create_model(..., weights=...)``) come through the same mechanism:
+torchvision's published segmentation models by name (``"coco_with_voc_labels_v1"`` for
+``deeplabv3`` and ``fcn_head`` on ``resnet50``/``resnet101``: :func:`resolve_model_weights`), a
+torchvision whole-model file, or a segkit run checkpoint (:func:`read_model_checkpoint`); the key
+conversion and loading rules are :mod:`segkit.archs`'s.
 """
 
 from __future__ import annotations
@@ -47,9 +53,13 @@ __all__ = [
     "adapt_first_conv",
     "fetch_weights",
     "is_weights_name",
+    "load_state",
     "load_weights",
+    "published_model_weights",
     "published_weights",
     "read_checkpoint",
+    "read_model_checkpoint",
+    "resolve_model_weights",
     "resolve_weights",
     "weights_architectures",
 ]
@@ -72,7 +82,19 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
                           f"(segkit weights fetch NAME, or any use of the weights name online).") from err
 
 
+def read_model_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict | None]:
+    """``(state dict, config or None)`` of ``path``: a segkit run checkpoint's model and config, or a plain state dict."""
+    path = Path(path)
+    obj = _load_object(path)
+    config = obj.get("config") if isinstance(obj, Mapping) and isinstance(obj.get("config"), Mapping) else None
+    return _state_dict_of(obj, path), (dict(config) if config is not None else None)
+
+
 def _read_checkpoint(path: Path) -> dict[str, Tensor]:
+    return _state_dict_of(_load_object(path), path)
+
+
+def _load_object(path: Path) -> object:
     if not path.exists():
         raise SegkitError(f"weights file {path} does not exist; pass the path of a checkpoint file you have locally (segkit never downloads).")
     if not path.is_file():
@@ -89,6 +111,10 @@ def _read_checkpoint(path: Path) -> dict[str, Tensor]:
         ) from err
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise SegkitError(f"weights file {path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err}); check that the download or copy is complete.") from err
+    return obj
+
+
+def _state_dict_of(obj: object, path: Path) -> dict[str, Tensor]:
     for wrapper in ("model", "state_dict"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
@@ -137,15 +163,35 @@ def load_weights(
     ``"features.0"``); ``head_prefixes`` those of classification layers whose size may differ from
     the checkpoint's; ``ignore_prefixes`` those checkpoint entries the model is known not to have.
     """
-    source = read_checkpoint(path)
-    head_prefixes, ignore_prefixes = tuple(head_prefixes), tuple(ignore_prefixes)
+    load_state(model, read_checkpoint(path), path, first_conv=first_conv, head_prefixes=head_prefixes, ignore_prefixes=ignore_prefixes)
+
+
+def load_state(
+    model: nn.Module,
+    source: dict[str, Tensor],
+    path: str | os.PathLike[str],
+    *,
+    first_conv: str,
+    head_prefixes: Iterable[str] = (),
+    ignore_prefixes: Iterable[str] = (),
+    optional_prefixes: Iterable[str] = (),
+) -> None:
+    """:func:`load_weights` on a state dict already read from ``path`` (named in messages).
+
+    ``optional_prefixes``: model entries the file may lack (an auxiliary head a published file
+    has none of): they keep their fresh initialisation, logged.
+    """
+    source = dict(source)
+    head_prefixes, ignore_prefixes, optional_prefixes = tuple(head_prefixes), tuple(ignore_prefixes), tuple(optional_prefixes)
     target = model.state_dict()
     conv_key = f"{first_conv}.weight"
     if conv_key in source and conv_key in target and source[conv_key].dim() == 4:
         source[conv_key] = adapt_first_conv(source[conv_key], target[conv_key].shape[1])
 
     # Old checkpoints predate BatchNorm's step counter; BatchNorm itself fills it in.
-    missing = [k for k in target if k not in source and not k.endswith("num_batches_tracked")]
+    absent = [k for k in target if k not in source and not k.endswith("num_batches_tracked")]
+    missing = [k for k in absent if not _starts(k, optional_prefixes)]
+    fresh = sorted({k.rsplit(".", 1)[0] for k in absent if _starts(k, optional_prefixes)})
     unexpected = [k for k in source if k not in target and not _starts(k, ignore_prefixes)]
     reinit, mismatched, to_load = [], [], {}
     for key, value in source.items():
@@ -171,6 +217,8 @@ def load_weights(
             f"check that the file is the checkpoint of this architecture."
         )
     model.load_state_dict(to_load, strict=False)
+    if fresh:
+        logger.info("segkit: %s has no %s; they keep their fresh initialisation.", path, ", ".join(fresh))
     if reinit:
         layers = sorted({k.rsplit(".", 1)[0] for k in reinit})
         logger.info("segkit: %s: classification layer(s) %s have another number of classes than %s; they keep their fresh initialisation.", type(model).__name__, ", ".join(layers), path)
@@ -220,6 +268,7 @@ class PublishedWeights:
     url: str
     acc1: float | None  # ImageNet-1K top-1 as torchvision publishes it
     path: Path  # where the file lives in torch's hub cache
+    miou: float | None = None  # segmentation models: mIoU on COCO val2017 with VOC's labels, as torchvision publishes it
 
     @property
     def cached(self) -> bool:
@@ -239,18 +288,61 @@ def weights_architectures() -> list[str]:
 
 
 def published_weights(arch: str) -> list[PublishedWeights]:
-    """Every published variant for ``arch`` (a SegkitError saying why when there is none)."""
+    """Every published variant for ``arch`` (a SegkitError saying why when there is none).
+
+    ``arch`` is a segkit architecture (:func:`weights_architectures`) or one of torchvision's
+    published segmentation models (``deeplabv3_resnet50``, ``fcn_resnet101``, ...; see
+    :func:`published_model_weights`).
+    """
     from torchvision.models import get_model_weights
 
-    if arch not in _PUBLISHED:
+    if arch not in _PUBLISHED and arch not in _PUBLISHED_MODELS.values():
         raise SegkitError(f"{_why_unpublished(arch)}; pass encoder_weights=None or the path of a checkpoint file.")
     enum = get_model_weights(arch)
     found = []
     for weights in enum:
-        acc1 = weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
+        metrics = weights.meta.get("_metrics", {})
+        acc1 = metrics.get("ImageNet-1K", {}).get("acc@1")
+        miou = metrics.get("COCO-val2017-VOC-labels", {}).get("miou")
         found.append(PublishedWeights(arch, weights.name.lower(), weights == enum.DEFAULT, weights.url, acc1,
-                                      hub_checkpoints() / weights.url.rsplit("/", 1)[-1]))
+                                      hub_checkpoints() / weights.url.rsplit("/", 1)[-1], miou))
     return found
+
+
+# (segkit arch, encoder) -> torchvision's segmentation model whose published file is that whole model
+# (built with output_stride=8; the files carry torchvision's auxiliary FCN head: aux_head="fcn").
+_PUBLISHED_MODELS = {
+    ("deeplabv3", "resnet50"): "deeplabv3_resnet50",
+    ("deeplabv3", "resnet101"): "deeplabv3_resnet101",
+    ("fcn_head", "resnet50"): "fcn_resnet50",
+    ("fcn_head", "resnet101"): "fcn_resnet101",
+}
+
+
+def published_model_weights(arch: str, encoder: str | None) -> list[PublishedWeights]:
+    """torchvision's published whole-model weights for segkit's ``arch`` on ``encoder`` (a SegkitError naming those that have some)."""
+    builder = _PUBLISHED_MODELS.get((arch, str(encoder)))
+    if builder is None:
+        known = ", ".join(f"{a} on {e}" for a, e in _PUBLISHED_MODELS)
+        raise SegkitError(f"no published weights are known for {arch} on {encoder}; torchvision publishes {known} "
+                          f"(weights='coco_with_voc_labels_v1'); otherwise pass the path of a checkpoint file.")
+    return published_weights(builder)
+
+
+def resolve_model_weights(arch: str, encoder: str | None, weights: str | os.PathLike[str] | None) -> Path | None:
+    """Whole-model ``weights`` as a local file: None stays None, a path a path, a name (``"coco_with_voc_labels_v1"``,
+    any case) the cached file of torchvision's published model, downloaded once as :func:`fetch_weights` does."""
+    if weights is None:
+        return None
+    if not is_weights_name(weights):
+        return Path(weights)
+    variants = published_model_weights(arch, encoder)
+    wanted = str(weights).lower()
+    for found in variants:
+        if found.variant == wanted:
+            return fetch_weights(found)
+    names = ", ".join(w.variant for w in variants)
+    raise SegkitError(f"{arch} on {encoder} has no published weights {str(weights)!r}; its names are {names} (or pass the path of a checkpoint file).")
 
 
 def is_weights_name(spec: object) -> bool:
@@ -288,7 +380,8 @@ def fetch_weights(weights: PublishedWeights, progress: bool = True) -> Path:
     except (urllib.error.URLError, OSError, TimeoutError) as err:
         raise SegkitError(
             f"could not download the {weights.variant} weights of {weights.arch} from {weights.url} ({err}); without internet, "
-            f"copy that file to {weights.path} (segkit weights fetch {weights.arch} prepares it on a machine that is online)."
+            f"copy that file to {weights.path} (segkit weights fetch {weights.arch}{'' if weights.default else ' --variant ' + weights.variant} "
+            f"prepares it on a machine that is online)."
         ) from err
     except RuntimeError as err:  # the hash check
         raise SegkitError(f"the download of {weights.url} is corrupt ({err}); try again, or copy the file to {weights.path}.") from err
