@@ -186,7 +186,7 @@ def train_epoch(run: Run, epoch: int, batch_in_epoch: int, step: int) -> EpochEn
     for batch in bar:  # (images, targets) or (images, targets, weight_map); targets: masks (N, H, W) or labels (N,)
         images, targets, *rest = batch
         images = run.scaling(images.to(device, non_blocking=True))  # uint8 / [0, 1] -> standardised, on the device
-        targets = targets.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True).long()  # 8-bit masks travel as uint8
         extra = {"weight_map": rest[0].to(device, non_blocking=True)} if rest else {}
         if run.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
