@@ -8,8 +8,31 @@
 
 __version__ = "0.1.0"
 
-from segkit.encoders import create_encoder, list_classifiers, list_encoders  # noqa: E402
-from segkit.errors import SegkitError  # noqa: E402
-from segkit.models import create_classifier, create_model  # noqa: E402
+from typing import TYPE_CHECKING, Any
+
+from segkit.errors import SegkitError
 
 __all__ = ["SegkitError", "__version__", "create_classifier", "create_encoder", "create_model", "list_classifiers", "list_encoders"]
+
+# The model factories import torch (2-3 s); `segkit --help`, `segkit list` and argument errors must
+# answer without it, so they load on first use (PEP 562).
+_LAZY = {"create_encoder": "segkit.encoders", "list_classifiers": "segkit.encoders", "list_encoders": "segkit.encoders",
+         "create_classifier": "segkit.models", "create_model": "segkit.models"}
+
+if TYPE_CHECKING:
+    from segkit.encoders import create_encoder, list_classifiers, list_encoders
+    from segkit.models import create_classifier, create_model
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'segkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -39,7 +39,7 @@ def _add_encoders_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_encoders(args: argparse.Namespace) -> int:
-    from segkit.encoders import list_classifiers, list_encoders
+    from segkit.names import CLASSIFIER_NAMES, ENCODER_NAMES  # not segkit.encoders: no torch for a list
 
     if args.timm is not None:
         from segkit.encoders.timm_encoder import TIMM_PREFIX, list_timm_encoders
@@ -53,7 +53,7 @@ def _run_encoders(args: argparse.Namespace) -> int:
         return 0
     if args.pretrained:
         raise SegkitError("--pretrained goes with --timm: segkit list --timm PATTERN --pretrained.")
-    for name in list_classifiers() if args.classifiers else list_encoders():
+    for name in CLASSIFIER_NAMES if args.classifiers else ENCODER_NAMES:
         print(name)
     if args.encoders:  # on stderr, so that the names alone go down a pipe
         print("timm's backbones work too, as tu-NAME (pip install segkit[timm]): segkit list --timm [PATTERN] lists them.", file=sys.stderr)
@@ -195,8 +195,6 @@ def _add_evaluate_args(parser: argparse.ArgumentParser) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from segkit.engine.report import format_report, write_report
-
     _check_counts(args)
     figure = Path(args.out).with_name(f"{Path(args.out).stem}_worst.png") if args.out and args.worst > 0 else None
     if args.checkpoint:
@@ -225,6 +223,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         )
     else:
         raise SegkitError("segkit evaluate needs --checkpoint CKPT (with --data DIR) or --pred DIR --gt DIR --num-classes N.")
+    from segkit.engine.report import format_report, write_report
+
     print(format_report(report, args.worst))
     if args.out:
         written = write_report(report, args.out, args.worst)

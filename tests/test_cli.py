@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 import segkit
 from segkit.cli import main
 
@@ -16,3 +18,24 @@ def test_help_lists_commands(capsys):
 def test_python_dash_m_version():
     result = subprocess.run([sys.executable, "-m", "segkit", "--version"], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == f"segkit {segkit.__version__}"
+
+
+def test_list_names_equal_the_registries():
+    import segkit
+    from segkit.names import CLASSIFIER_NAMES, ENCODER_NAMES
+
+    assert list(ENCODER_NAMES) == segkit.list_encoders()
+    assert list(CLASSIFIER_NAMES) == segkit.list_classifiers()
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["list"], ["list", "--classifiers"], ["evaluate"],
+                                  ["train"], ["predict", "--overlap"], ["export", "--help"]])
+def test_help_list_and_argument_errors_answer_without_importing_torch(argv):
+    """Start-up: these must not pay for `import torch` (2-3 s on a small machine)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom segkit.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy'))[:5]")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
