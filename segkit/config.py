@@ -39,14 +39,19 @@ EVAL_CROPS = ("center", "ten_crop")  # classification evaluation
 
 @dataclass
 class ModelConfig:
-    arch: str = "unet"  # fcn32s | fcn16s | fcn8s | unet | unet_original, or a classifier name for task=classification
+    arch: str = "unet"  # fcn32s | fcn16s | fcn8s | unet | unet_original | deeplabv3 | deeplabv3plus | fcn_head | fpn, or a classifier name for task=classification
     encoder: str = "resnet18"
     encoder_weights: Optional[str] = None  # path to a torchvision-format checkpoint file, or imagenet / imagenet1k_v2 / ... (fetched once into torch's hub cache)
+    # The whole model's weights (not with encoder_weights): a segkit best.pt, a torchvision segmentation model's file, or
+    # torchvision's published weights by name, coco_with_voc_labels_v1 (deeplabv3 / fcn_head on resnet50 / resnet101)
+    weights: Optional[str] = None
     num_classes: int = 2
     in_channels: int = 3
-    upsampling: str = "transposed"  # transposed | nearest | bed_of_nails | max_unpool
+    # transposed | nearest | bed_of_nails | max_unpool | bilinear; null: the arch's default (transposed; bilinear for
+    # deeplabv3, deeplabv3plus and fcn_head; fpn: nearest pyramid, bilinear semantic branch)
+    upsampling: Optional[str] = None
     aux_classes: Optional[int] = None
-    decoder: dict[str, Any] = field(default_factory=dict)  # extra decoder options, e.g. decoder_channels
+    decoder: dict[str, Any] = field(default_factory=dict)  # extra decoder options, e.g. decoder_channels, output_stride, aux_head
     freeze_encoder: bool = False  # train the decoder/head only
     encoder_lr_mult: float = 1.0  # the encoder's learning rate = optimizer.lr * this
 

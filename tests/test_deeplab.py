@@ -214,3 +214,17 @@ def test_errors():
         segkit.create_model("deeplabv3", encoder="resnet18", skip_fusion="add")
     with pytest.raises(SegkitError, match="deeplabv3 needs an encoder"):
         segkit.create_model("deeplabv3")
+
+
+@pytest.mark.parametrize("aux", [False, True])
+def test_the_config_trains_from_the_cli_and_evaluates(tmp_path, aux, capsys):
+    """configs/deeplabv3plus_resnet34.yaml (tiny data, one epoch), with the image-level and FCN auxiliary heads too."""
+    from segkit.cli import main
+
+    overrides = [f"data.root={tmp_path / 'data'}", "data.synthetic.n=8", "data.synthetic.size=64", "trainer.epochs=1",
+                 "trainer.batch_size=3", "trainer.val_interval=1", "output.plots=false"]
+    if aux:
+        overrides += ["model.aux_classes=3", "model.decoder.aux_head=fcn"]
+    assert main(["train", "configs/deeplabv3plus_resnet34.yaml", "--out", str(tmp_path / "run"), *overrides]) == 0
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--quiet"]) == 0
+    assert "mIoU:" in capsys.readouterr().out

@@ -167,3 +167,15 @@ def test_errors():
         segkit.create_model("fpn", encoder="resnet18", output_stride=16)
     with pytest.raises(SegkitError, match="unknown upsampling mode 'bicubic'"):
         segkit.create_model("fpn", encoder="resnet18", upsampling="bicubic")
+
+
+@pytest.mark.parametrize("mode", ["null", "max_unpool"])
+def test_the_config_trains_from_the_cli_and_evaluates(tmp_path, mode, capsys):
+    """configs/fpn_resnet34.yaml on tiny data for one epoch, then segkit evaluate on its run directory."""
+    from segkit.cli import main
+
+    overrides = [f"data.root={tmp_path / 'data'}", "data.synthetic.n=8", "data.synthetic.size=64", "trainer.epochs=1",
+                 "trainer.batch_size=3", "trainer.val_interval=1", "output.plots=false", f"model.upsampling={mode}", "model.aux_classes=3"]
+    assert main(["train", "configs/fpn_resnet34.yaml", "--out", str(tmp_path / "run"), *overrides]) == 0
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--quiet"]) == 0
+    assert "mIoU:" in capsys.readouterr().out

@@ -211,7 +211,7 @@ def build_model_from_config(cfg: DictConfig) -> nn.Module:
     m = cfg.model
     decoder_kwargs: dict[str, Any] = OmegaConf.to_container(m.decoder, resolve=True)  # type: ignore[assignment]
     kwargs: dict[str, Any] = {"num_classes": m.num_classes, "in_channels": m.in_channels, "upsampling": m.upsampling,
-                              "encoder_weights": m.encoder_weights, "aux_classes": m.aux_classes, **decoder_kwargs}
+                              "encoder_weights": m.encoder_weights, "aux_classes": m.aux_classes, "weights": m.weights, **decoder_kwargs}
     if m.arch != "unet_original":
         kwargs["encoder"] = m.encoder
     return create_model(m.arch, **kwargs)
