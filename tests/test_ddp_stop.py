@@ -81,15 +81,6 @@ def tiny_config(root: Path, **trainer) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from segkit.data import make_synthetic
-
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic(root, n=8, size=64, seed=1)
-    return root
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -238,15 +238,6 @@ def tiny_config(root: Path, **trainer) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from segkit.data import make_synthetic
-
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic(root, n=8, size=64, seed=1)
-    return root
-
-
 def step_losses(run: Path) -> list[float]:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in records if r["kind"] == "train"]

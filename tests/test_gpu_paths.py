@@ -39,15 +39,6 @@ def tiny_config(root: Path, loss: list | None = None, **trainer) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from segkit.data import make_synthetic
-
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic(root, n=8, size=64, seed=1)
-    return root
-
-
 # --- bfloat16 only where the GPU computes it natively ---------------------------------------------
 
 def test_this_torch_can_ask_for_native_bfloat16():

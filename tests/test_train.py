@@ -35,15 +35,6 @@ def tiny_config(root: Path, **trainer) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from segkit.data import make_synthetic
-
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic(root, n=8, size=64, seed=1)
-    return root
-
-
 def test_training_lowers_the_loss_and_writes_the_run_directory(tmp_path, data_root):
     cfg = config_from_dict(tiny_config(data_root, epochs=3), ["output.plots=true"])
     result = train(cfg, tmp_path / "run", progress=False)

@@ -20,7 +20,7 @@ from segkit import SegkitError
 from segkit.config import config_from_dict
 from segkit.engine.checkpoint import load_checkpoint
 from segkit.engine.train import train
-from test_train import data_root, tiny_config  # noqa: F401 - data_root is a fixture used below
+from test_train import tiny_config
 
 # Plain SGD with a constant lr: what reaches the optimizer is the whole update, nothing smooths it.
 SGD = ["optimizer.name=sgd", "optimizer.momentum=0", "optimizer.weight_decay=0", "optimizer.lr=0.05",
