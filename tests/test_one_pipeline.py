@@ -146,3 +146,30 @@ def test_inference_runs_in_the_precision_training_chose(monkeypatch, native, amp
     cfg = config_from_dict({"trainer": {"amp": trained_amp, "amp_dtype": amp_dtype}})
     assert checkpoint_amp(cfg, requested, torch.device("cuda", 0)) == expected
     assert checkpoint_amp(cfg, requested, torch.device("cpu")) is False
+
+
+def test_device_scaling_is_the_datasets_standardisation(tmp_path):
+    """The loader hands uint8 (8-bit, pixel-moving steps only) or [0, 1] float images; DeviceScaling
+    makes them what the dataset's own CPU path gives: (x / 255 - mean) / std."""
+    from segkit.data import FolderDataset
+    from segkit.engine.inputs import DeviceScaling
+
+    root = tmp_path / "data"
+    _write(root, "train", [(48, 80)] * 2)
+    plain = FolderDataset(root, "train", num_classes=3, mean=0.3, std=0.2)
+    lean = FolderDataset(root, "train", num_classes=3, mean=0.3, std=0.2)
+    lean.device_scaling = True
+    image, mask = lean[1]
+    assert image.dtype == torch.uint8 and mask.dtype == torch.uint8  # 4x / 8x fewer bytes through the loader
+    scaling = DeviceScaling.of(lean)
+    expected, expected_mask = plain[1]
+    torch.testing.assert_close(scaling(image[None])[0], expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(scaling(image), expected, rtol=1e-6, atol=1e-6)
+    assert torch.equal(mask.long(), expected_mask)
+    unit = image.float() / 255.0  # float input: already in [0, 1]
+    torch.testing.assert_close(scaling(unit), expected, rtol=1e-6, atol=1e-6)
+
+    from segkit.data import build_transforms
+
+    lean.transforms = build_transforms(["rotate"], train=True, seed=0)  # interpolating: float32 in [0, 1]
+    assert lean[1][0].dtype == torch.float32 and float(lean[1][0].max()) <= 1.0

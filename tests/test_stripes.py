@@ -30,7 +30,9 @@ def whole_image_reference(ckpt: Path, image: np.ndarray, tile: int, overlap: flo
     """Labels of a Gaussian-blended sliding window over the whole standardised image, written out
     by hand: every window alone through the model, full (K, H, W) sums, then argmax."""
     model, _ = load_model(ckpt)
-    x = (torch.from_numpy(image.astype(np.float32) * np.float32(1 / 255)) - 0.5) / 0.25  # 8-bit scaling as segkit.data.io; the checkpoint's mean/std
+    # 8-bit standardisation as documented (segkit.engine.inputs.DeviceScaling): x / (255 std) - mean / std,
+    # the checkpoint's mean 0.5, std 0.25, as one float32 multiply-add
+    x = torch.addcmul(torch.tensor(-0.5 / 0.25), torch.from_numpy(image).float(), torch.tensor(1 / (255 * 0.25)))
     h, w = image.shape
     step = int(tile * (1 - overlap))
     g = gaussian_weights((tile, tile))

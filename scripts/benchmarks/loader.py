@@ -5,8 +5,8 @@ grayscale PNGs of ``--size`` pixels) and the same number of RGB pairs (the grey 
 channel), in a temporary folder. segkit rows: one pass over ``FolderDataset`` through a
 ``DataLoader`` (batch ``--batch``, ``--workers`` processes, worker start-up included), as the
 training engine builds it (``device_scaling``: workers decode and augment, the float conversion and
-standardisation run in the training step on the device, timed here on the CPU after the batch
-arrives), with no augmentation and with the default training pipeline (random resized crop to
+standardisation run in the training step on the device; ``with_cpu_scaling`` rows also time that
+step on the CPU after each batch arrives, as a CPU-only run pays it), with no augmentation and with the default training pipeline (random resized crop to
 ``--crop``, flips, rotation, elastic deformation, brightness/contrast; see
 ``segkit.data.transforms``), in the seeded wrapper the engine uses. The peer, the floor any
 loader pays: a DataLoader with the same batch and workers over a dataset that decodes each pair
@@ -66,7 +66,7 @@ def _bare_pass(pairs: list[tuple[Path, Path]], batch: int, workers: int) -> int:
     return sum(images.shape[0] for images, _ in loader)
 
 
-def _segkit_pass(dataset: SeededDataset, batch: int, workers: int, epoch: int) -> int:
+def _segkit_pass(dataset: SeededDataset, batch: int, workers: int, epoch: int, scale: bool) -> int:
     from segkit.engine.inputs import DeviceScaling
 
     scaling = DeviceScaling.of(dataset)
@@ -75,7 +75,7 @@ def _segkit_pass(dataset: SeededDataset, batch: int, workers: int, epoch: int) -
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers)
     count = 0
     for images, _ in loader:
-        count += scaling(images).shape[0]  # what the training step does on the device
+        count += (scaling(images) if scale else images).shape[0]  # scale: what the step does on the device, here on the CPU
     return count
 
 
@@ -114,9 +114,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 dataset = FolderDataset(root, "train", num_classes=3, transforms=pipeline)
                 dataset.device_scaling = True  # as the training engine builds it
                 for w in workers:
-                    candidates[f"{kind}|{name}|{w}"] = lambda d=SeededDataset(dataset), w=w: _segkit_pass(d, args.batch, w, next(epochs))
+                    for scale in (False, True):
+                        candidates[f"{kind}|{name}|{w}|{scale}"] = (
+                            lambda d=SeededDataset(dataset), w=w, scale=scale: _segkit_pass(d, args.batch, w, next(epochs), scale))
                     pairs = dataset.samples
-                    candidates[f"{kind}|bare|{w}"] = lambda p=pairs, w=w: _bare_pass(p, args.batch, w)
+                    candidates[f"{kind}|bare|{w}|"] = lambda p=pairs, w=w: _bare_pass(p, args.batch, w)
         rates: dict[str, list[float]] = {name: [] for name in candidates}
         names = list(candidates)
         for round_ in range(args.rounds):
@@ -124,10 +126,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             for name in names[shift:] + names[:shift]:
                 rates[name].append(_rate(candidates[name]))
         for name in names:
-            kind, pipeline, w = name.split("|")
-            if pipeline == "bare":
+            kind, pipeline, w, scale = name.split("|")
+            if pipeline == "bare" or scale == "True":
                 continue
-            segkit, bare = statistics.median(rates[name]), statistics.median(rates[f"{kind}|bare|{w}"])
+            segkit, bare = statistics.median(rates[name]), statistics.median(rates[f"{kind}|bare|{w}|"])
+            scaled = statistics.median(rates[f"{kind}|{pipeline}|{w}|True"])
             rows.append({"case": f"{args.n}x {args.size}^2 {kind} PNG, augmentation: {pipeline}", "workers": int(w),
-                         "segkit_images_per_s": segkit, "bare_decode_images_per_s": bare, "ratio": segkit / bare})
+                         "segkit_images_per_s": segkit, "bare_decode_images_per_s": bare, "ratio": segkit / bare,
+                         "with_cpu_scaling_images_per_s": scaled, "ratio_with_cpu_scaling": scaled / bare})
     return rows

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from segkit.data.io import open_image, unit_scale
+from segkit.engine.inputs import DeviceScaling
 from segkit.errors import SegkitError
 
 __all__ = ["OVERLAY_MAX_SIDE", "RowReader", "overlay_rows", "striped_labels"]
@@ -54,7 +55,8 @@ class RowReader:
                               "convert the images to one channel count")
         self.height, self.width = int(self.raw.shape[0]), int(self.raw.shape[1])
         self.scale = unit_scale(self.raw, dataset.scaling, dataset.percentiles)
-        self.mean, self.std = dataset.mean, dataset.std
+        self.standardise = DeviceScaling.of(dataset)  # the standardisation every other path uses
+        self.as_stored = self.raw.dtype == np.uint8 and dataset.scaling != "percentile"
         self.device = device
 
     def unit(self, y0: int, y1: int, step: int = 1) -> np.ndarray:
@@ -62,8 +64,12 @@ class RowReader:
         return np.repeat(rows, 3, axis=2) if self.repeat else rows
 
     def __call__(self, y0: int, y1: int) -> Tensor:
-        unit = torch.from_numpy(np.ascontiguousarray(self.unit(y0, y1).transpose(2, 0, 1)))
-        return ((unit - self.mean) / self.std).to(self.device)
+        if self.as_stored:  # 8-bit: scaled with the standardisation, as the whole-image path does
+            rows = np.asarray(self.raw[y0:y1])
+            rows = np.repeat(rows, 3, axis=2) if self.repeat else rows
+        else:
+            rows = self.unit(y0, y1)
+        return self.standardise(torch.from_numpy(np.ascontiguousarray(rows.transpose(2, 0, 1))).to(self.device))
 
 
 @torch.inference_mode()
