@@ -66,7 +66,8 @@ class FPNBlock(nn.Module):
         init_projection(self.skip_conv)
 
     def forward(self, x: Tensor, skip: Tensor, indices: Optional[Tensor]) -> Tensor:
-        return self.up(x, indices, [skip.shape[-2], skip.shape[-1]]) + self.skip_conv(skip)
+        # In place into the lateral's fresh output (a convolution's backward does not need its output).
+        return self.skip_conv(skip).add_(self.up(x, indices, [skip.shape[-2], skip.shape[-1]]))
 
 
 class Conv3x3GNReLU(nn.Module):
@@ -169,7 +170,7 @@ class FPNDecoder(nn.Module):
         self.seg_blocks = nn.ModuleList(SegmentationBlock(pyramid_channels, segmentation_channels, level, branch) for level in (3, 2, 1, 0))
         self.merge = merge
         merged = segmentation_channels * (4 if merge == "cat" else 1)
-        self.dropout = nn.Dropout2d(p=dropout)
+        self.dropout = nn.Dropout2d(p=dropout, inplace=True)  # on the merged map, which nothing else reads (smp's)
         self.classifier = SegmentationHead(merged, num_classes, kernel_size=1)
         self.up = Upsample(final_upsampling, num_classes, num_classes, self.finest, bilinear_init=final_upsampling == "transposed")
         self.out_channels = num_classes
@@ -188,7 +189,9 @@ class FPNDecoder(nn.Module):
         pyramid = [self.seg_blocks[0](p5, steps, sizes), self.seg_blocks[1](p4, steps, sizes),
                    self.seg_blocks[2](p3, steps, sizes), self.seg_blocks[3](p2, steps, sizes)]
         if self.merge == "add":
-            x = pyramid[0] + pyramid[1] + pyramid[2] + pyramid[3]
+            x = pyramid[0] + pyramid[1]
+            x += pyramid[2]  # in place: sums need none of their inputs or outputs for the backward pass
+            x += pyramid[3]
         else:
             x = torch.cat(pyramid, dim=1)
         x = self.classifier(self.dropout(x))

@@ -98,8 +98,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
+        if self.residual:  # in place, as torchvision: BatchNorm's backward does not need its output
+            out += x if self.downsample is None else self.downsample(x)
         return self.relu(out)
 
 
@@ -133,8 +133,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
+        if self.residual:  # in place, as torchvision
+            out += x if self.downsample is None else self.downsample(x)
         return self.relu(out)
 
 
