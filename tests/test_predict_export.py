@@ -187,3 +187,31 @@ def test_onnx_without_the_package_is_a_clear_error(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(builtins, "__import__", no_onnx)
     assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx"]) == 2
     assert "pip install onnx onnxruntime" in capsys.readouterr().err
+
+
+def test_export_tolerance_is_relative_to_the_logits_size(tmp_path):
+    from segkit.engine.export import ExportResult
+
+    small = ExportResult(tmp_path / "m", "onnx", (32, 32), 4e-4, "onnxruntime", reference_scale=0.8)
+    large = ExportResult(tmp_path / "m", "onnx", (32, 32), 4e-4, "onnxruntime", reference_scale=200.0)
+    assert not small.ok and large.ok
+    assert not ExportResult(tmp_path / "m", "onnx", (32, 32), 0.05, "onnxruntime", reference_scale=200.0).ok
+
+
+def test_a_checkpoint_fine_tuned_from_a_weights_file_loads_without_it(tmp_path):
+    """load_model ignores model.weights / model.encoder_weights: the checkpoint's own weights replace them."""
+    from segkit.config import config_from_dict, to_dict
+    from segkit.engine.inference import load_model
+
+    ckpt = write_checkpoint(tmp_path / "best.pt")
+    from segkit.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(ckpt)
+    cfg = to_dict(config_from_dict(state["config"]))
+    cfg["model"]["weights"] = str(tmp_path / "gone.pt")
+    cfg["model"]["encoder_weights"] = str(tmp_path / "gone_too.pth")
+    save_checkpoint({**state, "config": cfg}, tmp_path / "tuned.pt")
+    model, loaded = load_model(tmp_path / "tuned.pt")
+    assert loaded.model.weights is None and loaded.model.encoder_weights is None
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state["model"][key]), key

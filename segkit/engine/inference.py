@@ -79,7 +79,8 @@ def load_model(checkpoint: str | os.PathLike[str], device: torch.device | str = 
     config = state.get("config")
     if not isinstance(config, dict):
         raise SegkitError(f"checkpoint {checkpoint} holds no config; use a last.pt or best.pt written by `segkit train`.")
-    cfg = config_from_dict(config, ["model.encoder_weights=null"], source=f"the config in {checkpoint}")
+    # the checkpoint's weights replace everything: files named at training time need not exist here
+    cfg = config_from_dict(config, ["model.encoder_weights=null", "model.weights=null"], source=f"the config in {checkpoint}")
     if cfg.task != "segmentation":
         raise SegkitError(f"checkpoint {checkpoint} is a {cfg.task} model; evaluate, predict and export take segmentation checkpoints.")
     model = build_model_from_config(cfg)
