@@ -173,3 +173,22 @@ def test_training_with_named_weights_writes_imagenet_statistics_into_the_run_con
     train(own, tmp_path / "own", progress=False)
     saved = load_config(tmp_path / "own" / "config.yaml")
     assert saved.data.options.mean == 0.2 and saved.data.options.std == 0.15
+
+
+@pytest.mark.parametrize("model, expected", [
+    ({"encoder_weights": "imagenet"}, True),
+    ({"weights": "coco_with_voc_labels_v1", "arch": "deeplabv3", "encoder": "resnet50"}, True),
+    ({"encoder_weights": None}, False),
+])
+def test_named_weights_bring_imagenet_standardisation_into_the_config(model, expected):
+    from segkit.config import config_from_dict
+    from segkit.engine.builders import resolve_normalisation
+
+    cfg = config_from_dict({"model": {"in_channels": 3, **model}})
+    resolve_normalisation(cfg)
+    assert ("mean" in cfg.data.options) is expected
+    if expected:
+        assert list(cfg.data.options.mean) == [0.485, 0.456, 0.406] and list(cfg.data.options.std) == [0.229, 0.224, 0.225]
+    given = config_from_dict({"model": {"in_channels": 3, **model}, "data": {"options": {"mean": 0.5, "std": 0.25}}})
+    resolve_normalisation(given)
+    assert given.data.options.mean == 0.5  # the config's own values win

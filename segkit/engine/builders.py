@@ -98,7 +98,8 @@ def dataset_options(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 def resolve_normalisation(cfg: DictConfig) -> None:
     """Write the mean/std that published ImageNet weights expect into ``cfg.data.options`` (in place).
 
-    With ``model.encoder_weights`` a weights name (``imagenet``, ``imagenet1k_v2``, ...) and no
+    With ``model.encoder_weights`` (or the whole model's ``model.weights``, e.g. torchvision's
+    ``coco_with_voc_labels_v1``, trained on ImageNet-standardised images) a weights name and no
     ``mean``/``std`` in ``data.options``, the data is standardised as those weights were trained:
     ImageNet's statistics, their channel averages for grey images (the first convolution is summed
     over RGB for them). Written into the config so the run's ``config.yaml`` says it and evaluation
@@ -108,7 +109,8 @@ def resolve_normalisation(cfg: DictConfig) -> None:
     from segkit.data.base import default_mean_std
     from segkit.encoders.weights import is_weights_name
 
-    if cfg.task != "segmentation" or not is_weights_name(cfg.model.encoder_weights):
+    named = is_weights_name(cfg.model.encoder_weights) or is_weights_name(cfg.model.get("weights"))
+    if cfg.task != "segmentation" or not named:
         return
     mean, std = default_mean_std(cfg.model.in_channels)
     options = cfg.data.options
