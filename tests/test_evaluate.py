@@ -415,3 +415,22 @@ def test_evaluate_reproduces_the_validation_miou_saved_by_training(tmp_path, syn
     report = evaluate_checkpoint(tmp_path / "run", device="cpu")  # the run directory, the config's own data
     assert report.metrics["confusion_matrix"] == saved["confusion_matrix"]
     assert report.metrics["miou"] == pytest.approx(saved["miou"], rel=1e-12)
+
+
+@pytest.mark.parametrize("opencv", [True, False])
+def test_pair_counts_equal_a_numpy_confusion_matrix(monkeypatch, opencv):
+    """The per-pair count of evaluate --pred/--gt (OpenCV's histogram, or torch.bincount without OpenCV)."""
+    from segkit.engine import folders
+
+    if not opencv:
+        monkeypatch.setattr(folders, "_cv2", lambda: None)
+    rng = np.random.default_rng(5)
+    gt = rng.integers(0, 21, (70, 90)).astype(np.uint8)
+    pred = np.where(rng.random(gt.shape) < 0.7, gt, rng.integers(0, 21, gt.shape)).astype(np.uint8)
+    gt[rng.random(gt.shape) < 0.05] = 255
+    counted = gt != 255
+    expected = np.zeros((21, 21), np.int64)
+    np.add.at(expected, (gt[counted].astype(np.int64), pred[counted].astype(np.int64)), 1)
+    np.testing.assert_array_equal(folders._pair_counts(pred, gt, 21, 255), expected)
+    gt[0, 0] = 30  # a label outside [0, C) that is not ignore_index: left to ConfusionMatrix's error
+    assert folders._pair_counts(pred, gt, 21, 255) is None

@@ -64,28 +64,36 @@ def read_mask_fast(path: Path) -> np.ndarray:
 
 
 def _pair_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray | None:
-    """The ``(C, C)`` counts (rows ground truth) of one pair of 8-bit label maps, by one bincount.
+    """The ``(C, C)`` counts (rows ground truth) of one pair of 8-bit label maps, by one histogram.
 
-    About three times cheaper than ``ConfusionMatrix.update`` on a 512x512 pair (int16 index, no
-    per-image statistics; 0.55 ms against 1.9 ms of CPU) and GIL-free; None where it does not apply (16-bit labels, 128 classes
-    or more, or any label out of range), and the caller falls back to ``ConfusionMatrix.update``.
+    The pair becomes one index ``gt * C + pred`` (uint16) counted by OpenCV's ``calcHist``
+    (0.14 ms on 512x512, against 0.30 ms for ``torch.bincount``; GIL-free, exact while a bin
+    holds fewer than 2**24 pixels, as float32 counts are), else by ``torch.bincount``. None where
+    it does not apply (16-bit labels, 128 classes or more, or any label out of range), and the
+    caller falls back to ``ConfusionMatrix.update``.
     """
     if pred.dtype != np.uint8 or gt.dtype != np.uint8 or num_classes > 127 or pred.size == 0:
         return None
     if int(pred.max()) >= num_classes:
         return None
     # The index in numpy (single-threaded, GIL released): torch's elementwise ops would start an
-    # OpenMP team in every decoding thread at once. torch.bincount itself is a plain loop.
-    index = gt.astype(np.int16)
+    # OpenMP team in every decoding thread at once.
+    index = gt.astype(np.uint16)
     index *= num_classes
-    index += pred  # < 256 * 128: fits int16
-    counts = torch.bincount(torch.from_numpy(index).view(-1), minlength=256 * num_classes).view(256, num_classes)
-    keep = torch.ones(256, dtype=torch.bool)
+    index += pred  # < 256 * 128: fits uint16
+    bins = 256 * num_classes
+    cv2 = _cv2()
+    if cv2 is not None and index.size < 2**24:
+        flat = np.ascontiguousarray(index).reshape(1, -1)
+        counts = cv2.calcHist([flat], [0], None, [bins], [0, bins]).reshape(256, num_classes).astype(np.int64)
+    else:
+        counts = torch.bincount(torch.from_numpy(index.astype(np.int16)).view(-1), minlength=bins).view(256, num_classes).numpy()
+    keep = np.ones(256, dtype=bool)
     if ignore_index is not None and 0 <= ignore_index < 256:
         keep[ignore_index] = False
     if counts[num_classes:][keep[num_classes:]].any():  # a ground-truth label >= C that is not ignore_index
         return None
-    return (counts[:num_classes] * keep[:num_classes, None]).numpy()
+    return counts[:num_classes] * keep[:num_classes, None]
 
 
 def _ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
