@@ -173,3 +173,13 @@ def test_device_scaling_is_the_datasets_standardisation(tmp_path):
 
     lean.transforms = build_transforms(["rotate"], train=True, seed=0)  # interpolating: float32 in [0, 1]
     assert lean[1][0].dtype == torch.float32 and float(lean[1][0].max()) <= 1.0
+
+
+def test_smallest_max_size_resizes_the_input_and_scores_at_the_masks_size():
+    from segkit.engine.inputs import InputPipeline
+
+    pipeline = InputPipeline([{"name": "smallest_max_size", "max_size": 32}])
+    image, scored = pipeline(np.random.default_rng(0).random((48, 80, 1)).astype(np.float32))
+    assert tuple(image.shape) == (1, 32, 53) and scored == (32, 53)  # shorter side 32, aspect kept
+    logits = torch.randn(1, 3, 32, 53)
+    assert tuple(InputPipeline.to_mask_size(logits, scored, (48, 80)).shape) == (1, 3, 48, 80)

@@ -12,7 +12,7 @@ options (``{"name": "rotate", "limit": 30}``). The spec may also be a dict ``{"t
   one pipeline (``segkit.engine.inputs``) and score masks at the ground truth's own resolution.
 
 Names (``list_transforms()``): ``random_resized_crop``, ``random_crop``, ``center_crop``,
-``resize``, ``pad``, ``hflip``, ``vflip``, ``rotate90``, ``rotate``, ``affine``, ``elastic``,
+``resize``, ``smallest_max_size`` (the shorter side to ``max_size``, keeping the aspect ratio), ``pad``, ``hflip``, ``vflip``, ``rotate90``, ``rotate``, ``affine``, ``elastic``,
 ``brightness_contrast``, ``gauss_noise``, ``gaussian_blur``. Options are those of the
 albumentations class (``TRANSFORMS[name]``), plus ``size`` (an int or [h, w]) for the crops,
 ``resize`` and ``pad``, and ``divisor`` for ``pad``. segkit's defaults differ from albumentations'
@@ -56,6 +56,7 @@ TRANSFORMS: dict[str, str] = {
     "random_crop": "RandomCrop",
     "center_crop": "CenterCrop",
     "resize": "Resize",
+    "smallest_max_size": "SmallestMaxSize",
     "pad": "PadIfNeeded",
     "hflip": "HorizontalFlip",
     "vflip": "VerticalFlip",

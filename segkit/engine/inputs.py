@@ -46,6 +46,7 @@ logger = logging.getLogger("segkit")
 _NOT_INVERTIBLE = {"random_resized_crop", "random_crop", "center_crop", "hflip", "vflip", "rotate90", "rotate", "affine", "elastic"}
 _INTENSITY_KEYS = ("mean", "std", "scaling", "percentiles")
 _WARNED: set[str] = set()
+_RESIZES = ("resize", "smallest_max_size")  # steps whose output size the logits are scored from
 
 
 def _step_name(step: Any) -> str | None:
@@ -80,7 +81,7 @@ class InputPipeline:
         if dropped and self.note() not in _WARNED:  # once per process: validation builds one every epoch
             _WARNED.add(self.note())
             logger.warning("%s", self.note())
-        last_resize = max((i for i, step in enumerate(kept) if _step_name(step) == "resize"), default=-1)
+        last_resize = max((i for i, step in enumerate(kept) if _step_name(step) in _RESIZES), default=-1)
         before, after = kept[: last_resize + 1], kept[last_resize + 1 :]
         self.before = build_transforms(before, train=False, seed=seed, ignore_index=ignore_index) if before else None
         self.after = build_transforms(after, train=False, seed=seed, ignore_index=ignore_index) if after else None
