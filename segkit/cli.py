@@ -169,7 +169,7 @@ def _check_counts(args: argparse.Namespace) -> None:
 
 def _add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("a model on a dataset")
-    model.add_argument("--checkpoint", help="a run checkpoint (best.pt / last.pt); its config rebuilds model and normalisation")
+    model.add_argument("--checkpoint", help="a run checkpoint (best.pt / last.pt) or run directory, whose config rebuilds model and normalisation; or a YAML config naming its weights (model.weights, e.g. coco_with_voc_labels_v1)")
     model.add_argument("--data", help="folder dataset (images/ + masks/); default: the config's data")
     model.add_argument("--split", help="split folder or split file (default: the config's val split if present, else the whole folder)")
     masks = parser.add_argument_group("predicted masks against ground truth (no model)")
@@ -295,7 +295,7 @@ COMMANDS["compare"] = ("per-class differences between evaluation reports or runs
 
 
 def _add_predict_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a run checkpoint (best.pt / last.pt)")
+    parser.add_argument("--checkpoint", required=True, help="a run checkpoint (best.pt / last.pt), a run directory, or a YAML config naming its weights (model.weights)")
     parser.add_argument("--input", required=True, help="an image file or a folder of images (searched recursively)")
     parser.add_argument("--output", required=True, help="folder for masks/ (palette PNGs of class indices) and overlays/")
     parser.add_argument("--no-overlays", action="store_true", help="write the masks only")

@@ -183,3 +183,25 @@ def test_smallest_max_size_resizes_the_input_and_scores_at_the_masks_size():
     assert tuple(image.shape) == (1, 32, 53) and scored == (32, 53)  # shorter side 32, aspect kept
     logits = torch.randn(1, 3, 32, 53)
     assert tuple(InputPipeline.to_mask_size(logits, scored, (48, 80)).shape) == (1, 3, 48, 80)
+
+
+def test_a_config_naming_its_weights_evaluates_as_the_checkpoint_does(tmp_path):
+    """`segkit evaluate --checkpoint CONFIG.yaml`: the model built from model.weights (here a run's best.pt;
+    torchvision's published files by name alike), with no checkpoint written first."""
+    from omegaconf import OmegaConf
+
+    from segkit.cli import main
+
+    root = tmp_path / "data"
+    _write(root, "train", [(48, 80)] * 2, seed=0)
+    _write(root, "val", [(48, 80), (33, 47)], seed=1)
+    run = tmp_path / "run"
+    train(config_from_dict({**_config(root), "trainer": {"epochs": 1, "batch_size": 2, "device": "cpu"}}), run, progress=False)
+    config = OmegaConf.load(run / "config.yaml")
+    config.model.weights = str(run / "last.pt")
+    OmegaConf.save(config, tmp_path / "published.yaml")
+    from_config = evaluate_checkpoint(tmp_path / "published.yaml", device="cpu")
+    assert from_config.metrics["confusion_matrix"] == evaluate_checkpoint(run / "last.pt", device="cpu").metrics["confusion_matrix"]
+    config.model.weights = None
+    OmegaConf.save(config, tmp_path / "none.yaml")
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "none.yaml"), "--quiet"]) == 2

@@ -61,14 +61,26 @@ Forward = Callable[[Tensor], Tensor]
 def load_model(checkpoint: str | os.PathLike[str], device: torch.device | str = "cpu") -> tuple[nn.Module, Any]:
     """The model of a segkit run checkpoint in eval mode on ``device``, and its resolved config.
 
-    ``checkpoint`` may also be a run directory (its ``best.pt``, else ``last.pt``).
-    The checkpoint's weights replace everything, so ``model.encoder_weights`` (a file on the
-    training machine) is not read.
+    ``checkpoint`` may also be a run directory (its ``best.pt``, else ``last.pt``), or a YAML
+    config whose ``model.weights`` (or ``model.encoder_weights``) gives the weights, e.g.
+    torchvision's published ``coco_with_voc_labels_v1``: the model is built as training would
+    build it, so a published model evaluates with no checkpoint written first. The checkpoint's
+    weights replace everything, so ``model.encoder_weights`` (a file on the training machine) is
+    not read.
     """
-    from segkit.config import config_from_dict
-    from segkit.engine.builders import build_model_from_config
+    from segkit.config import config_from_dict, load_config
+    from segkit.engine.builders import build_model_from_config, resolve_normalisation
     from segkit.engine.checkpoint import load_checkpoint
 
+    if Path(checkpoint).suffix.lower() in (".yaml", ".yml"):
+        cfg = load_config(checkpoint)
+        if cfg.task != "segmentation":
+            raise SegkitError(f"config {checkpoint} is a {cfg.task} config; evaluate, predict and export take segmentation models.")
+        if cfg.model.get("weights") is None and cfg.model.encoder_weights is None:
+            raise SegkitError(f"config {checkpoint} names no weights (model.weights or model.encoder_weights); "
+                              "set one, e.g. model.weights=coco_with_voc_labels_v1, or pass a checkpoint.")
+        resolve_normalisation(cfg)
+        return build_model_from_config(cfg).eval().to(device), cfg
     if Path(checkpoint).is_dir():  # a run directory: its best checkpoint, else its last
         run = Path(checkpoint)
         found = [run / name for name in ("best.pt", "last.pt") if (run / name).is_file()]
