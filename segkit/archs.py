@@ -111,11 +111,13 @@ def _deeplabv3(encoder: str | None, num_classes: int, in_channels: int, upsampli
 def _deeplabv3plus(encoder: str | None, num_classes: int, in_channels: int, upsampling: str, encoder_weights: Weights,
                    aux_classes: int | None, output_stride: int = 16, atrous_rates: Tuple[int, ...] | None = None,
                    aspp_channels: int = 256, aspp_conv: bool = False, separable: bool = False, dropout: float = 0.5,
-                   low_level_channels: int = 48, refine_convs: int = 2, aux_head: str | None = None) -> nn.Module:
+                   low_level_channels: int = 48, refine_convs: int = 2, aux_head: str | None = None,
+                   final_upsampling: str | None = None) -> nn.Module:
     """deeplabv3plus: Chen et al. 2018; ``separable=True, refine_convs=1, aspp_conv=True`` is smp's DeepLabV3Plus."""
     enc = _encoder("deeplabv3plus", encoder, in_channels, encoder_weights, output_stride)
     decoder = DeepLabV3PlusDecoder(enc.out_channels, enc.reductions, num_classes, output_stride, upsampling, atrous_rates,
-                                   aspp_channels, bool(aspp_conv), bool(separable), dropout, low_level_channels, refine_convs)
+                                   aspp_channels, bool(aspp_conv), bool(separable), dropout, low_level_channels, refine_convs,
+                                   final_upsampling)
     return _model("deeplabv3plus", enc, decoder, num_classes, aux_classes, aux_head)
 
 

@@ -228,3 +228,43 @@ def test_the_config_trains_from_the_cli_and_evaluates(tmp_path, aux, capsys):
     assert main(["train", "configs/deeplabv3plus_resnet34.yaml", "--out", str(tmp_path / "run"), *overrides]) == 0
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--quiet"]) == 0
     assert "mIoU:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mode", ["transposed", "nearest", "bed_of_nails", "max_unpool", "bilinear"])
+def test_deeplabv3plus_x2_feature_step_takes_every_mode_at_output_stride_8(mode):
+    import segkit
+
+    model = segkit.create_model("deeplabv3plus", encoder="resnet18", num_classes=3, upsampling=mode, output_stride=8).eval()
+    assert model.decoder.upsampling == mode
+    assert model.decoder.final_upsampling == ("bilinear" if mode in ("bed_of_nails", "max_unpool") else mode)
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 96)).shape == (2, 3, 64, 96)
+
+
+def test_deeplabv3plus_max_unpool_puts_features_where_the_encoder_found_its_maxima():
+    """The x2 step at output stride 8 unpools with the switches of the encoder's step to stride 8."""
+    import segkit
+    from segkit.decoders.upsample import max_unpool
+
+    model = segkit.create_model("deeplabv3plus", encoder="resnet18", num_classes=3, upsampling="max_unpool", output_stride=8).eval()
+    x = torch.randn(1, 3, 64, 64)
+    features, switches = model.encoder.forward_with_switches(x)
+    aspp = model.decoder.aspp(features[-1])
+    skip = features[model.decoder.low_level]
+    up = model.decoder.up(aspp, switches[2], [skip.shape[-2], skip.shape[-1]])
+    index = switches[2]
+    expected = max_unpool(aspp, index.repeat(1, aspp.shape[1] // index.shape[1] + 1, 1, 1)[:, : aspp.shape[1]], [skip.shape[-2], skip.shape[-1]])
+    torch.testing.assert_close(up, expected)
+    assert (up != 0).float().mean() <= 0.25 + 1e-6  # one position in four at most
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"upsampling": "bed_of_nails", "output_stride": 16}, "output_stride 16"),
+    ({"upsampling": "bilinear", "output_stride": 8, "final_upsampling": "max_unpool"}, "final_upsampling"),
+])
+def test_deeplabv3plus_modes_that_cannot_work_are_errors(kwargs, message):
+    import segkit
+    from segkit import SegkitError
+
+    with pytest.raises(SegkitError, match=message):
+        segkit.create_model("deeplabv3plus", encoder="resnet18", num_classes=3, **kwargs)

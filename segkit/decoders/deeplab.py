@@ -50,12 +50,12 @@ __all__ = ["ASPP", "DEEPLAB_MODES", "DeepLabV3Decoder", "DeepLabV3PlusDecoder", 
 DEEPLAB_MODES = ("bilinear", "nearest", "transposed")
 
 
-def check_deeplab_mode(mode: str, arch: str) -> str:
+def check_deeplab_mode(mode: str, arch: str, step: str = "its logits to the image", hint: str = "") -> str:
     """``mode`` if DeepLab's x4 (and larger) steps can take it, else a SegkitError naming those that can."""
     if mode in ("bed_of_nails", "max_unpool"):
         raise SegkitError(
-            f"{arch} upsamples by 4 or more in one step (its logits to the image), which {mode!r} cannot fill: it undoes one "
-            f"2x2 step and would leave 15 of every 16 logits empty; choose upsampling bilinear (the paper's), nearest or transposed."
+            f"{arch} upsamples by 4 or more in one step ({step}), which {mode!r} cannot fill: it undoes one "
+            f"2x2 step and would leave 15 of every 16 logits empty; choose upsampling bilinear (the paper's), nearest or transposed{hint}."
         )
     return check_choice(mode, DEEPLAB_MODES, f"{arch} upsampling mode")
 
@@ -200,9 +200,20 @@ class DeepLabV3PlusDecoder(nn.Module):
 
     def __init__(self, encoder_channels: Sequence[int], reductions: Sequence[int], num_classes: int, output_stride: int = 16,
                  upsampling: str = "bilinear", rates: Sequence[int] | None = None, aspp_channels: int = 256, aspp_conv: bool = False,
-                 separable: bool = False, dropout: float = 0.5, low_level_channels: int = 48, refine_convs: int = 2) -> None:
+                 separable: bool = False, dropout: float = 0.5, low_level_channels: int = 48, refine_convs: int = 2,
+                 final_upsampling: str | None = None) -> None:
         super().__init__()
-        self.upsampling = check_deeplab_mode(upsampling, "deeplabv3plus")
+        # ``upsampling``: the ASPP features' step to stride 4 (x4 at output stride 16, x2 at 8, where the
+        # x2-only modes bed_of_nails and max_unpool work too); ``final_upsampling``: the logits' x4 step
+        # (default: ``upsampling`` where it can take x4, else bilinear).
+        if output_stride == 8 and upsampling in ("bed_of_nails", "max_unpool"):
+            self.upsampling = upsampling
+        else:
+            self.upsampling = check_deeplab_mode(upsampling, "deeplabv3plus", f"at output_stride {output_stride}, its features to stride 4",
+                                                 " (or output_stride=8, where that step is x2 and takes every mode)")
+        if final_upsampling is None:
+            final_upsampling = "bilinear" if upsampling in ("bed_of_nails", "max_unpool") else upsampling
+        self.final_upsampling = check_deeplab_mode(final_upsampling, "deeplabv3plus", "final_upsampling: its logits to the image")
         reductions = tuple(reductions)
         if 4 not in reductions or reductions[-1] <= 4:
             raise SegkitError(f"deeplabv3plus fuses the encoder's stride-4 features and needs a deeper level; this encoder's strides are "
@@ -215,12 +226,14 @@ class DeepLabV3PlusDecoder(nn.Module):
         self.output_stride = output_stride
         self.aspp = ASPP(encoder_channels[-1], atrous_rates(output_stride, rates), aspp_channels, separable, _check_dropout(dropout, "dropout"))
         self.aspp_conv = conv_bn_relu(aspp_channels, aspp_channels, 3, separable=separable) if aspp_conv else None
-        self.up = Upsample(upsampling, aspp_channels, aspp_channels, output_stride // 4, bilinear_init=upsampling == "transposed")
+        self.up = Upsample(upsampling, aspp_channels, aspp_channels, output_stride // 4, bilinear_init=upsampling == "transposed",
+                           reuse_switches=upsampling == "max_unpool")
+        self.switch_index = int(output_stride // 2).bit_length() - 1  # the encoder's switches of its step to output_stride
         self.project = conv_bn_relu(encoder_channels[self.low_level], low_level_channels, 1)
         widths = [aspp_channels + low_level_channels] + [aspp_channels] * refine_convs
         self.refine = nn.Sequential(*(conv_bn_relu(a, b, 3, separable=separable) for a, b in zip(widths, widths[1:])))
         self.classifier = SegmentationHead(aspp_channels, num_classes, kernel_size=1)
-        self.up_logits = _logits_upsample(upsampling, num_classes, 4)
+        self.up_logits = _logits_upsample(self.final_upsampling, num_classes, 4)
         self.out_channels = num_classes
 
     def forward(self, features: List[Tensor], switches: Optional[List[Tensor]] = None, size: Optional[List[int]] = None) -> Tensor:
@@ -228,7 +241,8 @@ class DeepLabV3PlusDecoder(nn.Module):
         x = self.aspp(features[-1])
         if self.aspp_conv is not None:
             x = self.aspp_conv(x)
-        x = self.up(x, None, [skip.shape[-2], skip.shape[-1]])
+        indices = switches[self.switch_index] if switches is not None and self.upsampling == "max_unpool" else None
+        x = self.up(x, indices, [skip.shape[-2], skip.shape[-1]])
         x = self.refine(torch.cat([x, self.project(skip)], dim=1))  # smp's order: ASPP first
         x = self.classifier(x)
         if size is None:
