@@ -137,6 +137,8 @@ class TrainerConfig:
     sync_bn: bool = False
     device: str = "auto"
     log_interval: int = 10
+    # last.pt at most every this many seconds (0: after every epoch), and always at the end, on SIGINT/SIGTERM and --max-steps
+    checkpoint_interval: float = 300.0
     aux_weight: float = 0.3  # weight of auxiliary losses (image-level head, GoogLeNet/Inception aux heads)
     # model.decoder.deep_supervision: one weight per side output, finest first (the decoder level at
     # stride 2, then 4, ...), the main loss weighing 1; None: halving per level, 0.5, 0.25, 0.125, ...
@@ -211,7 +213,7 @@ def check_config(cfg: DictConfig, source: str) -> None:
                 "data.crop_size", "data.resize_size"):
         _check_positive(cfg, key, source)
     for key in ("trainer.val_batch_size", "data.num_workers", "optimizer.weight_decay", "schedule.warmup_iters", "model.encoder_lr_mult",
-                "data.crop_padding", "trainer.aux_weight"):
+                "data.crop_padding", "trainer.aux_weight", "trainer.checkpoint_interval"):
         _check_positive(cfg, key, source, allow_zero=True)
     for key in ("data.train_transforms", "data.val_transforms"):
         value = OmegaConf.select(cfg, key)

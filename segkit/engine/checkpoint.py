@@ -9,14 +9,22 @@ needs arbitrary unpickling is refused with a ``SegkitError``.
 Writes go to a temporary file in the same directory, are flushed to disk, then renamed over the
 target (``os.replace`` is atomic on POSIX and Windows): a crash mid-write leaves the previous
 ``last.pt`` intact, never a truncated one.
+
+:class:`CheckpointWriter` does those writes off the training thread: the state is first copied
+to the CPU (so the next step may change the live tensors), then a single writer thread writes,
+fsyncs and renames; the training loop only waits for a write still pending when it submits the
+next one for the same file, and at the end of the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import random
 import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +33,8 @@ import torch
 
 from segkit.errors import SegkitError
 
-__all__ = ["capture_rng", "load_checkpoint", "restore_grad_scaler", "restore_rng", "save_checkpoint"]
+__all__ = ["CheckpointWriter", "capture_rng", "cpu_copy", "load_checkpoint", "restore_grad_scaler", "restore_rng",
+           "save_checkpoint"]
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
@@ -42,6 +51,71 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def cpu_copy(value: Any) -> Any:
+    """``value`` with every tensor copied to the CPU (a new tensor even when it already lives there).
+
+    A state dict aliases the live parameters and optimizer moments: written later, in another
+    thread, it would hold whatever the next steps made of them. The copy freezes it now.
+    """
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(cpu_copy(item) for item in value)
+    return value
+
+
+class CheckpointWriter:
+    """Writes checkpoints with :func:`save_checkpoint` in one background thread.
+
+    ``submit`` copies the state to the CPU on the calling thread, then returns while the write goes
+    on; a write still pending for the same path is waited for first (so files are written in
+    order and at most one CPU copy per file is held). ``close`` waits for everything. A failed
+    write (disk full) leaves the previous file intact and raises from the next ``submit`` or
+    ``close``, on the training thread.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segkit-checkpoint")
+        self._pending: dict[Path, Future[None]] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, state: dict[str, Any], path: str | os.PathLike[str]) -> None:
+        path = Path(path)
+        self.wait(path)
+        frozen = cpu_copy(state)
+        with self._lock:
+            # looked up through the module at call time, so a test can slow or break the write
+            self._pending[path] = self._pool.submit(lambda: save_checkpoint(frozen, path))
+
+    def wait(self, path: str | os.PathLike[str] | None = None) -> None:
+        """Wait for the pending write of ``path`` (of every path when None); re-raise its error."""
+        with self._lock:
+            keys = list(self._pending) if path is None else [Path(path)]
+            futures = [(key, self._pending.pop(key)) for key in keys if key in self._pending]
+        for _, future in futures:
+            future.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> CheckpointWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            self.close()
+            return
+        # Leaving on an error: the pending writes still finish (or fail) before the error goes on,
+        # but a write error must not replace the one already propagating.
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

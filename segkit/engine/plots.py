@@ -78,9 +78,11 @@ def plot_curves(
 
 
 @torch.no_grad()
-@torch.no_grad()
 def plot_predictions(model: nn.Module, dataset: Any, device: torch.device, out_path: Path, count: int) -> None:
-    """Image, ground truth and prediction overlays for the first ``count`` validation samples."""
+    """Image, ground truth and prediction overlays for the first ``count`` validation samples.
+
+    Only those ``count`` samples are read and inferred (one forward each), never the whole split.
+    """
     count = min(count, len(dataset))
     if count == 0:
         return

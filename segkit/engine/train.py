@@ -5,9 +5,21 @@ seed; build the datasets, the model (DDP, SyncBatchNorm, channels_last, torch.co
 config asks), the loss, the optimizer and the per-iteration schedule; resume from ``last.pt`` if
 asked; then for each epoch train (:func:`segkit.engine.loop.train_epoch`: AMP on CUDA, gradient
 accumulation and clipping, one host synchronisation per log interval), validate every
-``val_interval`` epochs (rank 0's BatchNorm statistics on every rank first), and write ``last.pt``
-(every epoch and on SIGINT/SIGTERM), ``best.pt`` (best validation score), ``metrics.jsonl`` and
-the plots. Only rank 0 writes files and prints.
+``val_interval`` epochs (rank 0's BatchNorm statistics on every rank first), and write ``last.pt``,
+``best.pt`` (best validation score), ``metrics.jsonl`` and the plots. Only rank 0 writes files and
+prints.
+
+Checkpoints: ``last.pt`` (everything resume needs: model, optimizer, schedule, grad scaler, RNG
+states, position) is written at the end of an epoch when ``trainer.checkpoint_interval`` seconds
+have passed since the previous one (0: every epoch), and always at the end of the run, on
+SIGINT/SIGTERM and at ``--max-steps``. ``best.pt`` holds what evaluation, deployment and
+fine-tuning need (model weights, config with its normalisation, metrics, epoch and step), not the
+optimizer state, so it is about a third of ``last.pt`` with AdamW; ``--resume`` refuses one.
+Both are written by a background thread (:class:`~segkit.engine.checkpoint.CheckpointWriter`:
+copied to the CPU first, then written, fsynced and renamed), so the next step does not wait; the
+run waits for pending writes before it returns. On resume the best score is the higher of
+``last.pt``'s and ``best.pt``'s, so a ``best.pt`` written after the ``last.pt`` resumed from is
+never replaced by a worse model.
 
 Under torchrun the ranks leave together: a rank-0-only check (the run directory already holds a
 run) raises on every rank; a signal or a non-finite loss on any rank stops every rank at the same
@@ -33,6 +45,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +59,7 @@ from torch.utils.data import DataLoader
 from segkit.config import save_config, to_dict
 from segkit.engine.amp import resolve_amp
 from segkit.engine.builders import build_datasets, build_loss_fn, build_model_from_config, resolve_normalisation
-from segkit.engine.checkpoint import capture_rng, load_checkpoint, restore_grad_scaler, restore_rng, save_checkpoint
+from segkit.engine.checkpoint import CheckpointWriter, capture_rng, load_checkpoint, restore_grad_scaler, restore_rng
 from segkit.engine.distributed import (DistInfo, SeededSampler, any_rank, broadcast_batchnorm_buffers, cleanup_distributed,
                                        init_distributed, main_then_share, resume_batch)
 from segkit.engine.loop import Run, StopFlag, train_epoch
@@ -59,6 +72,8 @@ from segkit.errors import SegkitError
 __all__ = ["TrainResult", "resolve_device", "train"]
 
 logger = logging.getLogger("segkit")
+
+_PLOT_EVERY_S = 30.0  # curves.png redrawn at most this often during a run (always at its last validation)
 
 
 @dataclass
@@ -252,6 +267,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     if resume:
         state = load_checkpoint(last_path)
         start_epoch, batch_in_epoch, step, best = _resume(state, cfg, out_dir, info, log, model, optimizer, scheduler, scaler)
+        best = _best_of(best, best_path, task.score_key)
         log.print(f"resumed from {last_path}: epoch {start_epoch + 1}, step {step}")
 
     train_model: nn.Module = model
@@ -261,18 +277,31 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
         train_model = torch.compile(train_model)
 
     def checkpoint_state(epoch: int, batch: int, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+        """last.pt: everything an exact resume needs."""
         return {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "epoch": epoch, "batch_in_epoch": batch, "step": step,
             "best_miou": best if task.score_key == "miou" else None, "best_score": best, "score_key": task.score_key,
             "rng": capture_rng(), "config": to_dict(cfg), "metrics": json_safe(metrics or {}),
-            "world_size": info.world_size, "segkit_checkpoint": 1,
+            "world_size": info.world_size, "segkit_checkpoint": 1, "kind": "last",
+        }
+
+    def best_state(epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        """best.pt: what evaluation, export and fine-tuning read; no optimizer, schedule, scaler or RNG state."""
+        return {
+            "model": model.state_dict(), "epoch": epoch, "step": step,
+            "best_miou": best if task.score_key == "miou" else None, "best_score": best, "score_key": task.score_key,
+            "config": to_dict(cfg), "metrics": json_safe(metrics), "world_size": info.world_size,
+            "segkit_checkpoint": 1, "kind": "best",
         }
 
     last_metrics: dict[str, Any] = {}
     interrupted = False
     epoch = start_epoch
-    with StopFlag() as stop:
+    interval = float(cfg.trainer.checkpoint_interval)
+    last_saved = time.monotonic()
+    plotted = -math.inf
+    with CheckpointWriter() as writer, StopFlag() as stop:
         run = Run(cfg=cfg, info=info, device=device, model=model, train_model=train_model, loss_fn=loss_fn, optimizer=optimizer,
                   scheduler=scheduler, scaler=scaler, task=task, loader=loader, stop=stop, log=log, amp=(use_amp, amp_dtype),
                   channels_last=channels_last, frozen_norms=frozen_norms, batches_per_epoch=batches_per_epoch,
@@ -284,7 +313,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
             if batch_in_epoch < batches_per_epoch:  # stopped inside the epoch: save the exact position and leave
                 interrupted = end.interrupted
                 if info.is_main:
-                    save_checkpoint(checkpoint_state(epoch, batch_in_epoch), last_path)
+                    writer.submit(checkpoint_state(epoch, batch_in_epoch), last_path)
                 reason = "interrupted" if interrupted else f"reached --max-steps {max_steps}"
                 log.print(f"{reason} at step {step}; saved {last_path} (continue with --resume)")
                 break
@@ -293,7 +322,8 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
                                        "train_loss": end.loss_sum / max(end.loss_batches, 1),
                                        "images_per_s": end.seen * info.world_size / end.seconds, **task.train_metrics()}
             last_epoch = epoch + 1 == cfg.trainer.epochs
-            if (epoch + 1) % cfg.trainer.val_interval == 0 or last_epoch or (max_steps is not None and step >= max_steps):
+            validated = (epoch + 1) % cfg.trainer.val_interval == 0 or last_epoch or (max_steps is not None and step >= max_steps)
+            if validated:
                 broadcast_batchnorm_buffers(model, info)  # every rank scores rank 0's model, the one saved
                 metrics = score_validation_split(model, val_set, cfg, device, info, amp=(use_amp, amp_dtype), channels_last=channels_last)
                 summary.update({"val_" + k: v for k, v in metrics.items() if k in task.val_keys})
@@ -301,23 +331,29 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
                 score = metrics[task.score_key]
                 if info.is_main and score == score and (best is None or score > best):
                     best = score
-                    save_checkpoint(checkpoint_state(epoch + 1, 0, metrics), best_path)
-            if info.is_main:
-                save_checkpoint(checkpoint_state(epoch + 1, 0, last_metrics), last_path)
-            log.write(json_safe(summary))
-            log.print(_summary_line(summary, cfg.trainer.epochs, task.line_keys))
-            if info.is_main and cfg.output.plots:
-                task.plot_curves(log.path, out_dir / "curves.png")
+                    writer.submit(best_state(epoch + 1, metrics), best_path)
             # A signal after the epoch's last log point (e.g. during validation) may have reached some
             # ranks only: they agree here (one all-reduce per epoch) and stop together.
-            if end.interrupted or any_rank(stop.signal is not None, info, device):
+            stopping = end.interrupted or any_rank(stop.signal is not None, info, device)
+            final = stopping or last_epoch or (max_steps is not None and step >= max_steps)
+            if info.is_main and (final or time.monotonic() - last_saved >= interval):
+                writer.submit(checkpoint_state(epoch + 1, 0, last_metrics), last_path)
+                last_saved = time.monotonic()
+            log.write(json_safe(summary))
+            log.print(_summary_line(summary, cfg.trainer.epochs, task.line_keys))
+            # curves.png at validation points only, and at most every _PLOT_EVERY_S until the last one (a
+            # matplotlib figure costs ~0.1-0.2 s: after each of many tiny epochs it would rival the steps)
+            if info.is_main and cfg.output.plots and validated and (final or time.monotonic() - plotted >= _PLOT_EVERY_S):
+                task.plot_curves(log.path, out_dir / "curves.png")
+                plotted = time.monotonic()
+            if stopping:
                 interrupted = True
                 log.print(f"interrupted after epoch {epoch + 1}; saved {last_path} (continue with --resume)")
                 break
             if max_steps is not None and step >= max_steps:
                 break
-    if info.is_main and cfg.output.plots and last_metrics:
-        task.plot_final(model, val_set, device, out_dir)
+        if info.is_main and cfg.output.plots and last_metrics:  # drawn while the last checkpoints are written
+            task.plot_final(model, val_set, device, out_dir)
     closing = task.final_line(best, best_path)
     if closing:
         log.print(closing)
@@ -335,6 +371,9 @@ def _resume(state: dict[str, Any], cfg: DictConfig, out_dir: Path, info: DistInf
     processes) continue, with a logged line; what cannot continue (another model or optimizer) is a
     SegkitError naming why.
     """
+    if state.get("kind") == "best" or "optimizer" not in state:
+        raise SegkitError(f"{out_dir}/last.pt holds model weights only (a best.pt: no optimizer, schedule or RNG state), so --resume "
+                          f"cannot continue it; restore the run's own last.pt, or fine-tune from it in a new run with model.weights=<that file>.")
     trained_with = state.get("config", {}).get("optimizer", {}).get("name")
     if trained_with != cfg.optimizer.name:
         raise SegkitError(f"optimizer.name is {cfg.optimizer.name!r} but the run in {out_dir} was trained with "
@@ -358,6 +397,22 @@ def _resume(state: dict[str, Any], cfg: DictConfig, out_dir: Path, info: DistInf
         if note:
             logger.warning(note)
     return epoch, moved, step, state.get("best_score", state.get("best_miou"))
+
+
+def _best_of(best: float | None, best_path: Path, score_key: str) -> float | None:
+    """The higher of ``last.pt``'s best score and ``best.pt``'s: with last.pt written by time, best.pt
+    may be newer than it, and the resumed run must not replace it with a worse model."""
+    if not best_path.is_file():
+        return best
+    try:
+        saved = load_checkpoint(best_path)
+    except SegkitError as err:  # a damaged best.pt does not stop a resume; it is rewritten at the next best
+        logger.warning(f"{best_path} is not readable ({err}); the best score is taken from last.pt.")
+        return best
+    score = saved.get("best_score")
+    if saved.get("score_key", score_key) != score_key or not isinstance(score, (int, float)) or score != score:
+        return best
+    return float(score) if best is None or score > best else best
 
 
 def _summary_line(summary: dict[str, Any], epochs: int, keys: tuple[tuple[str, str], ...]) -> str:
