@@ -27,6 +27,8 @@ TINY = {
     "accuracy": ["--datasets", "quickstart", "--models", "unet-nearest,smp-unet", "--seeds", "0", "--epochs", "1",
                  "--quickstart-n", "8", "--quickstart-size", "64", "--batch", "4", "--threads", "1"],
     "predict_scaling": ["--sizes", "64,96", "--tile", "64", "--format", "tif", "--threads", "1"],
+    "end_to_end": ["--size", "32", "--tiny-epochs", "2", "--long-n", "16", "--long-epochs", "1", "--rounds", "1",
+                   "model.decoder.decoder_channels=[8,8,8,8,8]"],
 }
 
 
@@ -50,3 +52,7 @@ def test_benchmark_runs_and_writes_json(name, tmp_path):
         kinds = [row["case"] for row in report["rows"]]
         assert len(kinds) == 3 and any("amp+channels_last" in k for k in kinds)
         assert all(row.get("ratio", 1.0) > 0 for row in report["rows"])
+    if name == "end_to_end":
+        assert [row["case"].split(":")[0] for row in report["rows"]] == ["many tiny epochs", "few long epochs"]
+        for row in report["rows"]:
+            assert row["segkit_s"] > 0 and row["plain_loop_s"] > 0 and 0 <= row["segkit_miou"] <= 1 and 0 <= row["plain_miou"] <= 1
