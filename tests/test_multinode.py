@@ -9,10 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
+from segkit import SegkitError
+
 from segkit.engine.checkpoint import load_checkpoint
+from segkit.engine.train import train
 from tests.test_train import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,3 +55,27 @@ def test_two_nodes_train_as_one_node_with_two_processes(tmp_path, data_root):
     assert two["metrics"]["miou"] == one["metrics"]["miou"]
     for key, value in one["model"].items():
         assert torch.equal(value, two["model"][key]), key
+
+
+
+def test_an_elastic_restart_resumes_from_last_pt(tmp_path, data_root, monkeypatch):
+    """A group torchrun --max-restarts started again (TORCHELASTIC_RESTART_COUNT > 0) runs the same
+    command: it continues from last.pt, exactly; before the first last.pt it starts over."""
+    from segkit.config import config_from_dict
+
+    cfg = config_from_dict(tiny_config(data_root, epochs=2, checkpoint_interval=1e9))
+    train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "run", max_steps=2, progress=False)  # the first attempt, stopped inside epoch 1
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    result = train(cfg, tmp_path / "run", progress=False)  # no --resume: the restart finds last.pt
+    assert result.steps == 6
+    a, b = load_checkpoint(tmp_path / "straight" / "last.pt")["model"], load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+    (tmp_path / "early").mkdir()  # failed before its first last.pt: only a partial log
+    (tmp_path / "early" / "metrics.jsonl").write_text('{"kind": "train", "epoch": 1, "step": 1, "loss": 1.0}\n')
+    assert train(cfg, tmp_path / "early", progress=False).steps == 6
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")
+    with pytest.raises(SegkitError, match="already holds a run"):  # outside a restart the guard stays
+        train(cfg, tmp_path / "early", progress=False)

@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -183,10 +184,15 @@ def train(
     configured epochs, so a run cut short and resumed follows the same learning rates).
     """
     out_dir = Path(out_dir)
+    # torchrun --max-restarts started this group again after a worker failed: the same command
+    # continues the run from its last.pt (or starts it over when the failure came before the first).
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    if restarted and not resume and (out_dir / "last.pt").is_file():
+        resume = True
     device = resolve_device(cfg.trainer.device)
     info = init_distributed(device.type)
     try:
-        result = _train(cfg, out_dir, device, info, max_steps=max_steps, resume=resume, progress=progress)
+        result = _train(cfg, out_dir, device, info, max_steps=max_steps, resume=resume, progress=progress, restarted=restarted)
         if info.enabled:
             # Leave together: a rank that tears down its process group while rank 0 still writes the
             # last checkpoint can abort in gloo's threads ("terminate called without an active exception").
@@ -206,18 +212,22 @@ def _check_sync_bn(cfg: DictConfig, device: torch.device, info: DistInfo) -> Non
                           f"set trainer.sync_bn=false to train on the {device.type} (BatchNorm statistics then stay per process).")
 
 
-def _prepare_run_dir(cfg: DictConfig, out_dir: Path, last_path: Path, resume: bool) -> None:
+def _prepare_run_dir(cfg: DictConfig, out_dir: Path, last_path: Path, resume: bool, restarted: bool = False) -> None:
     """Rank 0: check --resume has a run to continue, create the run directory, refuse one that holds a
-    run (unless resuming), write config.yaml."""
+    run (unless resuming), write config.yaml. ``restarted``: an elastic restart before the first
+    last.pt starts the run over (its own partial metrics.jsonl is dropped)."""
     if resume and not last_path.is_file():
         raise SegkitError(f"--resume needs {last_path}, which does not exist; start the run without --resume.")
     out_dir.mkdir(parents=True, exist_ok=True)
+    if restarted and not resume:
+        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
     if not resume and (last_path.exists() or (out_dir / "metrics.jsonl").exists()):
         raise SegkitError(f"run directory {out_dir} already holds a run; pass --resume to continue it or choose another --out.")
     save_config(cfg, out_dir / "config.yaml")
 
 
-def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo, *, max_steps: int | None, resume: bool, progress: bool) -> TrainResult:
+def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo, *, max_steps: int | None, resume: bool, progress: bool,
+           restarted: bool = False) -> TrainResult:
     _check_sync_bn(cfg, device, info)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
@@ -225,7 +235,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     resolve_normalisation(cfg)
     # Checked on rank 0 only (it owns the directory); every rank raises its error, none waits for it.
-    main_then_share(lambda: _prepare_run_dir(cfg, out_dir, last_path, resume), info)
+    main_then_share(lambda: _prepare_run_dir(cfg, out_dir, last_path, resume, restarted), info)
     log = _Log(out_dir, info.is_main, cfg.output.tensorboard)
 
     torch.manual_seed(cfg.trainer.seed)
