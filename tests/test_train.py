@@ -243,6 +243,10 @@ def test_gradient_accumulation_matches_a_hand_written_loop(tmp_path, data_root):
 
     torch.manual_seed(cfg.trainer.seed)  # the engine's order: seed, datasets, model
     train_set, _ = build_datasets(cfg)
+    train_set.dataset.device_scaling = True  # as the engine loads: standardised in the step (DeviceScaling)
+    from segkit.engine.inputs import DeviceScaling
+
+    scaling = DeviceScaling.of(train_set)
     model = build_model_from_config(cfg).train()
     loss_fn = build_loss_fn(cfg)
     sampler = SeededSampler(train_set, shuffle=True, seed=cfg.trainer.seed)
@@ -253,7 +257,7 @@ def test_gradient_accumulation_matches_a_hand_written_loop(tmp_path, data_root):
     for window in (batches[:2], batches[2:]):
         optimizer.zero_grad()
         for images, masks in window:
-            (loss_fn(model(images), masks) / 2).backward()
+            (loss_fn(model(scaling(images)), masks.long()) / 2).backward()
         optimizer.step()
     by_hand = model.state_dict()
     for key in engine:
