@@ -179,7 +179,7 @@ def test_nan_loss_on_one_rank_stops_both_with_the_same_error(tmp_path, data_root
     step 4, naming step 4; last.pt is the end of epoch 1 (step 3)."""
     run = tmp_path / "run"
     hook = {"HOOK": "nan", "HOOK_RANK": "1", "HOOK_AT": "4"}
-    results = finish(launch(tmp_path, tiny_config(data_root, epochs=20), run, hook))
+    results = finish(launch(tmp_path, tiny_config(data_root, epochs=20, checkpoint_interval=0), run, hook))
     for code, _, err in results:
         assert code == 2, err[-2000:]  # segkit's exit code for a SegkitError, on both ranks
         assert "segkit: error: the loss became nan at step 4 (epoch 2)" in err and "Traceback" not in err

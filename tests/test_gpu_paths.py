@@ -250,12 +250,8 @@ def test_one_host_sync_per_log_interval(tmp_path, data_root, monkeypatch):
     assert math.isclose(epoch_loss, sum(r["loss"] for r in train_records) / 2, rel_tol=1e-9)
 
 
-def test_a_nan_loss_inside_a_log_window_names_its_step(tmp_path, data_root, monkeypatch):
-    """log_interval 5, the loss NaN at step 8 (epoch 2): noticed at the log point of step 10, the error
-    names step 8, and last.pt keeps the state of step 6 (end of epoch 1), bit-identical to a clean run's."""
-    cfg = config_from_dict(tiny_config(data_root, epochs=2, batch_size=1, log_interval=5))
-    train(cfg, tmp_path / "clean", max_steps=6, progress=False)
-
+def _poison_loss_at(monkeypatch, batch: int) -> list[int]:
+    """Make the training loss NaN at its ``batch``-th call; the list of calls made."""
     import segkit.engine.train as engine
 
     real_build = engine.build_loss_fn
@@ -268,11 +264,21 @@ def test_a_nan_loss_inside_a_log_window_names_its_step(tmp_path, data_root, monk
             def forward(self, logits, target, **extra):
                 calls.append(1)
                 value = loss_fn(logits, target, **extra)
-                return value * float("nan") if len(calls) == 8 else value
+                return value * float("nan") if len(calls) == batch else value
 
         return Poisoned()
 
     monkeypatch.setattr(engine, "build_loss_fn", poisoned)
+    return calls
+
+
+def test_a_nan_loss_inside_a_log_window_names_its_step(tmp_path, data_root, monkeypatch):
+    """log_interval 5, the loss NaN at step 8 (epoch 2): noticed at the log point of step 10, the error
+    names step 8, and last.pt keeps the state of step 6 (end of epoch 1), bit-identical to a clean run's."""
+    cfg = config_from_dict(tiny_config(data_root, epochs=2, batch_size=1, log_interval=5, checkpoint_interval=0))
+    train(cfg, tmp_path / "clean", max_steps=6, progress=False)
+
+    calls = _poison_loss_at(monkeypatch, 8)
     with pytest.raises(SegkitError, match=r"the loss became nan at step 8 \(epoch 2\).*last.pt keeps the last good state"):
         train(cfg, tmp_path / "run", progress=False)
     assert len(calls) == 10  # it trained on to the log point, not past it
@@ -355,3 +361,13 @@ def test_sync_bn_in_one_process_is_ignored(tmp_path, data_root):
 def test_checkpoints_record_the_number_of_processes(tmp_path, data_root):
     train(config_from_dict(tiny_config(data_root)), tmp_path / "run", max_steps=1, progress=False)
     assert checkpoint.load_checkpoint(tmp_path / "run" / "last.pt")["world_size"] == 1
+
+
+def test_a_nan_loss_before_any_checkpoint_says_none_was_written(tmp_path, data_root, monkeypatch):
+    """With the default checkpoint_interval (minutes) no last.pt exists yet at a NaN in epoch 2: the
+    error says so instead of pointing at a file that is not there."""
+    cfg = config_from_dict(tiny_config(data_root, epochs=2, batch_size=1, log_interval=5))
+    calls = _poison_loss_at(monkeypatch, 8)
+    with pytest.raises(SegkitError, match=r"the loss became nan at step 8 \(epoch 2\); training stopped and no last.pt was written yet"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "last.pt").exists()

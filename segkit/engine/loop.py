@@ -222,9 +222,11 @@ def train_epoch(run: Run, epoch: int, batch_in_epoch: int, step: int) -> EpochEn
         if stats.bad_step is not None:
             if info.enabled:
                 dist.barrier()  # every rank raises here, none is left waiting in a collective
+            kept = (f"{run.last_path} keeps the last good state" if run.last_path.exists() else
+                    f"no {run.last_path.name} was written yet (it is written every trainer.checkpoint_interval seconds)")
             raise SegkitError(
                 f"the loss became {stats.bad_value} at step {stats.bad_step} (epoch {epoch + 1}); training stopped and "
-                f"{run.last_path} keeps the last good state; lower optimizer.lr or enable trainer.clip_grad_norm."
+                f"{kept}; lower optimizer.lr or enable trainer.clip_grad_norm."
             )
         if log_point:
             lr = run.optimizer.param_groups[0]["lr"]
