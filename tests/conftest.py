@@ -1,8 +1,11 @@
-"""Fixtures shared by the training tests."""
+"""Fixtures shared by several test modules."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch.hub
 
 
 @pytest.fixture(scope="module")
@@ -13,3 +16,17 @@ def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     make_synthetic(root, n=8, size=64, seed=1)
     return root
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch) -> Path:
+    """An empty torch hub cache; downloading fails the test unless a test allows it."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"segkit tried to download {args[0] if args else kwargs}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    return checkpoints

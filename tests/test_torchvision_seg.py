@@ -60,19 +60,6 @@ def saved(tmp_path_factory) -> dict[str, tuple[nn.Module, Path]]:
     return models
 
 
-@pytest.fixture
-def hub(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def no_network(*args, **kwargs):
-        raise AssertionError(f"segkit tried to download {args[0] if args else kwargs}")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    return checkpoints
-
-
 def _build(arch: str, **kwargs) -> nn.Module:
     options = {"encoder": "resnet50", "num_classes": 21, "output_stride": 8, "aux_head": "fcn", **kwargs}
     return segkit.create_model(arch, **options)

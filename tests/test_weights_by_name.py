@@ -24,20 +24,6 @@ from segkit.errors import SegkitError
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch) -> Path:
-    """An empty torch hub cache; downloading fails the test unless a test allows it."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def no_network(*args, **kwargs):
-        raise AssertionError(f"segkit tried to download {args[0] if args else kwargs}")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    return checkpoints
-
-
-@pytest.fixture
 def resnet18_published(hub) -> torchvision.models.ResNet:
     """torchvision's resnet18 (random, seeded) saved as the published resnet18-f37072fd.pth."""
     torch.manual_seed(0)
