@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segkit.data.io import SCALINGS, to_unit_float
+from segkit.data.io import SCALINGS, scaled_by_255, to_unit_float
 from segkit.data.masks import bad_value_message
 from segkit.data.transforms import moves_pixels_only, reseed_for_worker
 from segkit.errors import SegkitError
@@ -123,8 +123,7 @@ class SegmentationDataset(Dataset):
     def keeps_stored_dtype(self, stored: np.ndarray) -> bool:
         """With ``device_scaling``, whether this image travels as stored (8-bit, scaled by 1/255,
         transforms that only move whole pixels) instead of as float32 in [0, 1]."""
-        return (self.device_scaling and stored.dtype == np.uint8 and self.scaling != "percentile"
-                and moves_pixels_only(self.transforms))
+        return self.device_scaling and scaled_by_255(stored.dtype, self.scaling) and moves_pixels_only(self.transforms)
 
     def check_mask(self, mask: np.ndarray, path: str | Path) -> None:
         """Raise a SegkitError naming the file and value when a label is outside [0, num_classes)."""

@@ -191,12 +191,18 @@ class UnitScale:
         return np.clip(out, 0.0, 1.0, out=out) if self.clip else out
 
 
+def scaled_by_255(dtype: np.dtype, scaling: str) -> bool:
+    """Whether pixels of ``dtype`` are scaled to [0, 1] by a plain 1/255 (8-bit, no percentiles): such
+    images may travel as uint8 and be scaled where the model runs (``segkit.engine.inputs.DeviceScaling``)."""
+    return dtype == np.uint8 and scaling != "percentile"
+
+
 def unit_scale(image: np.ndarray, scaling: str = "auto", percentiles: tuple[float, float] = (1.0, 99.8)) -> UnitScale:
     """The scaling :func:`to_unit_float` applies to ``image`` (H, W, C), computed once from the whole
     image and applicable to any part of it (striped prediction on images too big to convert at once)."""
     if scaling not in SCALINGS:
         raise SegkitError(f"scaling {scaling!r} is not one of {', '.join(SCALINGS)}; pick one of those")
-    if image.dtype == np.uint8 and scaling != "percentile":
+    if scaled_by_255(image.dtype, scaling):
         return UnitScale(None, factor=np.float32(1.0 / 255.0))
     if scaling == "dtype":
         if np.issubdtype(image.dtype, np.integer):

@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from segkit.data.base import SegmentationDataset
-from segkit.data.io import to_unit_float
+from segkit.data.io import scaled_by_255, to_unit_float
 from segkit.engine.inference import resize_logits
 
 __all__ = ["DeviceScaling", "ImageFiles", "InputPipeline", "Item", "InferenceItems", "checkpoint_amp", "group_by_size", "iterate_logits",
@@ -204,7 +204,9 @@ class InferenceItems(Dataset):
         from segkit.errors import SegkitError
 
         stored = self.dataset.load_stored_image(index)
-        unit = None if self._as_stored(stored) and not self.keep_image else to_unit_float(stored, self.dataset.scaling, self.dataset.percentiles)
+        # 8-bit with no transform: it travels as stored and DeviceScaling scales it where the model runs
+        as_stored = self.pipeline.identity and scaled_by_255(stored.dtype, self.dataset.scaling)
+        unit = None if as_stored and not self.keep_image else to_unit_float(stored, self.dataset.scaling, self.dataset.percentiles)
         mask = None
         if self.masks:
             raw = self.dataset.load_mask(index)
@@ -215,15 +217,12 @@ class InferenceItems(Dataset):
                 )
             mask = torch.from_numpy(raw.astype(np.int64))
         size = (stored.shape[0], stored.shape[1])
-        if self._as_stored(stored):  # 8-bit, no transform: DeviceScaling scales it where the model runs
+        if as_stored:
             image, scored = torch.from_numpy(np.ascontiguousarray(stored.transpose(2, 0, 1))), size
         else:
             assert unit is not None
             image, scored = self.pipeline(unit)
         return Item(index, size, image, scored, mask, unit if self.keep_image else None)
-
-    def _as_stored(self, stored: np.ndarray) -> bool:
-        return self.pipeline.identity and stored.dtype == np.uint8 and self.dataset.scaling != "percentile"
 
 
 def collate_items(batch: list[Item]) -> list[Item]:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from segkit.data.io import open_image, unit_scale
+from segkit.data.io import open_image, scaled_by_255, unit_scale
 from segkit.engine.inputs import DeviceScaling
 from segkit.errors import SegkitError
 
@@ -56,7 +56,7 @@ class RowReader:
         self.height, self.width = int(self.raw.shape[0]), int(self.raw.shape[1])
         self.scale = unit_scale(self.raw, dataset.scaling, dataset.percentiles)
         self.standardise = DeviceScaling.of(dataset)  # the standardisation every other path uses
-        self.as_stored = self.raw.dtype == np.uint8 and dataset.scaling != "percentile"
+        self.as_stored = scaled_by_255(self.raw.dtype, dataset.scaling)
         self.device = device
 
     def unit(self, y0: int, y1: int, step: int = 1) -> np.ndarray:
