@@ -432,5 +432,23 @@ def test_pair_counts_equal_a_numpy_confusion_matrix(monkeypatch, opencv):
     expected = np.zeros((21, 21), np.int64)
     np.add.at(expected, (gt[counted].astype(np.int64), pred[counted].astype(np.int64)), 1)
     np.testing.assert_array_equal(folders._pair_counts(pred, gt, 21, 255), expected)
-    gt[0, 0] = 30  # a label outside [0, C) that is not ignore_index: left to ConfusionMatrix's error
+    np.testing.assert_array_equal(folders._pair_counts(pred, gt, 22, 255)[:21, :21], expected)  # a class never seen
+    bad_pred = pred.copy()
+    bad_pred[5, 7] = 21  # a prediction outside [0, C): left to ConfusionMatrix's error, which names it
+    assert folders._pair_counts(bad_pred, gt, 21, 255) is None
+    gt[0, 0] = 30  # a label outside [0, C) that is not ignore_index: the same
     assert folders._pair_counts(pred, gt, 21, 255) is None
+
+
+@pytest.mark.parametrize("opencv", [True, False])
+def test_pair_counts_with_many_classes_and_no_ignore_index(monkeypatch, opencv):
+    from segkit.engine import folders
+
+    if not opencv:
+        monkeypatch.setattr(folders, "_cv2", lambda: None)
+    rng = np.random.default_rng(6)
+    gt = rng.integers(0, 200, (64, 64)).astype(np.uint8)
+    pred = np.where(rng.random(gt.shape) < 0.5, gt, rng.integers(0, 200, gt.shape)).astype(np.uint8)
+    expected = np.zeros((200, 200), np.int64)
+    np.add.at(expected, (gt.astype(np.int64).ravel(), pred.astype(np.int64).ravel()), 1)
+    np.testing.assert_array_equal(folders._pair_counts(pred, gt, 200, None), expected)

@@ -67,12 +67,12 @@ def _bare_pass(pairs: list[tuple[Path, Path]], batch: int, workers: int) -> int:
 
 
 def _segkit_pass(dataset: SeededDataset, batch: int, workers: int, epoch: int, scale: bool) -> int:
-    from segkit.engine.inputs import DeviceScaling
+    from segkit.engine.inputs import DeviceScaling, collate_interleaved
 
     scaling = DeviceScaling.of(dataset)
     sampler = SeededSampler(dataset, shuffle=True, seed=0)
     sampler.set_epoch(epoch)
-    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers)
+    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, collate_fn=collate_interleaved)
     count = 0
     for images, _ in loader:
         count += (scaling(images) if scale else images).shape[0]  # scale: what the step does on the device, here on the CPU

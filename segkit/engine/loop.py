@@ -151,7 +151,7 @@ class Run:
     max_steps: int | None
     progress: bool
     last_path: Any  # named in the non-finite-loss error
-    scaling: Callable[[Tensor], Tensor]  # images as the loader gives them -> model input (segkit.engine.inputs.DeviceScaling)
+    scaling: Callable[..., Tensor]  # (images as the loader gives them, memory format) -> model input (segkit.engine.inputs.DeviceScaling)
 
 
 @dataclass(frozen=True)
@@ -185,11 +185,10 @@ def train_epoch(run: Run, epoch: int, batch_in_epoch: int, step: int) -> EpochEn
     bar = _progress(run.loader, epoch, cfg.trainer.epochs, enabled=run.progress and info.is_main)
     for batch in bar:  # (images, targets) or (images, targets, weight_map); targets: masks (N, H, W) or labels (N,)
         images, targets, *rest = batch
-        images = run.scaling(images.to(device, non_blocking=True))  # uint8 / [0, 1] -> standardised, on the device
+        # uint8 / [0, 1] -> standardised, on the device, in the model's memory layout
+        images = run.scaling(images.to(device, non_blocking=True), torch.channels_last if run.channels_last else torch.contiguous_format)
         targets = targets.to(device, non_blocking=True).long()  # 8-bit masks travel as uint8
         extra = {"weight_map": rest[0].to(device, non_blocking=True)} if rest else {}
-        if run.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             loss, logits = run.task.loss(run.loss_fn, run.train_model(images), targets, **extra)
         run.task.observe(logits, targets)

@@ -63,6 +63,7 @@ from segkit.engine.builders import build_datasets, build_loss_fn, build_model_fr
 from segkit.engine.checkpoint import CheckpointWriter, capture_rng, load_checkpoint, restore_grad_scaler, restore_rng
 from segkit.engine.distributed import (DistInfo, SeededSampler, any_rank, broadcast_batchnorm_buffers, cleanup_distributed,
                                        init_distributed, main_then_share, resume_batch)
+from segkit.engine.inputs import collate_interleaved
 from segkit.engine.loop import Run, StopFlag, train_epoch
 from segkit.engine.optim import build_optimizer, build_scheduler
 from segkit.engine.report import json_safe
@@ -116,7 +117,7 @@ def _device_scaling(train_set: Any) -> Callable[[Tensor], Tensor]:
 
     base = getattr(train_set, "dataset", train_set)
     if not isinstance(base, SegmentationDataset):
-        return lambda images: images
+        return lambda images, memory_format=torch.contiguous_format: images.contiguous(memory_format=memory_format)
     base.device_scaling = True
     return DeviceScaling.of(base)
 
@@ -253,7 +254,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     sampler = SeededSampler(train_set, shuffle=True, seed=cfg.trainer.seed, rank=info.rank, world_size=info.world_size)
     workers = cfg.data.num_workers
     loader = DataLoader(
-        train_set, batch_size=batch_size, sampler=sampler, num_workers=workers,
+        train_set, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_interleaved,
         pin_memory=device.type == "cuda", drop_last=len(sampler) >= batch_size,
         persistent_workers=workers > 0,
         # Its own generator: creating an iterator must not draw from torch's global RNG (exact resume).
