@@ -39,7 +39,7 @@ EVAL_CROPS = ("center", "ten_crop")  # classification evaluation
 
 @dataclass
 class ModelConfig:
-    arch: str = "unet"  # fcn32s | fcn16s | fcn8s | unet | unet_original | deeplabv3 | deeplabv3plus | fcn_head | fpn, or a classifier name for task=classification
+    arch: str = "unet"  # fcn32s | fcn16s | fcn8s | fcn4s | fcn2s | unet | unet_original | deeplabv3 | deeplabv3plus | fcn_head | fpn, or a classifier name for task=classification
     encoder: str = "resnet18"
     encoder_weights: Optional[str] = None  # path to a torchvision-format checkpoint file, or imagenet / imagenet1k_v2 / ... (fetched once into torch's hub cache)
     # The whole model's weights (not with encoder_weights): a segkit best.pt, a torchvision segmentation model's file, or

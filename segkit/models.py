@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from segkit.decoders import MODES, FCNDecoder, UNetOriginal, UnetDecoder, switch_channels
+from segkit.decoders.fcn import FCN_STRIDES
 from segkit.decoders.upsample import check_choice, fit_to
 from segkit.encoders import (
     CLASSIFIERS,
@@ -207,7 +208,7 @@ def create_model(
     """Build segmentation model ``arch``: ``(N, in_channels, H, W)`` -> logits ``(N, num_classes, H, W)``.
 
     Args:
-        arch: ``fcn32s``, ``fcn16s``, ``fcn8s``, ``unet`` (any encoder), ``unet_original``;
+        arch: ``fcn32s``, ``fcn16s``, ``fcn8s`` (and ``fcn4s``, ``fcn2s``), ``unet`` (any encoder), ``unet_original``;
             ``deeplabv3``, ``deeplabv3plus``, ``fcn_head``, ``fpn`` (:mod:`segkit.archs`).
         encoder: encoder name (``segkit.list_encoders()``); ``unet_original`` takes none.
         num_classes: channels of the logits.
@@ -335,7 +336,7 @@ def _load_vgg_fc(decoder: FCNDecoder, path: str | os.PathLike[str]) -> None:
             conv.bias.copy_(state[f"{prefix}.bias"])
 
 
-for _stride in (32, 16, 8):
+for _stride in FCN_STRIDES:
     register_model(f"fcn{_stride}s")(_fcn_factory(_stride))
 
 

@@ -127,7 +127,7 @@ def test_unet_decoder_errors():
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("kind", sorted(ENCODERS))
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("stride", [32, 16, 8])
+@pytest.mark.parametrize("stride", [32, 16, 8, 4, 2])
 def test_fcn_decoder_shapes(kind, mode, stride, size):
     encoder = ENCODERS[kind]()
     decoder = FCNDecoder(encoder.out_channels, 3, stride, mode, switch_channels=switch_channels(encoder) if mode == "max_unpool" else None)
@@ -179,6 +179,25 @@ def test_fcn16s_fuses_pool4_scores():
     torch.testing.assert_close(decoder(features, None, [64, 64]), expected)
 
 
+def test_fcn2s_carries_the_skips_on_to_strides_4_and_2():
+    """fcn2s with nearest upsampling: fcn8s's fused stride-8 scores, 2x + score of the stride-4
+    features, 2x + score of the stride-2 features, 2x to the image; a fresh fcn2s predicts 0 and
+    its transposed convolutions are all x2 bilinear steps."""
+    encoder = PoolEncoder()
+    decoder = FCNDecoder(encoder.out_channels, 2, 2, "nearest")
+    assert [f.level for f in decoder.fusions] == [3, 2, 1, 0]  # features at strides 16, 8, 4, 2
+    _randomise(decoder)
+    features = encoder(torch.randn(1, 1, 64, 64))
+    x = decoder.score(features[4])
+    for fusion, level in zip(decoder.fusions, (3, 2, 1, 0)):
+        x = F.interpolate(x, scale_factor=2.0) + fusion.score(features[level])
+    torch.testing.assert_close(decoder(features, None, [64, 64]), F.interpolate(x, scale_factor=2.0))
+    fresh = FCNDecoder(encoder.out_channels, 3, 2, "transposed")
+    assert torch.count_nonzero(run_decoder(fresh, encoder, torch.randn(1, 1, 64, 64))) == 0
+    ups = [m for m in fresh.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert [u.stride[0] for u in ups] == [2] * 5 and [u.kernel_size[0] for u in ups] == [4] * 5
+
+
 def test_fcn_vgg_head():
     decoder = FCNDecoder((64, 128, 256, 512, 512), 21, 8, fc_channels=32)
     fc6, fc7 = decoder.head[0], decoder.head[3]
@@ -190,8 +209,8 @@ def test_fcn_vgg_head():
 def test_fcn_errors():
     with pytest.raises(SegkitError, match="add, concat"):
         FCNDecoder((4, 6, 8, 10, 12), 3, skip_fusion="sum")
-    with pytest.raises(SegkitError, match="32, 16, 8"):
-        FCNDecoder((4, 6, 8, 10, 12), 3, stride=4)
+    with pytest.raises(SegkitError, match="32, 16, 8, 4, 2"):
+        FCNDecoder((4, 6, 8, 10, 12), 3, stride=64)
     with pytest.raises(SegkitError, match="fc_channels"):
         FCNDecoder((4, 6, 8, 10, 12), 3, fc_channels=0)
 

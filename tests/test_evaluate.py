@@ -417,13 +417,10 @@ def test_evaluate_reproduces_the_validation_miou_saved_by_training(tmp_path, syn
     assert report.metrics["miou"] == pytest.approx(saved["miou"], rel=1e-12)
 
 
-@pytest.mark.parametrize("opencv", [True, False])
-def test_pair_counts_equal_a_numpy_confusion_matrix(monkeypatch, opencv):
-    """The per-pair count of evaluate --pred/--gt (OpenCV's histogram, or torch.bincount without OpenCV)."""
+def test_pair_counts_equal_a_numpy_confusion_matrix():
+    """The per-pair count of evaluate --pred/--gt (by runs of equal labels) against np.add.at."""
     from segkit.engine import folders
 
-    if not opencv:
-        monkeypatch.setattr(folders, "_cv2", lambda: None)
     rng = np.random.default_rng(5)
     gt = rng.integers(0, 21, (70, 90)).astype(np.uint8)
     pred = np.where(rng.random(gt.shape) < 0.7, gt, rng.integers(0, 21, gt.shape)).astype(np.uint8)
@@ -440,15 +437,17 @@ def test_pair_counts_equal_a_numpy_confusion_matrix(monkeypatch, opencv):
     assert folders._pair_counts(pred, gt, 21, 255) is None
 
 
-@pytest.mark.parametrize("opencv", [True, False])
-def test_pair_counts_with_many_classes_and_no_ignore_index(monkeypatch, opencv):
+@pytest.mark.parametrize("num_classes", [2, 200, 256])
+def test_pair_counts_with_runs_many_classes_and_no_ignore_index(num_classes):
+    """Blocky masks (long runs, runs across row ends) and random ones, up to 256 classes."""
     from segkit.engine import folders
 
-    if not opencv:
-        monkeypatch.setattr(folders, "_cv2", lambda: None)
-    rng = np.random.default_rng(6)
-    gt = rng.integers(0, 200, (64, 64)).astype(np.uint8)
-    pred = np.where(rng.random(gt.shape) < 0.5, gt, rng.integers(0, 200, gt.shape)).astype(np.uint8)
-    expected = np.zeros((200, 200), np.int64)
-    np.add.at(expected, (gt.astype(np.int64).ravel(), pred.astype(np.int64).ravel()), 1)
-    np.testing.assert_array_equal(folders._pair_counts(pred, gt, 200, None), expected)
+    rng = np.random.default_rng(num_classes)
+    blocky = np.kron(rng.integers(0, num_classes, (8, 6)), np.ones((9, 11), np.int64)).astype(np.uint8)
+    for gt in (blocky, rng.integers(0, num_classes, (64, 64)).astype(np.uint8)):
+        pred = np.where(rng.random(gt.shape) < 0.9, gt, rng.integers(0, num_classes, gt.shape)).astype(np.uint8)
+        expected = np.zeros((num_classes, num_classes), np.int64)
+        np.add.at(expected, (gt.astype(np.int64).ravel(), pred.astype(np.int64).ravel()), 1)
+        np.testing.assert_array_equal(folders._pair_counts(pred, gt, num_classes, None), expected)
+    one = np.zeros((1, 1), np.uint8)  # a single pixel: one run
+    np.testing.assert_array_equal(folders._pair_counts(one, one, num_classes, None)[0, 0], 1)

@@ -13,7 +13,7 @@ from torch import nn
 import segkit
 from segkit import SegkitError, create_model
 
-ARCHS = ["fcn32s", "fcn16s", "fcn8s", "unet"]
+ARCHS = ["fcn32s", "fcn16s", "fcn8s", "fcn4s", "fcn2s", "unet"]
 ENCODERS = ["vgg11", "resnet18", "googlenet", "inception_v3"]  # the smallest of each family
 MODES = ["transposed", "nearest", "bed_of_nails", "max_unpool"]
 
@@ -126,7 +126,7 @@ def test_fcn_vgg_loads_fc6_fc7_from_the_checkpoint(tmp_path, caplog):
 
 
 def test_errors_name_the_valid_choices():
-    with pytest.raises(SegkitError, match="deeplabv3, deeplabv3plus, fcn16s, fcn32s, fcn8s, fcn_head, fpn, unet, unet_original"):
+    with pytest.raises(SegkitError, match="deeplabv3, deeplabv3plus, fcn16s, fcn2s, fcn32s, fcn4s, fcn8s, fcn_head, fpn, unet, unet_original"):
         create_model("fcn4s", encoder="resnet18")
     with pytest.raises(SegkitError, match="unknown encoder 'resnet19'"):
         create_model("unet", encoder="resnet19")

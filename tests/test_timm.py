@@ -194,6 +194,12 @@ def test_fcn8s_on_a_stride_4_first_encoder():
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3, 64, 64)
 
 
+def test_fcn2s_needs_features_at_stride_2():
+    with pytest.raises(SegkitError, match=r"fcn2s needs encoder features at strides 2, 4, 8, 16 and 32 .*\(4, 8, 16, 32\)"):
+        segkit.create_model("fcn2s", encoder="tu-convnext_atto", num_classes=3)
+    assert segkit.create_model("fcn4s", encoder="tu-convnext_atto", num_classes=3)(torch.randn(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+
+
 def test_incompatible_architectures_say_why():
     encoder = _truncated_resnet18()
     with pytest.raises(SegkitError, match=r"fcn8s needs encoder features at strides 8, 16 and 32 .*\(2, 4, 8, 16\)"):

@@ -17,7 +17,7 @@ data exactly as ``configs/quickstart.yaml`` generates it (64 images of 128 x 128
 val; ``--quickstart-n`` / ``--quickstart-size`` shrink it), trained with that config's recipe.
 
 Models: segkit ``unet-transposed``, ``unet-nearest``, ``unet-bed_of_nails``, ``unet-max_unpool``
-(U-Net on ResNet-18, the default decoder widths 256-128-64-32-16) and ``fcn8s`` (ResNet-18), each
+(U-Net on ResNet-18, the default decoder widths 256-128-64-32-16), ``fcn8s``, ``fcn4s`` and ``fcn2s`` (ResNet-18), each
 trained and scored through segkit's command line as a user would: a YAML config in the work dir,
 ``python -m segkit train CONFIG --out RUN trainer.seed=S``, then ``python -m segkit evaluate
 --checkpoint RUN/best.pt --data ROOT --split val --out report.json`` and the report's ``miou``.
@@ -55,7 +55,7 @@ Rows: one per (dataset, model): ``miou_mean``, ``miou_std`` (sample standard dev
 seeds, n - 1; empty for one seed), ``mious`` (per seed, in ``--seeds`` order), ``seconds`` (mean
 wall time of one run, training and evaluation; segkit's includes starting two processes and its
 end-of-training validation), and for segkit rows ``vs_smp`` = segkit's mean minus its comparator's
-(``comparator``: ``smp-unet`` for the U-Nets, the best smp model run for ``fcn8s``). One line per
+(``comparator``: ``smp-unet`` for the U-Nets, the best smp model run for the FCNs). One line per
 finished run goes to stderr.
 
 Time, on this project's 2-core CPU machine: a U-Net/ResNet-18 training step of 8 x 160 x 160
@@ -102,6 +102,8 @@ SEGKIT_MODELS = {
     "unet-bed_of_nails": ("unet", "bed_of_nails"),
     "unet-max_unpool": ("unet", "max_unpool"),
     "fcn8s": ("fcn8s", "transposed"),  # the paper's learnt, bilinear-initialised upsampling
+    "fcn4s": ("fcn4s", "transposed"),  # the same skips carried on to stride 4
+    "fcn2s": ("fcn2s", "transposed"),  # and to stride 2
 }
 SMP_MODELS = {"smp-unet": "Unet", "smp-fpn": "FPN", "smp-linknet": "Linknet", "smp-pspnet": "PSPNet", "smp-pan": "PAN"}  # name -> smp class
 MODELS = (*SEGKIT_MODELS, *SMP_MODELS)
@@ -452,7 +454,7 @@ def summary_row(task: Task, results: Sequence[tuple[float, float]]) -> dict[str,
 
 
 def add_comparisons(rows: list[dict[str, Any]]) -> None:
-    """Fill ``vs_smp`` and ``comparator`` of segkit rows: U-Nets against smp-unet, FCN-8s against the best smp row."""
+    """Fill ``vs_smp`` and ``comparator`` of segkit rows: U-Nets against smp-unet, the FCNs against the best smp row."""
     for row in rows:
         if row["library"] != "segkit":
             continue

@@ -3,8 +3,8 @@
 Files pair by stem (``a.png`` <-> ``a.png``; nested folders by relative path), with the pairing
 rules of ``FolderDataset``. Decoding is the cost, so a pool of threads decodes the pairs (8- and
 16-bit grayscale PNGs by OpenCV, everything else by Pillow's ``read_mask_pixels``) and counts
-each pair's confusion matrix with one GIL-free OpenCV histogram, and its per-image figures; the
-main thread only sums.
+each pair's confusion matrix (by runs of equal labels, :func:`_pair_counts`) and its per-image
+figures; the main thread only sums.
 Results come back in file order, so the first bad file reported is always the same one. The
 summed counts go into a :class:`~segkit.metrics.ConfusionMatrix`, whose ``compute()`` is the report.
 """
@@ -65,28 +65,30 @@ def read_mask_fast(path: Path) -> np.ndarray:
 
 
 def _pair_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray | None:
-    """The ``(C, C)`` counts (rows ground truth) of one pair of 8-bit label maps, by one histogram.
+    """The ``(C, C)`` counts (rows ground truth) of one pair of 8-bit label maps, counted by runs.
 
-    OpenCV's two-dimensional ``calcHist`` counts the pairs ``(gt, pred)`` straight from the two
-    images, ground truth over all 256 values and prediction over ``[0, C)``: no index array, no
-    pass for the range check (a prediction outside ``[0, C)`` falls outside the histogram, so the
-    counts fall short of the pixels), GIL-free, exact while a bin holds fewer than 2**24 pixels (as
-    float32 counts are). Without OpenCV, ``torch.bincount`` over ``gt * C + pred``. None where it
-    does not apply (16-bit labels, or any label out of range), and the caller falls back to
+    Masks are mostly uniform regions, and a histogram that adds one pixel at a time to the same
+    bin over and over waits on its own previous increment (OpenCV's ``calcHist`` and
+    ``torch.bincount`` alike: 0.6 ms on 512x512 here). So the pair becomes one index ``gt * C +
+    pred`` (uint16), cut into runs of equal index, and each run adds its length to its bin (one
+    ``bincount`` over a few thousand runs): 0.3 ms, numpy only, exact (float64 weights). None where
+    it does not apply (16-bit labels, or any label out of range), and the caller falls back to
     ``ConfusionMatrix.update``, which names the bad value.
     """
     if pred.dtype != np.uint8 or gt.dtype != np.uint8 or pred.size == 0 or num_classes > 256:
         return None
-    cv2 = _cv2()
-    if cv2 is not None and pred.size < 2**24:
-        counts = cv2.calcHist([gt, pred], [0, 1], None, [256, num_classes], [0, 256, 0, num_classes]).astype(np.int64)
-        if int(counts.sum()) != pred.size:  # a prediction >= C
-            return None
-    else:
-        if int(pred.max()) >= num_classes:
-            return None
-        index = torch.from_numpy(gt).long() * num_classes + torch.from_numpy(pred)
-        counts = torch.bincount(index.view(-1), minlength=256 * num_classes).view(256, num_classes).numpy()
+    if int(pred.max()) >= num_classes:
+        return None
+    index = gt.astype(np.uint16)
+    index *= num_classes
+    index += pred  # <= 255 * 256 + 255: fits uint16
+    flat = index.reshape(-1)
+    starts_here = np.empty(flat.size, dtype=bool)
+    starts_here[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=starts_here[1:])
+    starts = np.flatnonzero(starts_here)
+    lengths = np.diff(starts, append=flat.size)
+    counts = np.bincount(flat[starts], weights=lengths, minlength=256 * num_classes).astype(np.int64).reshape(256, num_classes)
     if ignore_index is not None and 0 <= ignore_index < 256:
         counts[ignore_index] = 0
     if counts[num_classes:].any():  # a ground-truth label >= C that is not ignore_index
