@@ -20,7 +20,6 @@ from segkit.data.io import read_mask_pixels
 from segkit.engine.builders import build_model_from_config
 from segkit.engine.checkpoint import save_checkpoint
 from segkit.engine.evaluate import evaluate_checkpoint, evaluate_folders
-from segkit.engine.folders import read_mask_fast
 from segkit.engine.report import format_report
 
 K = 4
@@ -220,20 +219,6 @@ def test_skip_missing_lists_the_unpaired_files(tmp_path):
     assert len(report.warnings) == 2 and "gt/b.png" in report.warnings[0] and "pred/extra.png" in report.warnings[1]
     assert "warning: skipped: ground truth" in format_report(report)
 
-
-def test_fast_reader_gives_pillows_values(tmp_path):
-    rng = np.random.default_rng(1)
-    arrays = {
-        "gray8.png": (rng.integers(0, 256, (9, 7)).astype(np.uint8), None),
-        "gray16.png": (rng.integers(0, 65536, (9, 7)).astype(np.uint16), None),
-        "palette.png": (rng.integers(0, 5, (9, 7)).astype(np.uint8), "P"),
-        "gray_alpha.png": (rng.integers(0, 256, (9, 7, 2)).astype(np.uint8), "LA"),
-        "bits1.png": (rng.integers(0, 2, (9, 7)).astype(bool), "1"),
-    }
-    for name, (array, mode) in arrays.items():
-        Image.fromarray(array, mode=mode).save(tmp_path / name) if mode else Image.fromarray(array).save(tmp_path / name)
-        fast, slow = read_mask_fast(tmp_path / name), read_mask_pixels(tmp_path / name)
-        assert fast.dtype == slow.dtype and np.array_equal(fast, slow), name
 
 
 # -- a checkpoint on a dataset -----------------------------------------------------------------

@@ -1,8 +1,11 @@
 """Reading image files: headers (cheap) and pixels, and scaling pixels to float32 in [0, 1].
 
 Images are read with tifffile for ``.tif``/``.tiff`` (keeps 16-bit and multi-channel data; Pillow
-would reduce a 16-bit RGB TIFF to 8 bits) and with Pillow for everything else. Every read error
-becomes a ``SegkitError`` that names the file.
+would reduce a 16-bit RGB TIFF to 8 bits), with OpenCV for the PNGs it decodes to the same pixels
+as Pillow and faster (8-bit grayscale or RGB and 16-bit grayscale, from the file's bytes: 30 % less
+time than Pillow for a grey 512x512 image, 15 % for RGB; :func:`_read_png_opencv`), and with Pillow
+for everything else (palette, alpha, low bit depths, JPEG, ...). Every read error becomes a
+``SegkitError`` that names the file.
 
 Intensity scaling (``to_unit_float``), the first half of segkit's normalisation:
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -138,10 +142,64 @@ def _read_pil(path: Path, keep_palette: bool) -> np.ndarray:
         return np.array(im)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# IHDR (bit depth, colour type) that OpenCV decodes to Pillow's pixels: 8-bit grayscale, 8-bit
+# RGB, 16-bit grayscale. Not 16-bit RGB (Pillow reduces it to 8 bits, and changing what segkit
+# reads is not a decoder's business), palette (OpenCV expands it), alpha, or 1/2/4-bit grayscale
+# (OpenCV rescales those to 0-255).
+_OPENCV_PNG = {(8, 0): 2, (16, 0): 2, (8, 2): 3}  # -> the array's ndim (2) or channel count (3)
+_opencv: Any = None
+
+
+def _cv2() -> Any:
+    """OpenCV (a dependency of albumentations), or False where it is missing: Pillow decodes everything."""
+    global _opencv
+    if _opencv is None:
+        try:
+            import cv2
+        except ImportError:
+            cv2 = False
+        _opencv = cv2
+    return _opencv
+
+
+def _read_png_opencv(path: Path) -> np.ndarray | None:
+    """The pixels Pillow would give for a PNG that OpenCV decodes alike, else None (Pillow reads it).
+
+    The whole file is read, its IHDR checked, and the bytes decoded by ``cv2.imdecode`` (faster
+    than ``cv2.imread`` here). Anything unexpected (no OpenCV, another colour type, a broken file,
+    an extra alpha channel from a tRNS chunk) returns None, so Pillow reads the file and a broken
+    one gets Pillow's error message, as before. ``tests/test_decoders_agree.py`` checks both
+    decoders on every image and mask kind the README lists.
+    """
+    cv2 = _cv2()
+    if not cv2:
+        return None
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError:
+        return None
+    if data.size <= 33 or data[:8].tobytes() != _PNG_SIGNATURE:
+        return None
+    layout = _OPENCV_PNG.get((int(data[24]), int(data[25])))
+    if layout is None:
+        return None
+    try:
+        pixels = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB if layout == 3 else cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
+    if pixels is None or (pixels.ndim != 2 if layout == 2 else pixels.shape[2:] != (3,)):
+        return None
+    return pixels
+
+
 def _read_pixels(path: Path, kind: str) -> np.ndarray:
     try:
-        if path.suffix.lower() in _TIFF:
+        suffix = path.suffix.lower()
+        if suffix in _TIFF:
             arr = _read_tiff(path, kind)
+        elif suffix == ".png" and (fast := _read_png_opencv(path)) is not None:
+            arr = fast
         else:
             arr = _read_pil(path, keep_palette=kind == "mask")
     except SegkitError:

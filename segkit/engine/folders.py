@@ -1,11 +1,10 @@
 """Scoring a folder of predicted masks against a folder of ground-truth masks (``segkit evaluate --pred --gt``).
 
 Files pair by stem (``a.png`` <-> ``a.png``; nested folders by relative path), with the pairing
-rules of ``FolderDataset``. Decoding is the cost, so a pool of threads decodes the pairs (8- and
-16-bit grayscale PNGs by OpenCV, everything else by Pillow's ``read_mask_pixels``) and counts
+rules of ``FolderDataset``. Decoding is the cost, so a pool of threads decodes the pairs
+(``segkit.data.io.read_mask_pixels``: OpenCV for 8/16-bit grayscale PNGs, GIL-free) and counts
 each pair's confusion matrix (by runs of equal labels, :func:`_pair_counts`) and its per-image
-figures; the main thread only sums.
-Results come back in file order, so the first bad file reported is always the same one. The
+figures; the main thread only sums. Results come back in file order, so the first bad file reported is always the same one. The
 summed counts go into a :class:`~segkit.metrics.ConfusionMatrix`, whose ``compute()`` is the report.
 """
 
@@ -27,41 +26,10 @@ from segkit.engine.report import EvalReport, image_details, image_miou, plot_pan
 from segkit.errors import SegkitError
 from segkit.metrics import ConfusionMatrix
 
-__all__ = ["default_workers", "evaluate_folders", "read_mask_fast"]
+__all__ = ["default_workers", "evaluate_folders"]
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _cv2() -> Any:
-    try:
-        import cv2
-    except ImportError:  # OpenCV comes with albumentations; without it Pillow decodes everything
-        return None
-    return cv2
-
-
-def read_mask_fast(path: Path) -> np.ndarray:
-    """The pixels ``read_mask_pixels`` returns, decoded by OpenCV for 8/16-bit grayscale PNGs.
-
-    Those are most masks, and OpenCV decodes them faster than Pillow (no Python per chunk).
-    Palette, colour, low-bit-depth and non-PNG files go to ``read_mask_pixels``, as does anything
-    OpenCV cannot decode, so a broken file gets the same error message either way.
-    """
-    cv2 = _cv2()
-    if cv2 is not None and path.suffix.lower() == ".png":
-        try:
-            data = np.fromfile(path, dtype=np.uint8)
-        except OSError:
-            data = None
-        # IHDR: bit depth at byte 24, colour type (0 = grayscale) at byte 25
-        if data is not None and data.size > 33 and data[:8].tobytes() == _PNG_SIGNATURE and data[25] == 0 and data[24] in (8, 16):
-            pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-            if pixels is not None and pixels.ndim == 2:
-                return pixels
-    return read_mask_pixels(path)
 
 
 def _pair_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray | None:
@@ -198,8 +166,8 @@ def evaluate_folders(
 
     def load(pair: tuple[str, Path, Path]) -> tuple[str, np.ndarray, np.ndarray, Path, Path]:
         stem, pred_path, gt_path = pair
-        gt = gt_decoder.decode(read_mask_fast(gt_path), gt_path)
-        pred = pred_decoder.decode(read_mask_fast(pred_path), pred_path)
+        gt = gt_decoder.decode(read_mask_pixels(gt_path), gt_path)
+        pred = pred_decoder.decode(read_mask_pixels(pred_path), pred_path)
         if pred.shape != gt.shape:
             raise SegkitError(f"prediction {pred_path} is {pred.shape[1]}x{pred.shape[0]} but its ground truth {gt_path} is "
                               f"{gt.shape[1]}x{gt.shape[0]}; predictions must have the ground truth's size (resize them with "

@@ -205,9 +205,9 @@ def folder_overlays(names: Iterable[str], pred_dir: str | os.PathLike[str], gt_d
     ``evaluate_folders`` reads them), over the image of the same stem in ``images_dir`` when
     given; and notes on images that could not be drawn under."""
     from segkit.data.folder import find_files
-    from segkit.data.io import IMAGE_EXTENSIONS, read_image, to_unit_float
+    from segkit.data.io import IMAGE_EXTENSIONS, read_image, read_mask_pixels, to_unit_float
     from segkit.data.masks import MaskDecoder
-    from segkit.engine.folders import _pair, read_mask_fast
+    from segkit.engine.folders import _pair
 
     pairs, _ = _pair(Path(pred_dir), Path(gt_dir), pred_suffix, gt_suffix, skip_missing=True)
     paths = {stem: (pred, gt) for stem, pred, gt in pairs}
@@ -220,8 +220,8 @@ def folder_overlays(names: Iterable[str], pred_dir: str | os.PathLike[str], gt_d
         if name not in paths:
             continue
         pred_path, gt_path = paths[name]
-        gt = gt_decoder.decode(read_mask_fast(gt_path), gt_path)
-        pred = pred_decoder.decode(read_mask_fast(pred_path), pred_path)
+        gt = gt_decoder.decode(read_mask_pixels(gt_path), gt_path)
+        pred = pred_decoder.decode(read_mask_pixels(pred_path), pred_path)
         image = None
         if images_dir is not None:
             if name not in images:

@@ -1,0 +1,81 @@
+"""OpenCV and Pillow give the same pixels for every image and mask kind segkit reads.
+
+segkit decodes the PNGs OpenCV reads alike (8-bit grey and RGB, 16-bit grey) with OpenCV, which
+is faster, and everything else with Pillow (segkit.data.io). Each file here is read both ways:
+with OpenCV allowed, and with it switched off (Pillow alone, segkit's reader before).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segkit.data import io
+from segkit.data.io import read_image, read_mask_pixels
+
+RNG = np.random.default_rng(3)
+H, W = 37, 53  # odd sizes: no row padding hides a stride bug
+
+
+def _save(path, array, mode=None, **options):
+    (Image.fromarray(array, mode=mode) if mode else Image.fromarray(array)).save(path, **options)
+    return path
+
+
+def _blobs(num_classes: int) -> np.ndarray:
+    """Label regions with long runs (as real masks have), a few ignore pixels."""
+    labels = np.kron(RNG.integers(0, num_classes, (5, 6)), np.ones((8, 9), np.int64))[:H, :W].astype(np.uint8)
+    labels[RNG.random(labels.shape) < 0.01] = 255
+    return labels
+
+
+# name -> (writer, OpenCV decodes it)
+KINDS = {
+    "grey8 image": (lambda p: _save(p, RNG.integers(0, 256, (H, W), dtype=np.uint8)), True),
+    "rgb8 image": (lambda p: _save(p, RNG.integers(0, 256, (H, W, 3), dtype=np.uint8)), True),
+    "grey16 microscopy": (lambda p: _save(p, RNG.integers(0, 65536, (H, W)).astype(np.uint16)), True),
+    "index mask": (lambda p: _save(p, _blobs(6)), True),
+    "binary 0/255 mask": (lambda p: _save(p, (_blobs(2) > 0).astype(np.uint8) * 255), True),
+    "16-bit label mask": (lambda p: _save(p, (_blobs(6).astype(np.uint16) * 1000)), True),
+    "rgb colour mask": (lambda p: _save(p, np.array([[0, 0, 0], [255, 0, 0], [0, 128, 255]], np.uint8)[_blobs(3) % 3]), True),
+    "palette mask": (lambda p: _palette(p), False),
+    "rgba image": (lambda p: _save(p, RNG.integers(0, 256, (H, W, 4), dtype=np.uint8), "RGBA"), False),
+    "grey+alpha image": (lambda p: _save(p, RNG.integers(0, 256, (H, W, 2), dtype=np.uint8), "LA"), False),
+    "1-bit image": (lambda p: _save(p, RNG.integers(0, 2, (H, W)).astype(bool), "1"), False),
+    "grey with tRNS": (lambda p: _save(p, RNG.integers(0, 256, (H, W), dtype=np.uint8), transparency=7), None),
+    "rgb with tRNS": (lambda p: _save(p, RNG.integers(0, 256, (H, W, 3), dtype=np.uint8), transparency=(1, 2, 3)), None),
+}
+
+
+def _palette(path):
+    image = Image.fromarray(_blobs(4) % 4, mode="P")
+    image.putpalette([0, 0, 0, 200, 10, 10, 10, 200, 10, 10, 10, 200] + [0] * 756)
+    image.save(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("reader", [read_image, read_mask_pixels], ids=["image", "mask"])
+def test_opencv_and_pillow_read_the_same_pixels(tmp_path, monkeypatch, kind, reader):
+    write, by_opencv = KINDS[kind]
+    path = write(tmp_path / "file.png")
+    if by_opencv is not None:  # None: either decoder may take it, the pixels must agree
+        assert (io._read_png_opencv(path) is not None) == by_opencv
+    fast = reader(path)
+    monkeypatch.setattr(io, "_opencv", False)  # Pillow alone
+    slow = reader(path)
+    assert fast.dtype == slow.dtype and fast.shape == slow.shape
+    np.testing.assert_array_equal(fast, slow)
+
+
+def test_broken_pngs_get_pillows_error_naming_the_file(tmp_path):
+    from segkit import SegkitError
+
+    good = _save(tmp_path / "good.png", RNG.integers(0, 256, (H, W), dtype=np.uint8)).read_bytes()
+    (tmp_path / "cut.png").write_bytes(good[: len(good) // 2])
+    (tmp_path / "header.png").write_bytes(good[:40])
+    for name in ("cut.png", "header.png"):
+        assert io._read_png_opencv(tmp_path / name) is None
+        with pytest.raises(SegkitError, match=name):
+            read_image(tmp_path / name)
