@@ -69,7 +69,10 @@ class RowReader:
             rows = np.repeat(rows, 3, axis=2) if self.repeat else rows
         else:
             rows = self.unit(y0, y1)
-        return self.standardise(torch.from_numpy(np.ascontiguousarray(rows.transpose(2, 0, 1))).to(self.device))
+        chw = np.ascontiguousarray(rows.transpose(2, 0, 1))
+        if not chw.flags.writeable:  # rows of a read-only memory map: torch warns on (and must not get) those
+            chw = chw.copy()
+        return self.standardise(torch.from_numpy(chw).to(self.device))
 
 
 @torch.inference_mode()
