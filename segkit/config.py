@@ -106,6 +106,7 @@ class OptimizerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     alpha: float = 0.99  # RMSprop smoothing
+    fused: Optional[bool] = None  # None: torch's fused kernel where it has one (sgd, adam, adamw, adagrad); False: torch's default
 
 
 @dataclass

@@ -88,3 +88,38 @@ def test_frozen_encoder_is_left_out():
     trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert trained == {id(model.head.weight), id(model.head.bias)}
     assert not any(p.requires_grad for p in model.encoder.parameters())
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "adagrad"])
+def test_optimizers_with_a_fused_kernel_use_it_and_step_as_torchs_default(name):
+    """Fused by default (one kernel instead of a Python loop over the parameters); the weights
+    after a few steps equal those of torch's default implementation to float32 rounding."""
+    torch.manual_seed(0)
+    models = [Tiny(), Tiny()]
+    for model in models:  # a bias before BatchNorm gets rounding noise as gradient, which Adam scales up to lr
+        model.encoder[0] = nn.Conv2d(1, 4, 3, bias=False)
+    models[1].load_state_dict(models[0].state_dict())
+    start = [p.detach().clone() for p in models[0].parameters()]
+    cfg = config_from_dict({"optimizer": {"name": name, "lr": 0.05, "weight_decay": 0.01}})
+    fused, plain = build_optimizer(models[0], cfg), build_optimizer(models[1], cfg, fused=False)
+    assert fused.defaults["fused"] is True and not plain.defaults.get("fused")
+    x = torch.randn(4, 1, 8, 8)
+    for _ in range(5):
+        for model, optimizer in zip(models, (fused, plain)):
+            optimizer.zero_grad()
+            model.head(model.encoder(x)).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert all(not torch.equal(a, b) for a, b in zip(models[0].parameters(), start))  # every weight moved
+
+
+def test_fused_can_be_switched_off_and_is_refused_where_torch_has_none():
+    from segkit import SegkitError
+
+    off = build_optimizer(Tiny(), config_from_dict({"optimizer": {"name": "adamw", "fused": False}}))
+    assert not off.defaults.get("fused")
+    rmsprop = build_optimizer(Tiny(), config_from_dict({"optimizer": {"name": "rmsprop"}}))  # no fused kernel: torch's default
+    assert isinstance(rmsprop, torch.optim.RMSprop)
+    with pytest.raises(SegkitError, match="optimizer.fused is true but torch has no fused rmsprop"):
+        build_optimizer(Tiny(), config_from_dict({"optimizer": {"name": "rmsprop", "fused": True}}))

@@ -126,7 +126,7 @@ def _plain(config: str, run_dir: Path, device_name: str, overrides: list[str]) -
     loader = DataLoader(train_set.dataset, batch_size=cfg.trainer.batch_size, shuffle=True, drop_last=True,
                         num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
     val_loader = DataLoader(getattr(val_set, "dataset", val_set), batch_size=cfg.trainer.batch_size)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, fused=False)  # torch's default implementation, as a hand-written loop gets
     scheduler = build_scheduler(optimizer, cfg, len(loader) * cfg.trainer.epochs)
     classes = cfg.model.num_classes
     run_dir.mkdir(parents=True)

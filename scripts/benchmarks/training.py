@@ -74,7 +74,7 @@ def _plain_run(args: argparse.Namespace, data_root: Path) -> float:
     loss_fn = build_loss_fn(cfg).to(device)
     loader = DataLoader(train_set.dataset, batch_size=cfg.trainer.batch_size, shuffle=True, drop_last=True,
                         num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, fused=False)  # torch's default implementation, as a hand-written loop gets
     scheduler = build_scheduler(optimizer, cfg, len(loader) * args.epochs)
     rates = []
     model.train()

