@@ -147,11 +147,12 @@ def find_files(
     problems: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = Path(dirpath).relative_to(folder)
+        rel_dir = Path(dirpath).relative_to(folder).as_posix()
+        prefix = "" if rel_dir == "." else rel_dir + "/"  # string work: thousands of files per folder
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
-            rel = (rel_dir / name).as_posix()
+            rel = prefix + name
             if suffix:
                 if not rel.endswith(suffix):
                     continue

@@ -108,7 +108,7 @@ class MaskDecoder:
                         f"mask {path} holds non-integer or negative values; masks must hold class indices"
                     )
                 labels = labels.astype(np.int64)
-            elif labels.size and labels.min() < 0:
+            elif labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
                 raise SegkitError(
                     f"mask {path} holds negative value {int(labels.min())}; masks must hold class indices >= 0"
                 )
@@ -120,6 +120,8 @@ class MaskDecoder:
             labels = labels - 1
             labels[labels < 0] = self.ignore_index
             labels[ignore] = self.ignore_index
+        if labels.dtype == np.uint8:  # most masks: nothing to check or convert (no pass over the pixels)
+            return labels
         top = int(labels.max()) if labels.size else 0
         dtype = np.uint8 if top <= 255 else np.uint16 if top <= 65535 else None
         if dtype is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -32,6 +33,17 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+_local = threading.local()
+
+
+def _buffers(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """This thread's uint16 index and bool work arrays of ``size`` elements."""
+    buffers = getattr(_local, "buffers", None)
+    if buffers is None or buffers[0].size != size:
+        buffers = _local.buffers = (np.empty(size, np.uint16), np.empty(size, bool))
+    return buffers
+
+
 def _pair_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray | None:
     """The ``(C, C)`` counts (rows ground truth) of one pair of 8-bit label maps, counted by runs.
 
@@ -47,11 +59,9 @@ def _pair_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_inde
         return None
     if int(pred.max()) >= num_classes:
         return None
-    index = gt.astype(np.uint16)
-    index *= num_classes
-    index += pred  # <= 255 * 256 + 255: fits uint16
-    flat = index.reshape(-1)
-    starts_here = np.empty(flat.size, dtype=bool)
+    flat, starts_here = _buffers(pred.size)  # reused per thread: no page faults for fresh arrays
+    np.multiply(gt.reshape(-1), num_classes, out=flat, dtype=np.uint16)
+    np.add(flat, pred.reshape(-1), out=flat)  # <= 255 * 256 + 255: fits uint16
     starts_here[0] = True
     np.not_equal(flat[1:], flat[:-1], out=starts_here[1:])
     starts = np.flatnonzero(starts_here)
@@ -64,22 +74,30 @@ def _pair_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_inde
     return counts[:num_classes]
 
 
-def _ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
-    """``map(fn, items)`` run by ``workers`` threads, results in order, at most 2 x workers ahead."""
+def _ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, chunk: int = 8) -> Iterator[R]:
+    """``map(fn, items)`` run by ``workers`` threads, results in order, at most 2 x workers chunks ahead.
+
+    Items go to the threads ``chunk`` at a time: one hand-over per chunk instead of per item
+    keeps the main thread (and the GIL hand-overs it causes) out of the decoding threads' way.
+    """
     if workers <= 1:
         yield from map(fn, items)
         return
     from concurrent.futures import ThreadPoolExecutor
 
+    def run(chunk_items: list[T]) -> list[R]:
+        return [fn(item) for item in chunk_items]
+
     iterator = iter(items)
+    chunks = iter(lambda: list(itertools.islice(iterator, chunk)), [])
     with ThreadPoolExecutor(workers, thread_name_prefix="segkit-decode") as pool:
-        pending = deque(pool.submit(fn, item) for item in itertools.islice(iterator, 2 * workers))
+        pending = deque(pool.submit(run, c) for c in itertools.islice(chunks, 2 * workers))
         try:
             while pending:
-                result = pending.popleft().result()
-                for item in itertools.islice(iterator, 1):
-                    pending.append(pool.submit(fn, item))
-                yield result
+                results = pending.popleft().result()
+                for c in itertools.islice(chunks, 1):
+                    pending.append(pool.submit(run, c))
+                yield from results
         finally:
             for future in pending:
                 future.cancel()
