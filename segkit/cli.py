@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -141,7 +142,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         raise SegkitError(f"--max-steps must be a positive number of steps; got {args.max_steps}.")
     result = train(cfg, args.out, max_steps=args.max_steps, resume=args.resume, progress=not args.quiet)
-    if result.best_miou is not None:
+    if result.best_miou is not None and os.environ.get("RANK", "0") == "0":  # under torchrun: global rank 0 alone, which holds the run's figure
         print(f"best mIoU: {result.best_miou:.4f} ({args.out}/best.pt)")
     return 130 if result.interrupted else 0  # the shell's code for "stopped by Ctrl-C"
 

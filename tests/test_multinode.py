@@ -125,6 +125,7 @@ def test_two_nodes_train_as_one_node_with_two_processes(tmp_path, data_root):
     _run_standalone(config, tmp_path / "one")
     outputs = _run_two_nodes(config, tmp_path / "two")
     assert sum(out.count("epoch 2/2") for out, _ in outputs) == 1  # global rank 0 alone prints (and writes)
+    assert sum(out.count("best mIoU") for out, _ in outputs) == 1
 
     one, two = load_checkpoint(tmp_path / "one" / "last.pt"), load_checkpoint(tmp_path / "two" / "last.pt")
     assert two["world_size"] == 2 and two["step"] == one["step"] == 2
@@ -217,3 +218,31 @@ def test_torchrun_max_restarts_survives_a_killed_worker(tmp_path, reference):
     final = load_checkpoint(run / "last.pt")
     assert final["step"] == EPOCHS * STEPS_PER_EPOCH and final["epoch"] == EPOCHS and final["world_size"] == 2
     _assert_same_weights(straight, run / "last.pt")
+
+
+def _restart_worker(rank: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from segkit.engine.distributed import DistInfo, elastic_restart
+
+    os.environ["TORCHELASTIC_RESTART_COUNT"] = "1" if rank == 1 else "0"  # only rank 1's node saw a failure
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        agreed = elastic_restart(DistInfo(rank=rank, world_size=2), torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+    Path(out_dir, f"rank{rank}").write_text(str(agreed))
+
+
+def test_every_rank_sees_a_restart_that_one_node_counted(tmp_path, monkeypatch):
+    """torchrun counts restarts per node: a rank whose node restarted nothing still continues the run."""
+    import torch.multiprocessing as mp
+
+    from segkit.engine.distributed import DistInfo, elastic_restart
+
+    mp.spawn(_restart_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert [(tmp_path / f"rank{r}").read_text() for r in range(2)] == ["True", "True"]
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")  # one process: its own count
+    assert elastic_restart(DistInfo(), torch.device("cpu")) is False
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    assert elastic_restart(DistInfo(), torch.device("cpu")) is True

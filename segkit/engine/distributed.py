@@ -24,7 +24,7 @@ from torch.utils.data import Sampler
 
 from segkit.errors import SegkitError
 
-__all__ = ["DistInfo", "SeededSampler", "any_rank", "broadcast_batchnorm_buffers", "cleanup_distributed", "init_distributed",
+__all__ = ["DistInfo", "SeededSampler", "any_rank", "broadcast_batchnorm_buffers", "cleanup_distributed", "elastic_restart", "init_distributed",
            "is_main_process", "main_then_share", "resume_batch"]
 
 
@@ -103,6 +103,19 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     value = torch.tensor([int(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def elastic_restart(info: DistInfo, device: torch.device) -> bool:
+    """Whether torchrun (``--max-restarts``) started this group again after a failure, on any rank.
+
+    torchrun counts restarts per node (``TORCHELASTIC_RESTART_COUNT``): on a node whose own
+    workers did not fail the count can stay 0 while the other nodes' rises (pytorch/pytorch#108158),
+    so the ranks agree by one all-reduce (CUDA tensors under NCCL), and a rank 0 on the healthy
+    node continues the run too instead of refusing its directory.
+    """
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    collective = torch.device("cuda", info.local_rank) if device.type == "cuda" else device
+    return any_rank(restarted, info, collective)
 
 
 def broadcast_batchnorm_buffers(model: nn.Module, info: DistInfo) -> None:

@@ -45,7 +45,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,7 +61,7 @@ from segkit.engine.amp import resolve_amp
 from segkit.engine.builders import build_datasets, build_loss_fn, build_model_from_config, resolve_normalisation
 from segkit.engine.checkpoint import CheckpointWriter, capture_rng, load_checkpoint, restore_grad_scaler, restore_rng
 from segkit.engine.distributed import (DistInfo, SeededSampler, any_rank, broadcast_batchnorm_buffers, cleanup_distributed,
-                                       init_distributed, main_then_share, resume_batch)
+                                       elastic_restart, init_distributed, main_then_share, resume_batch)
 from segkit.engine.inputs import collate_interleaved
 from segkit.engine.loop import Run, StopFlag, train_epoch
 from segkit.engine.optim import build_optimizer, build_scheduler
@@ -185,14 +184,14 @@ def train(
     configured epochs, so a run cut short and resumed follows the same learning rates).
     """
     out_dir = Path(out_dir)
-    # torchrun --max-restarts started this group again after a worker failed: the same command
-    # continues the run from its last.pt (or starts it over when the failure came before the first).
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
-    if restarted and not resume and (out_dir / "last.pt").is_file():
-        resume = True
     device = resolve_device(cfg.trainer.device)
     info = init_distributed(device.type)
     try:
+        # torchrun --max-restarts started this group again after a worker failed: the same command
+        # continues the run from its last.pt (or starts it over when the failure came before the first).
+        restarted = elastic_restart(info, device)
+        if restarted and not resume and (out_dir / "last.pt").is_file():
+            resume = True
         result = _train(cfg, out_dir, device, info, max_steps=max_steps, resume=resume, progress=progress, restarted=restarted)
         if info.enabled:
             # Leave together: a rank that tears down its process group while rank 0 still writes the
