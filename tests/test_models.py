@@ -127,7 +127,7 @@ def test_fcn_vgg_loads_fc6_fc7_from_the_checkpoint(tmp_path, caplog):
 
 def test_errors_name_the_valid_choices():
     with pytest.raises(SegkitError, match="deeplabv3, deeplabv3plus, fcn16s, fcn2s, fcn32s, fcn4s, fcn8s, fcn_head, fpn, unet, unet_original"):
-        create_model("fcn4s", encoder="resnet18")
+        create_model("fcn64s", encoder="resnet18")
     with pytest.raises(SegkitError, match="unknown encoder 'resnet19'"):
         create_model("unet", encoder="resnet19")
     with pytest.raises(SegkitError, match="unknown encoder 'swin'; choose one of .*resnet18"):

@@ -187,6 +187,7 @@ def train(
     device = resolve_device(cfg.trainer.device)
     info = init_distributed(device.type)
     try:
+        _check_sync_bn(cfg, device, info)
         # torchrun --max-restarts started this group again after a worker failed: the same command
         # continues the run from its last.pt (or starts it over when the failure came before the first).
         restarted = elastic_restart(info, device)
@@ -228,7 +229,6 @@ def _prepare_run_dir(cfg: DictConfig, out_dir: Path, last_path: Path, resume: bo
 
 def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo, *, max_steps: int | None, resume: bool, progress: bool,
            restarted: bool = False) -> TrainResult:
-    _check_sync_bn(cfg, device, info)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.backends.cudnn.benchmark = True
