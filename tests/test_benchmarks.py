@@ -27,6 +27,8 @@ TINY = {
     "accuracy": ["--datasets", "quickstart", "--models", "unet-nearest,smp-unet", "--seeds", "0", "--epochs", "1",
                  "--quickstart-n", "8", "--quickstart-size", "64", "--batch", "4", "--threads", "1"],
     "predict_scaling": ["--sizes", "64,96", "--tile", "64", "--format", "tif", "--threads", "1"],
+    "stride_bound": ["--datasets", "quickstart", "--quickstart-n", "4", "--quickstart-size", "32", "--strides", "4,8",
+                     "--iterations", "5"],
     "end_to_end": ["--size", "32", "--tiny-epochs", "2", "--long-n", "16", "--long-epochs", "1", "--rounds", "1",
                    "model.decoder.decoder_channels=[8,8,8,8,8]"],
 }
