@@ -4,8 +4,9 @@ Files pair by stem (``a.png`` <-> ``a.png``; nested folders by relative path), w
 rules of ``FolderDataset``. Decoding is the cost, so a pool of threads decodes the pairs
 (``segkit.data.io.read_mask_pixels``: OpenCV for 8/16-bit grayscale PNGs, GIL-free) and counts
 each pair's confusion matrix (by runs of equal labels, :func:`_pair_counts`) and its per-image
-figures; the main thread only sums. Results come back in file order, so the first bad file reported is always the same one. The
-summed counts go into a :class:`~segkit.metrics.ConfusionMatrix`, whose ``compute()`` is the report.
+figures; the main thread only sums. Results come back in file order, so the first bad file
+reported is always the same one. The summed counts go into a
+:class:`~segkit.metrics.ConfusionMatrix`, whose ``compute()`` is the report.
 """
 
 from __future__ import annotations

@@ -83,12 +83,12 @@ def build_optimizer(model: nn.Module, cfg: DictConfig, fused: bool | None = None
     """The optimizer named by ``cfg.optimizer.name`` over :func:`parameter_groups`.
 
     Every optimizer takes torch's fused implementation (one kernel over all parameters: SGD,
-    Adam, AdamW and Adagrad have one) wherever torch has it for the parameters' device, unless ``fused`` (or, when
-    ``fused`` is None, ``cfg.optimizer.fused``) is False. On the CPU torch's default is a Python
-    loop over the parameters: an AdamW step over U-Net/ResNet-18's 11.6 M parameters takes 32 ms
-    fused against 177 ms (128 ms ``foreach``) on a busy machine, 11-14 ms against 35-48 ms on an idle
-    one, a fifth of a 4x128x128 training step. The fused
-    kernels compute the same update in another order: equal to float32 rounding, not bit for bit.
+    Adam, AdamW and Adagrad have one) wherever torch has it for the parameters' device, unless
+    ``fused`` (or, when ``fused`` is None, ``cfg.optimizer.fused``) is False. On the CPU torch's
+    default is a Python loop over the parameters: an AdamW step over U-Net/ResNet-18's 11.6 M
+    parameters takes 11-14 ms fused against 35-48 ms on an idle machine (32 against 177 ms, and
+    128 ms ``foreach``, on a busy one), a fifth of a 4x128x128 training step. The fused kernels
+    compute the same update in another order: equal to float32 rounding, not bit for bit.
     """
     opt = cfg.optimizer
     groups = parameter_groups(model, cfg)
