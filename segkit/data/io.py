@@ -2,10 +2,9 @@
 
 Images are read with tifffile for ``.tif``/``.tiff`` (keeps 16-bit and multi-channel data; Pillow
 would reduce a 16-bit RGB TIFF to 8 bits), with OpenCV for the PNGs it decodes to the same pixels
-as Pillow and faster (8-bit grayscale or RGB and 16-bit grayscale: 20-30 % less time than Pillow
-for a 512x512 image; :func:`_read_png_opencv`), and with Pillow
-for everything else (palette, alpha, low bit depths, JPEG, ...). Every read error becomes a
-``SegkitError`` that names the file.
+as Pillow and faster (8-bit grayscale or RGB and 16-bit grayscale: about a quarter less time than
+Pillow; :func:`_read_png_opencv`), and with Pillow for everything else (palette, alpha, low bit
+depths, JPEG, ...). Every read error becomes a ``SegkitError`` that names the file.
 
 Intensity scaling (``to_unit_float``), the first half of segkit's normalisation:
 
@@ -167,9 +166,9 @@ def _read_png_opencv(path: Path) -> np.ndarray | None:
     """The pixels Pillow would give for a PNG that OpenCV decodes alike, else None (Pillow reads it).
 
     The IHDR is checked, then ``cv2.imread`` decodes the file. Anything unexpected (no OpenCV,
-    another colour type, a path OpenCV cannot open, a broken file,
-    an extra alpha channel from a tRNS chunk) returns None, so Pillow reads the file and a broken
-    one gets Pillow's error message, as before. ``tests/test_decoders_agree.py`` checks both
+    another colour type, a path OpenCV cannot open, a broken file, an extra alpha channel from a
+    tRNS chunk) returns None, so Pillow reads the file and a broken one gets Pillow's error
+    message, as before. ``tests/test_decoders_agree.py`` checks both
     decoders on every image and mask kind the README lists.
     """
     cv2 = _cv2()
