@@ -21,15 +21,20 @@ def test_round_trip_with_weights_only(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["metrics"]["iou"] == [0.4, None]
 
 
-def test_crash_mid_write_leaves_previous_file_intact(tmp_path, monkeypatch):
-    path = tmp_path / "last.pt"
-    save_checkpoint({"model": {"w": torch.zeros(2)}, "epoch": 1}, path)
+def crash_torch_save(monkeypatch) -> None:
+    """Make checkpoint's torch.save write half a file and fail, as a full disk does."""
 
     def crash(obj, f, *args, **kwargs):
         f.write(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint.torch, "save", crash)
+
+
+def test_crash_mid_write_leaves_previous_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.zeros(2)}, "epoch": 1}, path)
+    crash_torch_save(monkeypatch)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint({"model": {"w": torch.ones(2)}, "epoch": 2}, path)
     monkeypatch.undo()

@@ -15,6 +15,7 @@ from segkit.config import config_from_dict
 from segkit.engine import checkpoint
 from segkit.engine.checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint
 from segkit.engine.train import _best_of, train
+from tests.test_checkpoint import crash_torch_save
 from tests.test_train import tiny_config
 
 
@@ -120,12 +121,7 @@ def test_background_writer_copies_first_and_does_not_block(tmp_path, monkeypatch
 def test_background_write_failure_keeps_the_previous_file_and_is_raised(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     save_checkpoint({"model": {"w": torch.zeros(2)}, "step": 1}, path)
-
-    def crash(obj, f, *args, **kwargs):
-        f.write(b"partial")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(checkpoint.torch, "save", crash)
+    crash_torch_save(monkeypatch)
     writer = CheckpointWriter()
     writer.submit({"model": {"w": torch.ones(2)}, "step": 2}, path)
     with pytest.raises(OSError, match="disk full"):
