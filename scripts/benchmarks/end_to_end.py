@@ -111,21 +111,14 @@ def _plain(config: str, run_dir: Path, device_name: str, overrides: list[str]) -
     import torch
     from torch.utils.data import DataLoader
 
+    from benchmarks._plain import plain_pieces
     from segkit.config import load_config
-    from segkit.engine.builders import build_datasets, build_loss_fn, build_model_from_config
-    from segkit.engine.optim import build_optimizer, build_scheduler
 
     device = torch.device(device_name)
     cfg = load_config(config, overrides)
-    torch.manual_seed(cfg.trainer.seed)
-    train_set, val_set = build_datasets(cfg)
-    model = build_model_from_config(cfg).to(device)
-    loss_fn = build_loss_fn(cfg).to(device)
-    loader = DataLoader(train_set.dataset, batch_size=cfg.trainer.batch_size, shuffle=True, drop_last=True,
-                        num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
-    val_loader = DataLoader(getattr(val_set, "dataset", val_set), batch_size=cfg.trainer.batch_size)
-    optimizer = build_optimizer(model, cfg, fused=False)  # torch's default implementation, as a hand-written loop gets
-    scheduler = build_scheduler(optimizer, cfg, len(loader) * cfg.trainer.epochs)
+    pieces = plain_pieces(cfg, device, cfg.trainer.epochs)
+    model, loss_fn, loader, optimizer, scheduler = pieces.model, pieces.loss_fn, pieces.loader, pieces.optimizer, pieces.scheduler
+    val_loader = DataLoader(getattr(pieces.val_set, "dataset", pieces.val_set), batch_size=cfg.trainer.batch_size)
     classes = cfg.model.num_classes
     run_dir.mkdir(parents=True)
 
@@ -164,6 +157,7 @@ def _plain(config: str, run_dir: Path, device_name: str, overrides: list[str]) -
 
 
 if __name__ == "__main__":  # the child processes of the benchmark
+    sys.path.insert(0, str(REPO / "scripts"))  # run as a file: its sibling modules as the parent imports them
     if sys.argv[1] == "--generate":
         _generate(sys.argv[2], sys.argv[3:])
     elif sys.argv[1] == "--plain":

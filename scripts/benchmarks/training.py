@@ -26,11 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
+from benchmarks._plain import plain_pieces
 from segkit.config import load_config
-from segkit.engine.builders import build_datasets, build_loss_fn, build_model_from_config
-from segkit.engine.optim import build_optimizer, build_scheduler
 from segkit.engine.train import train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,14 +66,8 @@ def _plain_run(args: argparse.Namespace, data_root: Path) -> float:
     """torchvision reference style: the same pieces, a bare loop; images/s of epochs 2.. (median)."""
     device = torch.device(args.device)
     cfg = load_config(args.config, [f"data.root={data_root}", f"trainer.epochs={args.epochs}", *args.overrides])
-    torch.manual_seed(cfg.trainer.seed)
-    train_set, _ = build_datasets(cfg)
-    model = build_model_from_config(cfg).to(device)
-    loss_fn = build_loss_fn(cfg).to(device)
-    loader = DataLoader(train_set.dataset, batch_size=cfg.trainer.batch_size, shuffle=True, drop_last=True,
-                        num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
-    optimizer = build_optimizer(model, cfg, fused=False)  # torch's default implementation, as a hand-written loop gets
-    scheduler = build_scheduler(optimizer, cfg, len(loader) * args.epochs)
+    pieces = plain_pieces(cfg, device, args.epochs)
+    model, loss_fn, loader, optimizer, scheduler = pieces.model, pieces.loss_fn, pieces.loader, pieces.optimizer, pieces.scheduler
     rates = []
     model.train()
     for _epoch in range(args.epochs):
