@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from benchmarks import _real_data
 from benchmarks.accuracy import REAL_DATASETS, _choices
@@ -54,6 +53,7 @@ def fitted_labels(mask: torch.Tensor, num_classes: int, stride: int, iterations:
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from segkit.data.io import read_mask_pixels
     from segkit.metrics import ConfusionMatrix
 
     cache = Path(args.cache) if args.cache else _real_data.default_cache()
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         else:
             root = _real_data.prepare(dataset, cache)
         num_classes = 2 if dataset.endswith("binary") else 3
-        masks = [torch.from_numpy(np.asarray(Image.open(p)).astype(np.int64)) for p in sorted(glob.glob(str(root / "masks" / "val" / "*.png")))]
+        masks = [torch.from_numpy(read_mask_pixels(p).astype(np.int64)) for p in sorted(glob.glob(str(root / "masks" / "val" / "*.png")))]
         for stride in strides:
             matrix = ConfusionMatrix(num_classes)
             for mask in masks:
