@@ -110,12 +110,11 @@ def elastic_restart(info: DistInfo, device: torch.device) -> bool:
 
     torchrun counts restarts per node (``TORCHELASTIC_RESTART_COUNT``): on a node whose own
     workers did not fail the count can stay 0 while the other nodes' rises (pytorch/pytorch#108158),
-    so the ranks agree by one all-reduce (CUDA tensors under NCCL), and a rank 0 on the healthy
-    node continues the run too instead of refusing its directory.
+    so the ranks agree by one all-reduce on ``device`` (this process's GPU under NCCL), and a rank
+    0 on the healthy node continues the run too instead of refusing its directory.
     """
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
-    collective = torch.device("cuda", info.local_rank) if device.type == "cuda" else device
-    return any_rank(restarted, info, collective)
+    return any_rank(restarted, info, device)
 
 
 def broadcast_batchnorm_buffers(model: nn.Module, info: DistInfo) -> None:

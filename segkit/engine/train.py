@@ -186,6 +186,8 @@ def train(
     out_dir = Path(out_dir)
     device = resolve_device(cfg.trainer.device)
     info = init_distributed(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)  # this process's GPU
     try:
         _check_sync_bn(cfg, device, info)
         # torchrun --max-restarts started this group again after a worker failed: the same command
@@ -230,7 +232,6 @@ def _prepare_run_dir(cfg: DictConfig, out_dir: Path, last_path: Path, resume: bo
 def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo, *, max_steps: int | None, resume: bool, progress: bool,
            restarted: bool = False) -> TrainResult:
     if device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
         torch.backends.cudnn.benchmark = True
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     resolve_normalisation(cfg)
