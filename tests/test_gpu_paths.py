@@ -272,6 +272,25 @@ def _poison_loss_at(monkeypatch, batch: int) -> list[int]:
     return calls
 
 
+def test_a_nan_loss_while_last_pt_is_still_being_written_names_it(tmp_path, data_root, monkeypatch):
+    """last.pt is written in the background: the error waits for that write before it says whether
+    a last.pt keeps the last good state (a slow disk made it say none was written)."""
+    import time
+
+    real = checkpoint.save_checkpoint
+
+    def slow(state, path):
+        time.sleep(1.0)
+        real(state, path)
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", slow)
+    cfg = config_from_dict(tiny_config(data_root, epochs=2, batch_size=1, log_interval=1, checkpoint_interval=0))
+    _poison_loss_at(monkeypatch, 7)  # the first step of epoch 2, right after epoch 1's last.pt was submitted
+    with pytest.raises(SegkitError, match=r"the loss became nan at step 7 \(epoch 2\).*last.pt keeps the last good state"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 6
+
+
 def test_a_nan_loss_inside_a_log_window_names_its_step(tmp_path, data_root, monkeypatch):
     """log_interval 5, the loss NaN at step 8 (epoch 2): noticed at the log point of step 10, the error
     names step 8, and last.pt keeps the state of step 6 (end of epoch 1), bit-identical to a clean run's."""

@@ -151,6 +151,7 @@ class Run:
     max_steps: int | None
     progress: bool
     last_path: Any  # named in the non-finite-loss error
+    writer: Any  # segkit.engine.checkpoint.CheckpointWriter: its pending last.pt is waited for before that error
     scaling: Callable[..., Tensor]  # (images as the loader gives them, memory format) -> model input (segkit.engine.inputs.DeviceScaling)
 
 
@@ -221,6 +222,7 @@ def train_epoch(run: Run, epoch: int, batch_in_epoch: int, step: int) -> EpochEn
         if stats.bad_step is not None:
             if info.enabled:
                 dist.barrier()  # every rank raises here, none is left waiting in a collective
+            run.writer.wait(run.last_path)  # a last.pt still being written in the background counts
             kept = (f"{run.last_path} keeps the last good state" if run.last_path.exists() else
                     f"no {run.last_path.name} was written yet (it is written every trainer.checkpoint_interval seconds)")
             raise SegkitError(

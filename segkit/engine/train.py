@@ -316,7 +316,8 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
         run = Run(cfg=cfg, info=info, device=device, model=model, train_model=train_model, loss_fn=loss_fn, optimizer=optimizer,
                   scheduler=scheduler, scaler=scaler, task=task, loader=loader, stop=stop, log=log, amp=(use_amp, amp_dtype),
                   channels_last=channels_last, frozen_norms=frozen_norms, batches_per_epoch=batches_per_epoch,
-                  max_steps=max_steps, progress=progress, last_path=last_path, scaling=_device_scaling(train_set))
+                  max_steps=max_steps, progress=progress, last_path=last_path, writer=writer,
+                  scaling=_device_scaling(train_set))
         for epoch in range(start_epoch, cfg.trainer.epochs):
             sampler.set_epoch(epoch, start=batch_in_epoch * batch_size)
             end = train_epoch(run, epoch, batch_in_epoch, step)  # SegkitError on a non-finite loss (all ranks)
