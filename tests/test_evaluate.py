@@ -436,3 +436,22 @@ def test_pair_counts_with_runs_many_classes_and_no_ignore_index(num_classes):
         np.testing.assert_array_equal(folders._pair_counts(pred, gt, num_classes, None), expected)
     one = np.zeros((1, 1), np.uint8)  # a single pixel: one run
     np.testing.assert_array_equal(folders._pair_counts(one, one, num_classes, None)[0, 0], 1)
+
+
+def test_pair_counts_of_masks_that_share_a_thread_s_buffers():
+    """Sizes that round to the same 8-pixel words reuse one thread's buffers: a run start left by a
+    bigger mask past a smaller one's end must not count, nor one in the middle of a word."""
+    from segkit.engine import folders
+
+    rng = np.random.default_rng(3)
+    for height, width in [(1, 16), (1, 10), (1, 9), (3, 3), (1, 15), (2, 8), (1, 1), (5, 13), (4, 16)]:
+        for _ in range(3):
+            gt = rng.integers(0, 3, (height, width)).astype(np.uint8)
+            pred = rng.integers(0, 3, (height, width)).astype(np.uint8)
+            expected = np.zeros((3, 3), np.int64)
+            np.add.at(expected, (gt.ravel().astype(np.int64), pred.ravel().astype(np.int64)), 1)
+            np.testing.assert_array_equal(folders._pair_counts(pred, gt, 3, None), expected)
+        full = np.arange(height * width, dtype=np.uint8).reshape(height, width) % 3  # a start at every pixel
+        expected = np.zeros((3, 3), np.int64)
+        np.add.at(expected, (full.ravel().astype(np.int64), full.ravel().astype(np.int64)), 1)
+        np.testing.assert_array_equal(folders._pair_counts(full, full, 3, None), expected)

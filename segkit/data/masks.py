@@ -86,6 +86,8 @@ class MaskDecoder:
                     )
                 colors[packed] = int(cls)
             self.colors = colors
+        # Nothing to decode: 8-bit index masks pass through untouched (most masks; no per-mask checks)
+        self._as_stored = self.colors is None and not binary and not reduce_zero_label
 
     @property
     def is_color(self) -> bool:
@@ -93,6 +95,8 @@ class MaskDecoder:
 
     def decode(self, raw: np.ndarray, path: str | Path) -> np.ndarray:
         """Class indices (H, W) from the pixels ``read_mask_pixels`` returned."""
+        if self._as_stored and raw.dtype == np.uint8 and raw.ndim == 2:
+            return raw
         if self.colors is not None:
             labels = self._decode_colors(raw, path)
         elif raw.ndim == 3:

@@ -19,30 +19,41 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EvalReport", "format_report", "image_details", "image_miou", "json_safe", "plot_confusion", "plot_panels", "write_report"]
+__all__ = ["EvalReport", "format_report", "image_details", "image_figures", "image_miou", "json_safe", "plot_confusion", "plot_panels", "write_report"]
+
+
+def image_figures(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+    """Per-image figures of a stack of confusion matrices ``(N, K, K)`` (rows ground truth), at once.
+
+    Returns each image's mean IoU over the classes present in its ground truth (MONAI's
+    ``ignore_empty``; the convention of ``per_image_miou``), its pixel accuracy (both ``(N,)``
+    float64, NaN where the image has no counted pixel) and its ground-truth classes.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    tp = np.diagonal(counts, axis1=1, axis2=2)
+    gt = counts.sum(2)
+    present = gt > 0
+    union = gt + counts.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(present, tp / np.where(present, union, 1.0), 0.0)
+        miou = iou.sum(1) / present.sum(1)  # 0 / 0 = NaN: no counted pixel
+        total = gt.sum(1)
+        accuracy = np.where(total > 0, tp.sum(1) / np.where(total > 0, total, 1.0), np.nan)
+    rows, cols = np.nonzero(present)
+    classes = np.split(cols, np.searchsorted(rows, np.arange(1, len(counts))))
+    return miou, accuracy, [c.tolist() for c in classes]
 
 
 def image_miou(counts: np.ndarray) -> float:
-    """Mean IoU of one image from its confusion matrix ``(K, K)`` (rows ground truth), over the
-    classes present in its ground truth (MONAI's ``ignore_empty``; the convention of
-    ``per_image_miou``); NaN when the image has no counted pixel."""
-    counts = np.asarray(counts, dtype=np.float64)
-    tp = np.diag(counts)
-    gt = counts.sum(1)
-    present = gt > 0
-    if not present.any():
-        return float("nan")
-    union = gt + counts.sum(0) - tp
-    return float(np.mean(tp[present] / union[present]))
+    """Mean IoU of one image from its confusion matrix ``(K, K)``: :func:`image_figures`'s first figure."""
+    return float(image_figures(np.asarray(counts)[None])[0][0])
 
 
 def image_details(counts: np.ndarray) -> dict[str, Any]:
     """One image's pixel accuracy (NaN when nothing counted) and the classes in its ground truth,
     from its confusion matrix ``(K, K)`` (rows ground truth)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    total = counts.sum()
-    return {"pixel_accuracy": float(np.trace(counts) / total) if total > 0 else float("nan"),
-            "classes": np.flatnonzero(counts.sum(1)).tolist()}
+    _, accuracy, classes = image_figures(np.asarray(counts)[None])
+    return {"pixel_accuracy": float(accuracy[0]), "classes": classes[0]}
 
 
 @dataclass
