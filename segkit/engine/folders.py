@@ -62,8 +62,6 @@ def _pair_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_inde
     """
     if pred.dtype != np.uint8 or gt.dtype != np.uint8 or pred.size == 0 or num_classes > 256:
         return None
-    if int(pred.max()) >= num_classes:
-        return None
     size = pred.size
     starts_here, pred_changes, word_has_start = _buffers(size)  # reused per thread: no page faults for fresh arrays
     gt_flat, pred_flat = gt.reshape(-1), pred.reshape(-1)
@@ -77,8 +75,14 @@ def _pair_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_inde
     busy = np.flatnonzero(word_has_start)  # the words holding a run start: a few per cent of them
     within = np.flatnonzero(words[busy].view(bool))  # their flags, 8 per word
     starts = busy[within >> 3] * 8 + (within & 7)
-    lengths = np.diff(starts, append=size)
-    index = gt_flat[starts].astype(np.intp) * num_classes + pred_flat[starts]
+    lengths = np.empty_like(starts)
+    np.subtract(starts[1:], starts[:-1], out=lengths[:-1])
+    lengths[-1] = size - starts[-1]
+    run_pred = pred_flat[starts]  # every pixel's label is its run's: the runs hold every label
+    if int(run_pred.max()) >= num_classes:
+        return None
+    index = np.multiply(gt_flat[starts], num_classes, dtype=np.intp)
+    index += run_pred
     counts = np.bincount(index, weights=lengths, minlength=256 * num_classes).astype(np.int64).reshape(256, num_classes)
     if ignore_index is not None and 0 <= ignore_index < 256:
         counts[ignore_index] = 0
