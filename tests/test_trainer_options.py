@@ -168,6 +168,10 @@ def test_compile_trains_through_torch_compile_and_matches_eager(tmp_path, data_r
     assert a.keys() == b.keys() and not any(k.startswith("_orig_mod") for k in a)
     for key in a:
         if a[key].is_floating_point():
-            torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4, msg=key)
+            # Inductor reduces in another order (BatchNorm's batch statistics too); three SGD steps at
+            # lr 0.05 carry that rounding to ~3e-4 of the tensor's scale in layer4's running means,
+            # where 2x2 maps give few values per statistic. One step more or fewer moves every running
+            # mean by 6e-2 of its scale or more, 60x this tolerance.
+            torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-3 * max(1.0, b[key].abs().max().item()), msg=key)
         else:
             assert torch.equal(a[key], b[key]), key
