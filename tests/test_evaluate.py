@@ -100,6 +100,28 @@ def test_folder_report_matches_numpy(tmp_path, workers, ignore):
     assert report.pixels == ref["matrix"].sum(1).tolist()
 
 
+def test_per_image_figures_stay_with_their_image_across_batches(tmp_path):
+    """Per-image figures are computed a batch of images at once (256 here): 300 pairs cross a batch
+    end, and each image keeps its own mean IoU, pixel accuracy and ground-truth classes."""
+    rng = np.random.default_rng(7)
+    expected = {}
+    for i in range(300):
+        gt = rng.integers(0, K, (6, 7)).astype(np.uint8)
+        gt[rng.random(gt.shape) < 0.1] = 255
+        pred = np.where(rng.random(gt.shape) < i / 300, rng.integers(0, K, gt.shape), np.minimum(gt, K - 1)).astype(np.uint8)
+        save(tmp_path / "gt" / f"m{i:03d}.png", gt)
+        save(tmp_path / "pred" / f"m{i:03d}.png", pred)
+        counted = gt != 255
+        expected[f"m{i:03d}"] = (reference([(pred, gt)], K)["per_image"][0], float(np.mean(pred[counted] == gt[counted])),
+                                 sorted(set(gt[counted].tolist())))
+    report = evaluate_folders(tmp_path / "pred", tmp_path / "gt", K, workers=2)
+    assert [name for name, _ in report.images] == sorted(expected)
+    for (name, miou), detail in zip(report.images, report.details):
+        assert miou == pytest.approx(expected[name][0], rel=1e-12), name
+        assert detail["pixel_accuracy"] == pytest.approx(expected[name][1], rel=1e-12), name
+        assert detail["classes"] == expected[name][2], name
+
+
 def test_json_keeps_compute_keys_and_writes_nan_as_null(tmp_path):
     gt = np.zeros((8, 8), np.uint8)
     gt[:4] = 1

@@ -34,7 +34,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-_FIGURE_BATCH = 256  # images whose per-image figures are computed together (memory: 256 x C x C counts)
+_FIGURE_VALUES = 1 << 22  # counts whose per-image figures are computed together: 4 M (32 MB), 256 images of 21 classes
 _local = threading.local()
 
 
@@ -228,7 +228,8 @@ def evaluate_folders(
     details: list[dict[str, Any]] = []  # each image's pixel accuracy and classes, for the HTML page
     results = _ordered_map(count, pairs, workers or default_workers())
     # The per-image figures of a few hundred images at once: no Python per image and class.
-    while batch := list(itertools.islice(results, _FIGURE_BATCH)):
+    per_batch = max(1, min(256, _FIGURE_VALUES // (num_classes * num_classes)))
+    while batch := list(itertools.islice(results, per_batch)):
         stack = np.stack(batch)
         total += stack.sum(0)
         mious, accuracies, present = image_figures(stack)
