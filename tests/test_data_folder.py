@@ -238,6 +238,25 @@ def test_to_unit_float_handles_constant_and_float_images():
 # -- bad input -------------------------------------------------------------------------------------
 
 
+def test_split_first_layout_is_named_with_the_move_that_fixes_it(tmp_path):
+    """train/images + train/masks (the split first, common in downloaded datasets) is not segkit's
+    layout: the error names the folder it found and where each folder goes."""
+    for split in ("train", "val"):
+        write_png(tmp_path / split / "images" / "a.png", gray())
+        write_png(tmp_path / split / "masks" / "a.png", np.zeros(gray().shape[:2], np.uint8))
+    with pytest.raises(SegkitError) as err:
+        FolderDataset(tmp_path, split="train")
+    message = str(err.value)
+    assert str(tmp_path / "train" / "images") in message
+    assert "move train/images to images/train and train/masks to masks/train, and the same for val" in message
+    (tmp_path / "images").mkdir(parents=True)  # once moved, the layout is segkit's
+    for split in ("train", "val"):
+        (tmp_path / split / "images").rename(tmp_path / "images" / split)
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        (tmp_path / split / "masks").rename(tmp_path / "masks" / split)
+    assert len(FolderDataset(tmp_path, split="val")) == 1
+
+
 def test_empty_folder(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()

@@ -104,6 +104,14 @@ def _resolve(
         )
     images, masks = default_dirs(root, image_dir, mask_dir)
     if not images.is_dir():
+        split_first = sorted(d.name for d in root.iterdir() if d.is_dir() and (d / images.name).is_dir())
+        if image_dir is None and split_first:  # train/images, val/images: the split named first
+            first, others = split_first[0], split_first[1:]
+            raise SegkitError(
+                f"image folder {images} does not exist, but {root / first / 'images'} does: segkit's layout names the "
+                f"split second; move {first}/images to images/{first} and {first}/masks to masks/{first}"
+                + (f", and the same for {', '.join(others)}" if others else "")
+            )
         raise SegkitError(
             f"image folder {images} does not exist; put the images in {root / 'images'} and the masks in "
             f"{root / 'masks'}, or set image_dir / mask_dir"
