@@ -15,7 +15,8 @@ from segkit.data.base import SegmentationDataset, default_mean_std
 from segkit.data.cifar import CifarDataset, make_synthetic_cifar
 from segkit.data.classification import ClassificationDataset, ClassificationTransform, ImageFolderDataset, ten_crop
 from segkit.data.coco import CocoDataset
-from segkit.data.folder import DataReport, FolderDataset, check_folder, list_splits
+from segkit.data.folder import DataReport, FolderDataset, check_folder
+from segkit.data.layout import list_splits
 from segkit.data.masks import MaskDecoder
 from segkit.data.synthetic import SYNTHETIC_CLASSES, make_synthetic
 from segkit.data.transforms import build_transforms, default_spec, list_transforms

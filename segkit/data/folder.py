@@ -1,6 +1,6 @@
 """Image/mask folders: the layout biomedical and most custom datasets use.
 
-Layouts (``root`` is the folder you pass):
+Layouts (``root`` is the folder you pass; found and paired by :mod:`segkit.data.layout`):
 
 - ``root/images/`` and ``root/masks/``, paired by file stem (``a.jpg`` <-> ``a.png``; nested
   folders pair by relative path, ``x/a.jpg`` <-> ``x/a.png``);
@@ -27,240 +27,19 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from segkit.data.base import SegmentationDataset
-from segkit.data.io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, read_header, read_image, read_mask_pixels
+from segkit.data.io import read_image, read_mask_pixels
+from segkit.data.layout import list_splits, scan_folder
 from segkit.data.masks import Color, MaskDecoder, bad_value_message, label_hints
 from segkit.errors import SegkitError
 
 __all__ = ["DataReport", "FolderDataset", "check_folder", "list_splits"]
-
-SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "test", "testing")
-SPLIT_FILE_PLACES = ("{split}.txt", "splits/{split}.txt", "ImageSets/Segmentation/{split}.txt")
-
-
-@dataclass
-class _Layout:
-    image_dir: Path
-    mask_dir: Path
-    stems: list[str] | None  # from a split file, in its order
-    split_file: Path | None
-
-
-@dataclass
-class _Scan:
-    layout: _Layout
-    pairs: list[tuple[str, Path, Path]] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    in_channels: int | None = None
-
-
-def default_dirs(root: Path, image_dir: str | None, mask_dir: str | None) -> tuple[Path, Path]:
-    if image_dir is None and mask_dir is None and not (root / "images").is_dir() and (root / "img_dir").is_dir():
-        image_dir, mask_dir = "img_dir", "ann_dir"  # MMSegmentation
-    return root / (image_dir or "images"), root / (mask_dir or "masks")
-
-
-def list_splits(root: str | os.PathLike, image_dir: str | None = None, mask_dir: str | None = None) -> list[str]:
-    """Split subfolder names (train, val, test, ...) under the image folder, sorted."""
-    images, _ = default_dirs(Path(root), image_dir, mask_dir)
-    if not images.is_dir():
-        return []
-    return sorted(d.name for d in images.iterdir() if d.is_dir() and d.name.lower() in SPLIT_NAMES)
-
-
-def _read_split_file(path: Path) -> list[str]:
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise SegkitError(
-            f"cannot read split file {path} ({err}); it must be a text file with one stem a line"
-        ) from err
-    stems: list[str] = []
-    for line in lines:
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        for ext in IMAGE_EXTENSIONS:
-            if line.lower().endswith(ext):
-                line = line[: -len(ext)]
-                break
-        if line not in stems:
-            stems.append(line)
-    return stems
-
-
-def _resolve(
-    root: Path, split: str | None, image_dir: str | None, mask_dir: str | None, split_file: str | os.PathLike | None
-) -> _Layout:
-    if not root.is_dir():
-        raise SegkitError(
-            f"data folder {root} does not exist; point the dataset at a folder holding images/ and masks/"
-        )
-    images, masks = default_dirs(root, image_dir, mask_dir)
-    if not images.is_dir():
-        split_first = sorted(d.name for d in root.iterdir() if d.is_dir() and (d / images.name).is_dir())
-        if image_dir is None and split_first:  # train/images, val/images: the split named first
-            first, others = split_first[0], split_first[1:]
-            raise SegkitError(
-                f"image folder {images} does not exist, but {root / first / 'images'} does: segkit's layout names the "
-                f"split second; move {first}/images to images/{first} and {first}/masks to masks/{first}"
-                + (f", and the same for {', '.join(others)}" if others else "")
-            )
-        raise SegkitError(
-            f"image folder {images} does not exist; put the images in {root / 'images'} and the masks in "
-            f"{root / 'masks'}, or set image_dir / mask_dir"
-        )
-    stems = None
-    found_file: Path | None = None
-    if split is not None and (images / split).is_dir():
-        images, masks = images / split, masks / split
-    if split_file is not None:
-        found_file = Path(split_file) if Path(split_file).is_absolute() else root / split_file
-        if not found_file.is_file():
-            raise SegkitError(f"split file {found_file} does not exist; create it with one image stem a line")
-    elif split is not None and images.name != split:
-        places = [root / p.format(split=split) for p in SPLIT_FILE_PLACES]
-        found_file = next((p for p in places if p.is_file()), None)
-        if found_file is None:
-            raise SegkitError(
-                f"split {split!r} not found: there is no folder {images / split} and no split file {places[0]}; "
-                "create one of them or pass split_file"
-            )
-    elif split is None:
-        found = list_splits(root, image_dir, mask_dir)
-        if found:
-            raise SegkitError(
-                f"{images} holds split folders ({', '.join(found)}); pass split= one of them (segkit check-data checks each)"
-            )
-    if found_file is not None:
-        stems = _read_split_file(found_file)
-    if not masks.is_dir():
-        raise SegkitError(
-            f"mask folder {masks} does not exist; put the masks there, named like their images, or set mask_dir"
-        )
-    return _Layout(images, masks, stems, found_file)
-
-
-def find_files(
-    folder: Path, extensions: Sequence[str], suffix: str | None, kind: str
-) -> tuple[dict[str, Path], list[str]]:
-    """stem -> file under ``folder`` (recursive, hidden entries skipped); problems for shared stems."""
-    files: dict[str, Path] = {}
-    problems: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = Path(dirpath).relative_to(folder).as_posix()
-        prefix = "" if rel_dir == "." else rel_dir + "/"  # string work: thousands of files per folder
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            rel = prefix + name
-            if suffix:
-                if not rel.endswith(suffix):
-                    continue
-                stem = rel[: -len(suffix)]
-            else:
-                ext = os.path.splitext(name)[1].lower()
-                if ext not in extensions:
-                    continue
-                stem = rel[: -len(ext)]
-            path = Path(dirpath) / name
-            if stem in files:
-                problems.append(f"{kind}s {files[stem]} and {path} share the stem {stem!r}; keep one of them")
-                continue
-            files[stem] = path
-    return files, problems
-
-
-def _scan(
-    root: Path,
-    split: str | None,
-    options: Mapping[str, Any],
-    decoder: MaskDecoder,
-) -> _Scan:
-    layout = _resolve(root, split, options.get("image_dir"), options.get("mask_dir"), options.get("split_file"))
-    scan = _Scan(layout)
-    image_suffix, mask_suffix = options.get("image_suffix"), options.get("mask_suffix")
-    images, problems = find_files(layout.image_dir, IMAGE_EXTENSIONS, image_suffix, "image")
-    masks, mask_problems = find_files(layout.mask_dir, MASK_EXTENSIONS, mask_suffix, "mask")
-    scan.problems += problems + mask_problems
-    looked_for = (
-        f"files ending in {image_suffix!r}" if image_suffix else "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
-    )
-    if layout.stems is not None:
-        if not layout.stems:
-            scan.problems.insert(0, f"split file {layout.split_file} lists no stems; add one image stem a line")
-        for stem in layout.stems:
-            if stem not in images:
-                scan.problems.append(
-                    f"split file {layout.split_file} lists {stem!r} but {layout.image_dir} has no image with that stem; "
-                    "fix the list or add the image"
-                )
-        keys = [s for s in layout.stems if s in images]
-    else:
-        if not images:
-            scan.problems.insert(
-                0,
-                f"no images found in {layout.image_dir} (looked for {looked_for}); put the images there or set image_dir",
-            )
-        keys = sorted(images)
-        for stem in sorted(set(masks) - set(images)):
-            scan.problems.append(
-                f"mask {masks[stem]} has no image in {layout.image_dir} (stem {stem!r}); add the image or remove the mask"
-            )
-    expected_end = mask_suffix or ".png"
-    for stem in keys:
-        if stem not in masks:
-            scan.problems.append(
-                f"image {images[stem]} has no mask (expected {layout.mask_dir / (stem + expected_end)}); "
-                "add the mask or remove the image"
-            )
-        else:
-            scan.pairs.append((stem, images[stem], masks[stem]))
-    _check_headers(scan, decoder)
-    return scan
-
-
-def _check_headers(scan: _Scan, decoder: MaskDecoder) -> None:
-    """Sizes and channels from file headers (no pixel decoding); drops pairs with problems."""
-    channels: dict[int, Path] = {}
-    good: list[tuple[str, Path, Path]] = []
-    for stem, image_path, mask_path in scan.pairs:
-        try:
-            image = read_header(image_path, "image")
-            mask = read_header(mask_path, "mask")
-        except SegkitError as err:
-            scan.problems.append(str(err))
-            continue
-        if image.size != mask.size:
-            scan.problems.append(
-                f"image {image_path} is {image.width}x{image.height} but its mask {mask_path} is "
-                f"{mask.width}x{mask.height}; make them the same size (resize masks with nearest-neighbour interpolation)"
-            )
-            continue
-        if mask.channels > 1 and not mask.palette and not decoder.is_color:
-            scan.problems.append(
-                f"mask {mask_path} is a colour (RGB) image; give class_colors (one colour per class) "
-                "or save masks as single-channel index or palette PNGs"
-            )
-            continue
-        channels.setdefault(image.channels, image_path)
-        good.append((stem, image_path, mask_path))
-    scan.pairs = good
-    counts = set(channels)
-    if counts == {1, 3}:
-        scan.in_channels = 3  # grayscale images among RGB ones are repeated to RGB
-    elif len(counts) == 1:
-        scan.in_channels = counts.pop()
-    elif counts:
-        examples = ", ".join(f"{path} has {c}" for c, path in sorted(channels.items()))
-        scan.problems.append(f"images have different channel counts ({examples}); convert them to one channel count")
 
 
 def _label_setup(
@@ -371,7 +150,7 @@ class FolderDataset(SegmentationDataset):
         }
         self.ignore_index = int(ignore_index)
         self.decoder, self.num_classes, self.classes = _label_setup(**self._label_options)
-        scan = _scan(self.root, split, self._layout_options, self.decoder)
+        scan = scan_folder(self.root, split, self._layout_options, self.decoder)
         if scan.problems:
             raise SegkitError(_first_problem(scan.problems, self.root, split))
         self.stems = [stem for stem, _, _ in scan.pairs]
@@ -480,7 +259,7 @@ def check_folder(
         "mask_suffix": mask_suffix,
         "split_file": split_file,
     }
-    scan = _scan(root, split, options, decoder)
+    scan = scan_folder(root, split, options, decoder)
     problems = list(scan.problems)
     histogram = np.zeros(256, dtype=np.int64)
     kinds: Counter[str] = Counter()

@@ -29,7 +29,7 @@ __all__ = ["evaluate_checkpoint", "evaluate_folders"]
 
 def _eval_split(root: Path, split: str | None, default: str, options: dict[str, Any]) -> str | None:
     """``split`` if given; else ``default`` when ``root`` has it (folder or split file), else a flat folder."""
-    from segkit.data.folder import SPLIT_FILE_PLACES, default_dirs, list_splits
+    from segkit.data.layout import SPLIT_FILE_PLACES, default_dirs, list_splits
 
     if split is not None:
         return split

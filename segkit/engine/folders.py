@@ -127,7 +127,7 @@ def default_workers() -> int:
 
 
 def _list_masks(folder: Path, suffix: str | None, kind: str) -> dict[str, Path]:
-    from segkit.data.folder import find_files  # the pairing rules FolderDataset uses
+    from segkit.data.layout import find_files  # the pairing rules FolderDataset uses
 
     if not folder.is_dir():
         raise SegkitError(f"{kind} folder {folder} does not exist; pass a folder of mask files.")

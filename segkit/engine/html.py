@@ -204,7 +204,7 @@ def folder_overlays(names: Iterable[str], pred_dir: str | os.PathLike[str], gt_d
     """Panels of the named pairs of a ``--pred/--gt`` evaluation (masks read and decoded as
     ``evaluate_folders`` reads them), over the image of the same stem in ``images_dir`` when
     given; and notes on images that could not be drawn under."""
-    from segkit.data.folder import find_files
+    from segkit.data.layout import find_files
     from segkit.data.io import IMAGE_EXTENSIONS, read_image, read_mask_pixels, to_unit_float
     from segkit.data.masks import MaskDecoder
     from segkit.engine.folders import _pair

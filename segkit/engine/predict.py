@@ -42,7 +42,7 @@ def save_index_png(labels: np.ndarray, num_classes: int, path: Path) -> None:
 
 def _list_images(source: Path, output: Path) -> tuple[list[Path], list[str]]:
     """Image files under ``source`` (or ``source`` itself) and their output names, outputs excluded."""
-    from segkit.data.folder import find_files
+    from segkit.data.layout import find_files
     from segkit.data.io import IMAGE_EXTENSIONS
 
     if source.is_file():
