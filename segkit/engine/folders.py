@@ -4,9 +4,9 @@ Files pair by stem (``a.png`` <-> ``a.png``; nested folders by relative path), w
 rules of ``FolderDataset``. Decoding is the cost, so a pool of threads decodes the pairs
 (``segkit.data.io.read_mask_pixels``: OpenCV for 8/16-bit grayscale PNGs, GIL-free) and counts
 each pair's confusion matrix (by runs of equal labels, :func:`_pair_counts`); the main thread
-sums them and computes the per-image figures, a few hundred images at once. Results come back in file order, so the first bad file
-reported is always the same one. The summed counts go into a
-:class:`~segkit.metrics.ConfusionMatrix`, whose ``compute()`` is the report.
+sums them and computes the per-image figures, a few hundred images at once. Results come back
+in file order, so the first bad file reported is always the same one. The summed counts go into
+a :class:`~segkit.metrics.ConfusionMatrix`, whose ``compute()`` is the report.
 """
 
 from __future__ import annotations
@@ -211,8 +211,7 @@ def evaluate_folders(
 
     def count(pair: tuple[str, Path, Path]) -> np.ndarray:
         """One pair's counts, computed in the decoding thread."""
-        _, pred_path, gt_path = pair
-        _, pred, gt, _, _ = load(pair)
+        _, pred, gt, pred_path, gt_path = load(pair)
         counts = _pair_counts(pred, gt, num_classes, ignore_index)
         if counts is None:  # 16-bit labels, or bad labels: ConfusionMatrix decides, and names the value
             single = ConfusionMatrix(num_classes, ignore_index=ignore_index)
@@ -235,7 +234,8 @@ def evaluate_folders(
         mious, accuracies, present = image_figures(stack)
         stems = [stem for stem, _, _ in pairs[len(images):len(images) + len(batch)]]
         images.extend(zip(stems, mious.tolist()))
-        details.extend({"pixel_accuracy": accuracy, "classes": image_classes} for accuracy, image_classes in zip(accuracies.tolist(), present))
+        details.extend({"pixel_accuracy": accuracy, "classes": classes_in_gt}
+                       for accuracy, classes_in_gt in zip(accuracies.tolist(), present))
     matrix = ConfusionMatrix(num_classes, ignore_index=ignore_index)
     matrix.add_counts(total, [value for _, value in images])
     report = EvalReport(matrix.compute(), classes, ignore_index, images, warnings,
