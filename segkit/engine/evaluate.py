@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from segkit.engine.folders import evaluate_folders
-from segkit.engine.report import EvalReport, image_details, image_miou, plot_panels
+from segkit.engine.report import EvalReport, image_figures, plot_panels
 from segkit.errors import SegkitError
 
 __all__ = ["evaluate_checkpoint", "evaluate_folders"]
@@ -123,8 +123,9 @@ def evaluate_checkpoint(
         matrix.update(logits, item.mask[None].to(dev))
         after = matrix.matrix
         counts = (after - before).cpu().numpy()
-        images.append((names[item.index], image_miou(counts)))
-        details.append(image_details(counts))
+        mious, accuracies, present = image_figures(counts[None])  # one image's figures, as evaluate --pred/--gt computes them
+        images.append((names[item.index], float(mious[0])))
+        details.append({"pixel_accuracy": float(accuracies[0]), "classes": present[0]})
         before = after
     classes = list(cfg.data.classes or getattr(dataset, "classes", None) or [str(c) for c in range(num_classes)])
     report = EvalReport(matrix.compute(), classes, ignore_index, images, [pipeline.note()] if pipeline.dropped else [],

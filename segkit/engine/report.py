@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EvalReport", "format_report", "image_details", "image_figures", "image_miou", "json_safe", "plot_confusion", "plot_panels", "write_report"]
+__all__ = ["EvalReport", "format_report", "image_details", "image_figures", "json_safe", "plot_confusion", "plot_panels", "write_report"]
 
 
 def image_figures(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
@@ -42,11 +42,6 @@ def image_figures(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[list
     rows, cols = np.nonzero(present)
     classes = np.split(cols, np.searchsorted(rows, np.arange(1, len(counts))))
     return miou, accuracy, [c.tolist() for c in classes]
-
-
-def image_miou(counts: np.ndarray) -> float:
-    """Mean IoU of one image from its confusion matrix ``(K, K)``: :func:`image_figures`'s first figure."""
-    return float(image_figures(np.asarray(counts)[None])[0][0])
 
 
 def image_details(counts: np.ndarray) -> dict[str, Any]:
