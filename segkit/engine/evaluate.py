@@ -123,9 +123,9 @@ def evaluate_checkpoint(
         matrix.update(logits, item.mask[None].to(dev))
         after = matrix.matrix
         counts = (after - before).cpu().numpy()
-        mious, accuracies, present = image_figures(counts[None])  # one image's figures, as evaluate --pred/--gt computes them
-        images.append((names[item.index], float(mious[0])))
-        details.append({"pixel_accuracy": float(accuracies[0]), "classes": present[0]})
+        (miou,), (detail,) = image_figures(counts[None])  # as evaluate --pred/--gt computes them
+        images.append((names[item.index], miou))
+        details.append(detail)
         before = after
     classes = list(cfg.data.classes or getattr(dataset, "classes", None) or [str(c) for c in range(num_classes)])
     report = EvalReport(matrix.compute(), classes, ignore_index, images, [pipeline.note()] if pipeline.dropped else [],

@@ -231,11 +231,10 @@ def evaluate_folders(
     while batch := list(itertools.islice(results, per_batch)):
         stack = np.stack(batch)
         total += stack.sum(0)
-        mious, accuracies, present = image_figures(stack)
+        mious, batch_details = image_figures(stack)
         stems = [stem for stem, _, _ in pairs[len(images):len(images) + len(batch)]]
-        images.extend(zip(stems, mious.tolist()))
-        details.extend({"pixel_accuracy": accuracy, "classes": classes_in_gt}
-                       for accuracy, classes_in_gt in zip(accuracies.tolist(), present))
+        images.extend(zip(stems, mious))
+        details.extend(batch_details)
     matrix = ConfusionMatrix(num_classes, ignore_index=ignore_index)
     matrix.add_counts(total, [value for _, value in images])
     report = EvalReport(matrix.compute(), classes, ignore_index, images, warnings,

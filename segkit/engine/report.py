@@ -22,12 +22,13 @@ import numpy as np
 __all__ = ["EvalReport", "format_report", "image_details", "image_figures", "json_safe", "plot_confusion", "plot_panels", "write_report"]
 
 
-def image_figures(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+def image_figures(counts: np.ndarray) -> tuple[list[float], list[dict[str, Any]]]:
     """Per-image figures of a stack of confusion matrices ``(N, K, K)`` (rows ground truth), at once.
 
     Returns each image's mean IoU over the classes present in its ground truth (MONAI's
-    ``ignore_empty``; the convention of ``per_image_miou``), its pixel accuracy (both ``(N,)``
-    float64, NaN where the image has no counted pixel) and its ground-truth classes.
+    ``ignore_empty``; the convention of ``per_image_miou``), and its details for the HTML page:
+    ``{"pixel_accuracy": ..., "classes": [...]}`` (the ground truth's classes). Both figures are
+    NaN where the image has no counted pixel.
     """
     counts = np.asarray(counts, dtype=np.float64)
     tp = np.diagonal(counts, axis1=1, axis2=2)
@@ -41,14 +42,13 @@ def image_figures(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[list
         accuracy = np.where(total > 0, tp.sum(1) / np.where(total > 0, total, 1.0), np.nan)
     rows, cols = np.nonzero(present)
     classes = np.split(cols, np.searchsorted(rows, np.arange(1, len(counts))))
-    return miou, accuracy, [c.tolist() for c in classes]
+    details = [{"pixel_accuracy": value, "classes": found.tolist()} for value, found in zip(accuracy.tolist(), classes)]
+    return miou.tolist(), details
 
 
 def image_details(counts: np.ndarray) -> dict[str, Any]:
-    """One image's pixel accuracy (NaN when nothing counted) and the classes in its ground truth,
-    from its confusion matrix ``(K, K)`` (rows ground truth)."""
-    _, accuracy, classes = image_figures(np.asarray(counts)[None])
-    return {"pixel_accuracy": float(accuracy[0]), "classes": classes[0]}
+    """One image's details (pixel accuracy, ground-truth classes) from its confusion matrix ``(K, K)``."""
+    return image_figures(np.asarray(counts)[None])[1][0]
 
 
 @dataclass
