@@ -16,7 +16,6 @@ from PIL import Image
 from segkit import SegkitError
 from segkit.cli import main
 from segkit.config import config_from_dict, to_dict
-from segkit.data.io import read_mask_pixels
 from segkit.engine.builders import build_model_from_config
 from segkit.engine.checkpoint import save_checkpoint
 from segkit.engine.evaluate import evaluate_checkpoint, evaluate_folders

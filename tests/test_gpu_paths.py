@@ -386,7 +386,7 @@ def test_a_nan_loss_before_any_checkpoint_says_none_was_written(tmp_path, data_r
     """With the default checkpoint_interval (minutes) no last.pt exists yet at a NaN in epoch 2: the
     error says so instead of pointing at a file that is not there."""
     cfg = config_from_dict(tiny_config(data_root, epochs=2, batch_size=1, log_interval=5))
-    calls = _poison_loss_at(monkeypatch, 8)
+    _poison_loss_at(monkeypatch, 8)
     with pytest.raises(SegkitError, match=r"the loss became nan at step 8 \(epoch 2\); training stopped and no last.pt was written yet"):
         train(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "last.pt").exists()

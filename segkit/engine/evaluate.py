@@ -91,8 +91,6 @@ def evaluate_checkpoint(
     ``split`` defaults to the config's ``data.val_split`` when the folder has it, else the whole
     folder. Inference options as in :func:`segkit.engine.inference.predict_logits`.
     """
-    import torch
-
     from segkit.engine.builders import transform_steps
     from segkit.engine.inference import check_tile_options, load_model
     from segkit.engine.inputs import InferenceItems, InputPipeline, checkpoint_amp, iterate_logits, loader_workers
