@@ -22,7 +22,10 @@ trained and scored through segkit's command line as a user would: a YAML config 
 ``python -m segkit train CONFIG --out RUN trainer.seed=S``, then ``python -m segkit evaluate
 --checkpoint RUN/best.pt --data ROOT --split val --out report.json`` and the report's ``miou``.
 smp ``smp-unet``, ``smp-fpn``, ``smp-linknet`` (ResNet-18 encoder, ``encoder_weights=None``) in a
-plain PyTorch loop written here.
+plain PyTorch loop written here. ``plain-unet-transposed`` (and the other ``plain-unet-*``): segkit's
+U-Net trained by that plain loop, as the smp rows are; set beside ``unet-transposed`` it tells the
+model's share of a difference from the engine's (data order, per-sample seeded augmentation,
+fused optimizer).
 
 One recipe for both (the segkit config is the single source; the plain loop reads it):
 
@@ -106,7 +109,10 @@ SEGKIT_MODELS = {
     "fcn2s": ("fcn2s", "transposed"),  # and to stride 2
 }
 SMP_MODELS = {"smp-unet": "Unet", "smp-fpn": "FPN", "smp-linknet": "Linknet", "smp-pspnet": "PSPNet", "smp-pan": "PAN"}  # name -> smp class
-MODELS = (*SEGKIT_MODELS, *SMP_MODELS)
+# segkit's U-Nets trained by the plain loop instead of segkit's engine: the same model and the same
+# loop as the smp rows, so a gap between "unet-X" and "plain-unet-X" is the engine's, not the model's.
+PLAIN_MODELS = {f"plain-{name}": name for name in SEGKIT_MODELS if name.startswith("unet-")}
+MODELS = (*SEGKIT_MODELS, *PLAIN_MODELS, *SMP_MODELS)
 DEFAULT_EPOCHS = 30  # real data: 210 optimizer steps, about 2.5 minutes a run on 2 CPU cores (see the docstring)
 DEFAULT_LR = 1e-3
 DEFAULT_BATCH = 8
@@ -178,7 +184,7 @@ class Task:
 
     @property
     def library(self) -> str:
-        return "smp" if self.model in SMP_MODELS else "segkit"
+        return "smp" if self.model in SMP_MODELS else "plain" if self.model in PLAIN_MODELS else "segkit"
 
 
 def _crop_size(root: Path, crop: int) -> int:
@@ -227,7 +233,7 @@ def task_config(recipe: dict[str, Any], model: str, device: str) -> DictConfig:
     from segkit.config import config_from_dict
 
     data = json.loads(json.dumps(recipe))  # a deep copy: recipes are shared between models
-    arch, upsampling = SEGKIT_MODELS.get(model, ("unet", "nearest"))  # smp rows keep the recipe's decoder widths
+    arch, upsampling = SEGKIT_MODELS.get(PLAIN_MODELS.get(model, model), ("unet", "nearest"))  # smp rows keep the recipe's decoder widths
     data["model"].update({"arch": arch, "upsampling": upsampling})
     if arch != "unet":
         data["model"]["decoder"] = {}  # decoder_channels are U-Net widths
@@ -308,7 +314,12 @@ def run_segkit(task: Task, seed: int, config_path: Path, run_dir: Path, threads:
 
 
 def build_smp(name: str, cfg: DictConfig) -> nn.Module:
-    """The smp model ``name`` on ResNet-18, no pretrained weights; smp-unet takes the recipe's decoder widths."""
+    """The smp model ``name`` on ResNet-18, no pretrained weights; smp-unet takes the recipe's decoder widths.
+    A ``plain-unet-*`` name builds segkit's model from the config instead, as ``segkit train`` does."""
+    if name in PLAIN_MODELS:
+        from segkit.engine.builders import build_model_from_config
+
+        return build_model_from_config(cfg)
     import segmentation_models_pytorch as smp
 
     kwargs: dict[str, Any] = {"encoder_name": cfg.model.encoder, "encoder_weights": None,
@@ -387,7 +398,7 @@ def plain_evaluate(model: nn.Module, dataset: Any, num_classes: int, ignore_inde
 
 
 def run_smp(task: Task, seed: int) -> float:
-    """Train the smp model with the task's recipe in a plain loop; its validation mIoU."""
+    """Train the smp model (or segkit's, for ``plain-unet-*``) with the task's recipe in a plain loop; its validation mIoU."""
     from torch.utils.data import DataLoader
 
     cfg, device = task.config, torch.device(task.config.trainer.device)
@@ -456,10 +467,10 @@ def summary_row(task: Task, results: Sequence[tuple[float, float]]) -> dict[str,
 def add_comparisons(rows: list[dict[str, Any]]) -> None:
     """Fill ``vs_smp`` and ``comparator`` of segkit rows: U-Nets against smp-unet, the FCNs against the best smp row."""
     for row in rows:
-        if row["library"] != "segkit":
+        if row["library"] == "smp":
             continue
         peers = [r for r in rows if r["dataset"] == row["dataset"] and r["library"] == "smp" and not math.isnan(r["miou_mean"])]
-        if row["model"].startswith("unet-"):
+        if row["model"].startswith(("unet-", "plain-unet-")):
             peers = [r for r in peers if r["model"] == "smp-unet"]
         if peers:
             best = max(peers, key=lambda r: r["miou_mean"])
