@@ -81,7 +81,7 @@ def test_plain_accuracy_rows_train_segkit_s_model():
     segkit_cfg = accuracy.task_config(recipe, "unet-transposed", "cpu")
     assert plain_cfg.model == segkit_cfg.model
     torch.manual_seed(0)
-    plain = accuracy.build_smp("plain-unet-transposed", plain_cfg)
+    plain = accuracy.build_plain_model("plain-unet-transposed", plain_cfg)
     torch.manual_seed(0)
     ours = build_model_from_config(segkit_cfg)
     assert type(plain) is type(ours)

@@ -310,10 +310,10 @@ def run_segkit(task: Task, seed: int, config_path: Path, run_dir: Path, threads:
 
 
 # ---------------------------------------------------------------------------------------------
-# smp: a plain PyTorch loop over the same config.
+# smp models (and segkit's for the plain-unet-* rows): a plain PyTorch loop over the same config.
 
 
-def build_smp(name: str, cfg: DictConfig) -> nn.Module:
+def build_plain_model(name: str, cfg: DictConfig) -> nn.Module:
     """The smp model ``name`` on ResNet-18, no pretrained weights; smp-unet takes the recipe's decoder widths.
     A ``plain-unet-*`` name builds segkit's model from the config instead, as ``segkit train`` does."""
     if name in PLAIN_MODELS:
@@ -397,14 +397,14 @@ def plain_evaluate(model: nn.Module, dataset: Any, num_classes: int, ignore_inde
     return float(matrix.compute()["miou"])
 
 
-def run_smp(task: Task, seed: int) -> float:
+def run_plain(task: Task, seed: int) -> float:
     """Train the smp model (or segkit's, for ``plain-unet-*``) with the task's recipe in a plain loop; its validation mIoU."""
     from torch.utils.data import DataLoader
 
     cfg, device = task.config, torch.device(task.config.trainer.device)
     torch.manual_seed(seed)
     train_set, val_set = plain_datasets(task, seed)
-    model = build_smp(task.model, cfg).to(device)
+    model = build_plain_model(task.model, cfg).to(device)
     loss_fn = build_plain_loss(cfg)
     batch = cfg.trainer.batch_size
     # segkit drops the last incomplete batch unless the split is smaller than one batch; so does this loop.
@@ -443,7 +443,7 @@ def run_task(task: Task, seeds: Sequence[int], work: Path, threads: int | None, 
         if task.library == "segkit":
             miou = run_segkit(task, seed, config_path, work / "runs" / task.dataset / task.model / f"seed{seed}", threads)
         else:
-            miou = run_smp(task, seed)
+            miou = run_plain(task, seed)
         seconds = time.perf_counter() - start
         results.append((miou, seconds))
         report(f"{task.dataset} {task.model} seed {seed}: mIoU {miou:.4f} in {seconds:.0f} s")
@@ -465,7 +465,7 @@ def summary_row(task: Task, results: Sequence[tuple[float, float]]) -> dict[str,
 
 
 def add_comparisons(rows: list[dict[str, Any]]) -> None:
-    """Fill ``vs_smp`` and ``comparator`` of segkit rows: U-Nets against smp-unet, the FCNs against the best smp row."""
+    """Fill ``vs_smp`` and ``comparator`` of segkit and plain rows: U-Nets against smp-unet, the FCNs against the best smp row."""
     for row in rows:
         if row["library"] == "smp":
             continue
