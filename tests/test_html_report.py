@@ -17,7 +17,7 @@ from segkit.cli import main
 from segkit.engine import html
 from segkit.engine.checkpoint import save_checkpoint
 from segkit.engine.evaluate import evaluate_folders
-from segkit.engine.report import EvalReport, image_details, write_report
+from segkit.engine.report import EvalReport, image_figures, write_report
 from segkit.engine.runs import compare_page, compare_table, load_compared, run_page
 
 SIZE_CAP = 20 * 1024 * 1024
@@ -203,8 +203,8 @@ def _umask() -> int:
 
 def test_image_details():
     counts = np.array([[5, 1, 0], [0, 0, 0], [2, 0, 2]])
-    assert image_details(counts) == {"pixel_accuracy": 0.7, "classes": [0, 2]}
-    assert math.isnan(image_details(np.zeros((2, 2)))["pixel_accuracy"])
+    assert image_figures(counts[None])[1][0] == {"pixel_accuracy": 0.7, "classes": [0, 2]}
+    assert math.isnan(image_figures(np.zeros((1, 2, 2)))[1][0]["pixel_accuracy"])
 
 
 # -- runs ----------------------------------------------------------------------------------------------

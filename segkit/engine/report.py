@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EvalReport", "format_report", "image_details", "image_figures", "json_safe", "plot_confusion", "plot_panels", "write_report"]
+__all__ = ["EvalReport", "format_report", "image_figures", "json_safe", "plot_confusion", "plot_panels", "write_report"]
 
 
 def image_figures(counts: np.ndarray) -> tuple[list[float], list[dict[str, Any]]]:
@@ -46,11 +46,6 @@ def image_figures(counts: np.ndarray) -> tuple[list[float], list[dict[str, Any]]
     return miou.tolist(), details
 
 
-def image_details(counts: np.ndarray) -> dict[str, Any]:
-    """One image's details (pixel accuracy, ground-truth classes) from its confusion matrix ``(K, K)``."""
-    return image_figures(np.asarray(counts)[None])[1][0]
-
-
 @dataclass
 class EvalReport:
     """The result of an evaluation: ``metrics`` is ``ConfusionMatrix.compute()``'s dict."""
@@ -61,7 +56,7 @@ class EvalReport:
     images: list[tuple[str, float]] = field(default_factory=list)  # (name, per-image mean IoU)
     warnings: list[str] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
-    details: list[dict[str, Any]] = field(default_factory=list)  # per image, as ``images``: image_details(...)
+    details: list[dict[str, Any]] = field(default_factory=list)  # per image, as ``images``: image_figures(...)'s details
 
     @property
     def num_classes(self) -> int:
