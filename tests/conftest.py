@@ -8,6 +8,22 @@ import pytest
 import torch.hub
 
 
+@pytest.fixture(scope="session", autouse=True)
+def subprocess_tmpdir(tmp_path_factory):
+    """Temporary files of the programs tests start (torchrun leaves a ``torchelastic_*`` folder per run)
+    go under pytest's base folder, which a passing session deletes, instead of piling up in /tmp."""
+    import os
+
+    folder = tmp_path_factory.mktemp("subprocess-tmp")
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = previous
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     """The built-in synthetic dataset, 8 images of 64x64 (6 train, 2 val), written once per test module."""
