@@ -159,3 +159,58 @@ def test_per_item_seeding_is_not_overridden_in_workers(tmp_path):
     in_process = torch.cat([x for x, _ in DataLoader(ds, batch_size=3)])
     in_workers = torch.cat([x for x, _ in DataLoader(ds, batch_size=3, num_workers=2)])
     assert torch.equal(in_process, in_workers)
+
+
+class _CoordinateItems:
+    """Items whose pixel values are their own positions, so a crop's offset and flips can be read back."""
+
+    def __init__(self, n: int, transforms) -> None:
+        self.n, self.transforms = n, transforms
+        self.image = np.arange(40 * 40, dtype=np.float32).reshape(40, 40, 1)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int):
+        out = self.transforms(image=self.image, mask=np.zeros((40, 40), np.uint8))
+        return out["image"], out["mask"]
+
+
+def _draws(values: torch.Tensor) -> tuple[int, int, bool, bool]:
+    """(top, left, h flipped, v flipped) of a 16x16 crop of the 40x40 coordinate image, flips applied after."""
+    corners = values[0, [0, 0, -1, -1], [0, -1, 0, -1]].long().tolist()
+    top, left = divmod(min(corners), 40)
+    first = int(values[0, 0, 0])
+    return top, left, first % 40 != left, first // 40 != top
+
+
+def test_sampler_seeded_augmentation_is_independent_across_samples_and_epochs():
+    """Per-sample seeds from SeededSampler (what makes resume exact) must give augmentations as
+    independent as one continuing generator: crop offsets uniform, flips balanced, and a sample's draws
+    in one epoch unrelated to its draws in the next (a seed that ignored the epoch, or that repeated
+    another sample's, would give every sample the same crops epoch after epoch)."""
+    from scipy import stats
+
+    from segkit.engine.builders import SeededDataset
+    from segkit.engine.distributed import SeededSampler
+
+    items, epochs = 40, 20
+    data = SeededDataset(_CoordinateItems(items, build_transforms([{"name": "random_crop", "size": 16}, "hflip", "vflip"], train=True)))
+    sampler = SeededSampler(data, shuffle=True, seed=5)
+    draws = np.zeros((epochs, items, 4))
+    seeds = set()
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        for index, seed in sampler:
+            seeds.add(seed)
+            draws[epoch, index] = _draws(data[(index, seed)][0])
+    assert len(seeds) == items * epochs  # no sample shares its seed with another, in any epoch
+    offsets = draws[..., :2].ravel()
+    assert offsets.min() == 0 and offsets.max() == 40 - 16
+    assert stats.chisquare(np.bincount(offsets.astype(int), minlength=25)).pvalue > 1e-3  # every offset alike
+    assert np.all(np.abs(draws[..., 2:].mean((0, 1)) - 0.5) < 0.07)  # flips balanced (800 draws: 4 standard errors)
+    for k in range(4):  # one sample, consecutive epochs: 760 pairs, |r| < 0.15 is 4 standard errors
+        r = np.corrcoef(draws[:-1, :, k].ravel(), draws[1:, :, k].ravel())[0, 1]
+        assert abs(r) < 0.15, (k, r)
+    top_left = np.corrcoef(draws[..., 0].ravel(), draws[..., 1].ravel())[0, 1]
+    assert abs(top_left) < 0.15
