@@ -147,7 +147,7 @@ def test_loss_equals_the_hand_written_sum(weights, h, w):
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     # the sides matter: the main loss alone is clearly less
     main_only = F.cross_entropy(output[0], mask, ignore_index=IGNORE)
-    assert float(loss - main_only) > 1e-3
+    assert (loss - main_only).item() > 1e-3
     # and gradients reach every side head
     loss.backward()
     assert all(head.weight.grad is not None and head.weight.grad.abs().sum() > 0
