@@ -12,16 +12,10 @@ import torch.hub
 def subprocess_tmpdir(tmp_path_factory):
     """Temporary files of the programs tests start (torchrun leaves a ``torchelastic_*`` folder per run)
     go under pytest's base folder, which a passing session deletes, instead of piling up in /tmp."""
-    import os
-
     folder = tmp_path_factory.mktemp("subprocess-tmp")
-    previous = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(folder)
-    yield folder
-    if previous is None:
-        os.environ.pop("TMPDIR", None)
-    else:
-        os.environ["TMPDIR"] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="module")
