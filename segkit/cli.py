@@ -386,7 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging() -> None:
-    """segkit's info lines (e.g. a re-initialised head) on stderr, once."""
+    """segkit's info lines (e.g. a re-initialised head) on stderr, once; OpenCV's own log lines off."""
+    # OpenCV writes its decoders' complaints straight to stderr (a broken PNG: a line or two before
+    # segkit's own one-line error naming the file). Quiet unless the user set a level; it only
+    # takes effect where cv2 is not imported yet, as in the segkit command.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
     logger = logging.getLogger("segkit")
     if not logger.handlers:
         handler = logging.StreamHandler()

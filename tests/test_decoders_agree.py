@@ -7,6 +7,9 @@ with OpenCV allowed, and with it switched off (Pillow alone, segkit's reader bef
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -43,9 +46,30 @@ KINDS = {
     "rgba image": (lambda p: _save(p, RNG.integers(0, 256, (H, W, 4), dtype=np.uint8), "RGBA"), False),
     "grey+alpha image": (lambda p: _save(p, RNG.integers(0, 256, (H, W, 2), dtype=np.uint8), "LA"), False),
     "1-bit image": (lambda p: _save(p, RNG.integers(0, 2, (H, W)).astype(bool), "1"), False),
+    "2-bit grey": (lambda p: _low_bit_grey(p, 2), False),
+    "4-bit grey": (lambda p: _low_bit_grey(p, 4), False),
     "grey with tRNS": (lambda p: _save(p, RNG.integers(0, 256, (H, W), dtype=np.uint8), transparency=7), None),
     "rgb with tRNS": (lambda p: _save(p, RNG.integers(0, 256, (H, W, 3), dtype=np.uint8), transparency=(1, 2, 3)), None),
 }
+
+
+def _low_bit_grey(path, depth):
+    """A grayscale PNG of 2 or 4 bits a pixel, written by hand (Pillow writes only 1 and 8-bit grey)."""
+    values = RNG.integers(0, 1 << depth, (H, W)).astype(np.uint8)
+    per_byte = 8 // depth
+    padded = np.zeros((H, -(-W // per_byte) * per_byte), np.uint8)
+    padded[:, :W] = values
+    packed = np.zeros((H, padded.shape[1] // per_byte), np.uint8)
+    for k in range(per_byte):  # the first pixel in the high bits
+        packed |= padded[:, k::per_byte] << (8 - depth * (k + 1))
+    raw = b"".join(b"\0" + row.tobytes() for row in packed)  # filter 0 (none) on every row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", W, H, depth, 0, 0, 0, 0)
+    path.write_bytes(io._PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
 
 
 def _palette(path):
@@ -67,6 +91,35 @@ def test_opencv_and_pillow_read_the_same_pixels(tmp_path, monkeypatch, kind, rea
     slow = reader(path)
     assert fast.dtype == slow.dtype and fast.shape == slow.shape
     np.testing.assert_array_equal(fast, slow)
+
+
+GREY = {"grey8 image", "grey16 microscopy", "index mask", "binary 0/255 mask", "16-bit label mask", "1-bit image", "2-bit grey",
+        "4-bit grey"}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_the_direct_grey_read_gives_pillows_pixels_or_nothing(tmp_path, monkeypatch, kind):
+    """read_grey_png (one OpenCV call, no header check: evaluate --pred/--gt) takes every grayscale
+    PNG, 1 to 16 bits, with the pixels Pillow gives, and leaves every other kind to the checked read."""
+    write, by_opencv = KINDS[kind]
+    path = write(tmp_path / "file.png")
+    direct = io.read_grey_png(path)
+    if kind in GREY or by_opencv is not None:  # None: either way (grey with tRNS: both ignore it), the pixels agree
+        assert (direct is not None) == (kind in GREY)
+    if direct is not None:
+        monkeypatch.setattr(io, "_opencv", False)
+        slow = read_mask_pixels(path)
+        assert direct.dtype == slow.dtype and direct.shape == slow.shape
+        np.testing.assert_array_equal(direct, slow)
+
+
+def test_the_direct_grey_read_leaves_broken_and_other_files_alone(tmp_path):
+    good = _save(tmp_path / "good.png", RNG.integers(0, 256, (H, W), dtype=np.uint8)).read_bytes()
+    (tmp_path / "cut.png").write_bytes(good[: len(good) // 2])
+    (tmp_path / "garbage.png").write_bytes(io._PNG_SIGNATURE + b" garbage")
+    _save(tmp_path / "grey.bmp", RNG.integers(0, 256, (H, W), dtype=np.uint8))
+    for name in ("cut.png", "garbage.png", "grey.bmp", "missing.png"):
+        assert io.read_grey_png(tmp_path / name) is None, name
 
 
 def test_broken_pngs_get_pillows_error_naming_the_file(tmp_path):

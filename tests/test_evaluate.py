@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -230,6 +231,46 @@ def test_bad_folder_on_the_command_line_is_one_line(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and err.startswith("segkit: error: prediction ")
     assert main(["evaluate", "--pred", str(tmp_path / "pred")]) == 2
     assert "needs --gt, --num-classes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["corrupt", "truncated"])
+def test_a_broken_png_is_one_line_from_the_segkit_command(tmp_path, case):
+    """OpenCV prints its decoders' complaints on the process's stderr; the command keeps them quiet."""
+    import subprocess
+    import sys
+
+    pattern = bad_case(tmp_path, case)
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-m", "segkit", "evaluate", "--pred", str(tmp_path / "pred"), "--gt",
+                             str(tmp_path / "gt"), "--num-classes", "3"], capture_output=True, text=True, env=env)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and re.search(pattern, result.stderr), result.stderr
+
+
+def test_palette_and_colour_folders_are_read_the_checked_way_after_one_try(tmp_path, monkeypatch):
+    """Grayscale PNGs are read in one OpenCV call; a folder that gives another kind (palette
+    predictions here) stops trying that after its first file, and every label stays the same."""
+    from segkit.data import io
+    from segkit.engine import folders
+
+    rng = np.random.default_rng(5)
+    pairs = []
+    for i in range(12):
+        gt = rng.integers(0, K, (9, 11)).astype(np.uint8)
+        pred = rng.integers(0, K, (9, 11)).astype(np.uint8)
+        save(tmp_path / "gt" / f"m{i:02d}.png", gt)
+        save(tmp_path / "pred" / f"m{i:02d}.png", pred, palette=True)
+        pairs.append((pred, gt))
+    tried: list[str] = []
+
+    def counting(path):
+        tried.append(Path(path).parent.name)
+        return io.read_grey_png(path)
+
+    monkeypatch.setattr(folders, "read_grey_png", counting)
+    report = evaluate_folders(tmp_path / "pred", tmp_path / "gt", K, workers=1)
+    assert tried.count("gt") == 12 and tried.count("pred") == 1
+    assert_matches(report.metrics, reference(pairs, K))
 
 
 def test_skip_missing_lists_the_unpaired_files(tmp_path):

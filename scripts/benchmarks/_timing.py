@@ -17,7 +17,19 @@ def time_alternating(
     synchronize: Callable[[], None] | None = None,
     clock: str = "wall",
 ) -> dict[str, float]:
-    """Median time in seconds of each candidate.
+    """Median time in seconds of each candidate (:func:`time_rounds`' times, reduced)."""
+    rounds = time_rounds(candidates, repeats, warmup, synchronize, clock)
+    return {name: statistics.median(values) for name, values in rounds.items()}
+
+
+def time_rounds(
+    candidates: dict[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int = 1,
+    synchronize: Callable[[], None] | None = None,
+    clock: str = "wall",
+) -> dict[str, list[float]]:
+    """Each candidate's time in seconds in each of ``repeats`` rounds (lists in round order).
 
     Each round runs every candidate once, the order rotating from round to round, so slow drifts
     of the machine (frequency, other load) fall on all candidates alike. ``synchronize`` (e.g.
@@ -43,7 +55,16 @@ def time_alternating(
             candidates[name]()
             sync()
             times[name].append(now() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def paired_speedup(segkit_times: list[float], peer_times: list[float]) -> float:
+    """The median over rounds of peer / segkit time, each ratio taken within one round.
+
+    On a shared machine whose speed moves by 10-30 % over a few seconds, the two times of one round
+    see the same speed, so their ratio is steadier than the ratio of the two medians.
+    """
+    return statistics.median(peer / own for own, peer in zip(segkit_times, peer_times, strict=True))
 
 
 def comparison_row(case: str, segkit_s: float, peer: str, peer_s: float, **extra: Any) -> dict[str, Any]:

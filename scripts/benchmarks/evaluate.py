@@ -3,8 +3,10 @@
 The target (issue 16): with process start-up set aside, evaluating a folder on two cores takes at
 most 0.7x the time of decoding its PNG files one after the other with the fastest decoder
 (``speedup`` >= 1.43 against the fastest peer row). Rows: evaluation time against the bare
-single-threaded decode (Pillow; OpenCV's ``imread``; OpenCV's ``imdecode`` of the file's bytes,
-which segkit uses and which is the fastest here), ``speedup`` = decode / evaluation, and the
+single-threaded decode (Pillow; OpenCV's ``imread``, which segkit uses for grayscale PNGs;
+OpenCV's ``imdecode`` of the file's bytes, which it uses for the rest), ``speedup`` = decode /
+evaluation (the medians' ratio), ``speedup_paired`` = the median of the ratios within each
+round (steadier on a machine whose speed drifts over seconds), and the
 start-up of ``segkit --help`` and of ``segkit evaluate --help`` against ``python -c "import
 torch"`` (each a fresh process). Run it on two cores to match the issue:
 
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from benchmarks._timing import comparison_row, time_alternating
+from benchmarks._timing import comparison_row, paired_speedup, time_rounds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,15 +113,17 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         result["report"] = evaluate_folders(root / "pred", root / "gt", args.classes, workers=workers)
 
     cv2.setNumThreads(1)
-    times = time_alternating({"segkit": segkit, "pillow": pillow, "opencv": opencv, "opencv_bytes": opencv_bytes}, args.repeats,
-                             args.warmup)
+    rounds = time_rounds({"segkit": segkit, "pillow": pillow, "opencv": opencv, "opencv_bytes": opencv_bytes}, args.repeats,
+                         args.warmup)
+    times = {name: statistics.median(values) for name, values in rounds.items()}
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     case = f"{args.pairs} pairs {args.size}x{args.size} C={args.classes}"
     extra = {"workers": workers, "cpus": cpus, "torch_threads": torch.get_num_threads(), "miou": result["report"].metrics["miou"]}
-    rows = [comparison_row(case, times["segkit"], "bare decode, Pillow, 1 thread", times["pillow"], **extra),
-            comparison_row(case, times["segkit"], "bare decode, OpenCV imread, 1 thread", times["opencv"], **extra),
-            comparison_row(case, times["segkit"], "bare decode, OpenCV imdecode of the file's bytes, 1 thread", times["opencv_bytes"],
-                           **extra)]
+    peers = {"pillow": "bare decode, Pillow, 1 thread", "opencv": "bare decode, OpenCV imread, 1 thread",
+             "opencv_bytes": "bare decode, OpenCV imdecode of the file's bytes, 1 thread"}
+    rows = [comparison_row(case, times["segkit"], label, times[name], **extra,
+                           speedup_paired=paired_speedup(rounds["segkit"], rounds[name]))
+            for name, label in peers.items()]
     if args.startup_repeats > 0:
         torch_s = _startup([sys.executable, "-c", "import torch"], args.startup_repeats)
         for command in (["--help"], ["evaluate", "--help"]):

@@ -5,6 +5,8 @@ would reduce a 16-bit RGB TIFF to 8 bits), with OpenCV for the PNGs it decodes t
 as Pillow and faster (8-bit grayscale or RGB and 16-bit grayscale: about a quarter less time than
 Pillow; :func:`_read_png_opencv`), and with Pillow for everything else (palette, alpha, low bit
 depths, JPEG, ...). Every read error becomes a ``SegkitError`` that names the file.
+:func:`read_grey_png` reads a grayscale PNG in one OpenCV call with no header check, for threads
+that decode whole folders.
 
 Intensity scaling (``to_unit_float``), the first half of segkit's normalisation:
 
@@ -38,6 +40,7 @@ __all__ = [
     "ImageInfo",
     "read_header",
     "read_image",
+    "read_grey_png",
     "read_mask_pixels",
     "to_unit_float",
 ]
@@ -162,7 +165,7 @@ def _cv2() -> Any:
     return _opencv
 
 
-def _read_png_opencv(path: Path) -> np.ndarray | None:
+def _read_png_opencv(path: str | os.PathLike) -> np.ndarray | None:
     """The pixels Pillow would give for a PNG that OpenCV decodes alike, else None (Pillow reads it).
 
     The file is read whole, its IHDR checked, then ``cv2.imdecode`` decodes the bytes. Anything
@@ -195,19 +198,46 @@ def _read_png_opencv(path: Path) -> np.ndarray | None:
     return pixels
 
 
-def _read_pixels(path: Path, kind: str) -> np.ndarray:
+def read_grey_png(path: str | os.PathLike) -> np.ndarray | None:
+    """A grayscale PNG's pixels ``(H, W)`` (uint8 or uint16) in one OpenCV call, or None.
+
+    No header is read first: ``cv2.imread`` opens, reads and decodes the file with the GIL
+    released throughout, where :func:`read_mask_pixels` makes four calls (open, read, close,
+    decode), each handing the GIL to another thread. That matters to threads decoding a folder
+    (``segkit evaluate --pred --gt``). A 2-D result is exactly what Pillow gives, at every bit
+    depth (OpenCV and Pillow both scale 1, 2 and 4-bit grey to 0-255); anything else (colour,
+    palette, alpha, a broken or missing file, a name not ending in .png) returns None, after a wasted decode
+    for colour files, so callers read that file with :func:`read_mask_pixels` and stop trying
+    this on a folder that gave None. ``tests/test_decoders_agree.py`` checks it on every kind.
+    """
+    path = os.fspath(path)
+    cv2 = _cv2()
+    if not cv2 or path[-4:].lower() != ".png":
+        return None
     try:
-        suffix = path.suffix.lower()
+        pixels = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
+    if pixels is None or pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
+        return None
+    return pixels
+
+
+def _read_pixels(path: str | os.PathLike, kind: str) -> np.ndarray:
+    # Paths stay as given (no pathlib parsing): evaluating prediction folders reads thousands of
+    # files from threads that share the GIL, and a Path costs as much Python time as the file read.
+    try:
+        suffix = os.path.splitext(path)[1].lower()
         if suffix in _TIFF:
-            arr = _read_tiff(path, kind)
+            arr = _read_tiff(Path(path), kind)
         elif suffix == ".png" and (fast := _read_png_opencv(path)) is not None:
             arr = fast
         else:
-            arr = _read_pil(path, keep_palette=kind == "mask")
+            arr = _read_pil(Path(path), keep_palette=kind == "mask")
     except SegkitError:
         raise
     except (OSError, UnidentifiedImageError, ValueError, IndexError, SyntaxError) as err:
-        raise _unreadable(path, kind, err) from err
+        raise _unreadable(Path(path), kind, err) from err
     if arr.dtype == np.bool_:  # 1-bit TIFFs: images 0/255, masks 0/1
         arr = arr.astype(np.uint8) * np.uint8(255 if kind == "image" else 1)
     return arr
@@ -219,14 +249,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     Grayscale gives C = 1; palette, RGBA, CMYK and other colour modes give RGB (C = 3, alpha
     dropped); TIFFs keep all their channels.
     """
-    arr = _read_pixels(Path(path), "image")
+    arr = _read_pixels(path, "image")
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
 def read_mask_pixels(path: str | os.PathLike) -> np.ndarray:
     """Mask pixels as stored: (H, W) integers (palette images give their palette indices), or
     (H, W, 3) uint8 for colour masks (alpha dropped)."""
-    arr = _read_pixels(Path(path), "mask")
+    arr = _read_pixels(path, "mask")
     return arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr
 
 

@@ -2,11 +2,12 @@
 
 Files pair by stem (``a.png`` <-> ``a.png``; nested folders by relative path), with the pairing
 rules of ``FolderDataset``. Decoding is the cost, so a pool of threads decodes the pairs
-(``segkit.data.io.read_mask_pixels``: OpenCV for 8/16-bit grayscale PNGs, GIL-free) and counts
-each pair's confusion matrix (by runs of equal labels, :func:`_pair_counts`); the main thread
-sums them and computes the per-image figures, a few hundred images at once. Results come back
-in file order, so the first bad file reported is always the same one. The summed counts go into
-a :class:`~segkit.metrics.ConfusionMatrix`, whose ``compute()`` is the report.
+(``segkit.data.io.read_grey_png``: one GIL-free OpenCV call for grayscale PNGs, else
+``read_mask_pixels``) and counts each pair's confusion matrix (by runs of equal labels,
+:func:`_pair_counts`); the main thread sums them and computes the per-image figures, a few
+hundred images at once. Results come back in file order, so the first bad file reported is always
+the same one. The summed counts go into a :class:`~segkit.metrics.ConfusionMatrix`, whose
+``compute()`` is the report.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from segkit.data.io import MASK_EXTENSIONS, read_mask_pixels
+from segkit.data.io import MASK_EXTENSIONS, read_grey_png, read_mask_pixels
 from segkit.data.masks import MaskDecoder, bad_value_message
 from segkit.engine.report import EvalReport, image_figures, plot_panels
 from segkit.errors import SegkitError
@@ -199,10 +200,23 @@ def evaluate_folders(
     gt_decoder = MaskDecoder(ignore_index=ignore_index, binary=binary, reduce_zero_label=reduce_zero_label)
     pred_decoder = MaskDecoder(ignore_index=ignore_index, binary=binary)
 
+    # Grayscale PNGs are read in one GIL-free call (read_grey_png) until a folder gives a file that
+    # is not one (a palette or colour folder): from then on that folder is read the checked way,
+    # so it wastes one decode, not one per file. Threads may race on the flag; either way is right.
+    direct = {"pred": True, "gt": True}
+
+    def read(path: Path, side: str) -> np.ndarray:
+        if direct[side]:
+            pixels = read_grey_png(path)
+            if pixels is not None:
+                return pixels
+            direct[side] = False
+        return read_mask_pixels(path)
+
     def load(pair: tuple[str, Path, Path]) -> tuple[str, np.ndarray, np.ndarray, Path, Path]:
         stem, pred_path, gt_path = pair
-        gt = gt_decoder.decode(read_mask_pixels(gt_path), gt_path)
-        pred = pred_decoder.decode(read_mask_pixels(pred_path), pred_path)
+        gt = gt_decoder.decode(read(gt_path, "gt"), gt_path)
+        pred = pred_decoder.decode(read(pred_path, "pred"), pred_path)
         if pred.shape != gt.shape:
             raise SegkitError(f"prediction {pred_path} is {pred.shape[1]}x{pred.shape[0]} but its ground truth {gt_path} is "
                               f"{gt.shape[1]}x{gt.shape[0]}; predictions must have the ground truth's size (resize them with "
