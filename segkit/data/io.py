@@ -205,10 +205,10 @@ def read_grey_png(path: str | os.PathLike) -> np.ndarray | None:
     released throughout, where :func:`read_mask_pixels` makes four calls (open, read, close,
     decode), each handing the GIL to another thread. That matters to threads decoding a folder
     (``segkit evaluate --pred --gt``). A 2-D result is exactly what Pillow gives, at every bit
-    depth (OpenCV and Pillow both scale 1, 2 and 4-bit grey to 0-255); anything else (colour,
-    palette, alpha, a broken or missing file, a name not ending in .png) returns None, after a wasted decode
-    for colour files, so callers read that file with :func:`read_mask_pixels` and stop trying
-    this on a folder that gave None. ``tests/test_decoders_agree.py`` checks it on every kind.
+    depth (OpenCV and Pillow both scale 1, 2 and 4-bit grey to 0-255). Anything else (colour,
+    palette, alpha, a broken or missing file, a name not ending in .png) returns None, colour
+    files after a wasted decode: callers read that file with :func:`read_mask_pixels` and stop
+    trying this on a folder that gave None. ``tests/test_decoders_agree.py`` checks every kind.
     """
     path = os.fspath(path)
     cv2 = _cv2()
@@ -225,7 +225,7 @@ def read_grey_png(path: str | os.PathLike) -> np.ndarray | None:
 
 def _read_pixels(path: str | os.PathLike, kind: str) -> np.ndarray:
     # Paths stay as given (no pathlib parsing): evaluating prediction folders reads thousands of
-    # files from threads that share the GIL, and a Path costs as much Python time as the file read.
+    # files from threads that share the GIL, and a Path costs about half the Python time of the read.
     try:
         suffix = os.path.splitext(path)[1].lower()
         if suffix in _TIFF:
