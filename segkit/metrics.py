@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from segkit.confusion import confusion_scores
+
 __all__ = ["ConfusionMatrix", "TopKAccuracy", "topk_accuracy"]
 
 #: The fast path histograms (image, target value, prediction) directly when it needs at most this
@@ -204,32 +206,11 @@ class ConfusionMatrix(_Accumulator):
         self._add(torch.cat([counts, extra]))
 
     def compute(self, sync: bool = True) -> dict[str, float | list[float] | list[list[int]]]:
-        """The metrics of everything counted since ``reset()`` (summed over processes if ``sync``)."""
+        """The metrics of everything counted since ``reset()`` (summed over processes if ``sync``):
+        :func:`segkit.confusion.confusion_scores` of the summed matrix."""
         c = self.num_classes
-        state = self._counts(sync)
-        matrix = state[: c * c].view(c, c)
-        tp = matrix.diagonal()
-        gt = matrix.sum(1)
-        predicted = matrix.sum(0)
-        total = gt.sum()
-        iou = tp / (gt + predicted - tp)  # 0/0 = NaN: absent from both
-        dice = 2 * tp / (gt + predicted)
-        accuracy = tp / gt
-        fwiou = float((gt / total * iou).nansum()) if total > 0 else float("nan")
-        image_sum, images = state[c * c], state[c * c + 1]
-        result: dict[str, float | list[float] | list[list[int]]] = {
-            "miou": float(iou.nanmean()),
-            "iou": iou.tolist(),
-            "mdice": float(dice.nanmean()),
-            "dice": dice.tolist(),
-            "pixel_accuracy": float(tp.sum() / total),
-            "mean_accuracy": float(accuracy.nanmean()),
-            "accuracy": accuracy.tolist(),
-            "fwiou": fwiou,
-            "per_image_miou": float(image_sum / images),
-            "confusion_matrix": matrix.long().tolist(),
-        }
-        return result
+        state = self._counts(sync).cpu().numpy()
+        return confusion_scores(state[: c * c].reshape(c, c), state[c * c], state[c * c + 1])
 
 
 def _int32(labels: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from segkit.engine.builders import build_model_from_config
 from segkit.engine.checkpoint import save_checkpoint
 from segkit.engine.evaluate import evaluate_checkpoint, evaluate_folders
 from segkit.engine.report import format_report
+from segkit.metrics import ConfusionMatrix
 
 K = 4
 
@@ -245,6 +246,58 @@ def test_a_broken_png_is_one_line_from_the_segkit_command(tmp_path, case):
                              str(tmp_path / "gt"), "--num-classes", "3"], capture_output=True, text=True, env=env)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and re.search(pattern, result.stderr), result.stderr
+
+
+def test_the_folder_command_never_imports_torch_and_reports_what_confusion_matrix_computes(tmp_path):
+    """`segkit evaluate --pred --gt` (with its JSON, figures and web page) runs without torch (2-3 s
+    to import), and its figures are exactly those ConfusionMatrix.compute() gives for the same pixels."""
+    import subprocess
+    import sys
+
+    pairs = make_mask_folders(tmp_path)  # grey, palette, nested and 16-bit files
+    for sub in ("gt", "pred"):
+        (tmp_path / sub / "img3.png").unlink()  # the 16-bit pair: its count takes ConfusionMatrix, so torch
+    kept = [(p, g) for stem, p, g in pairs if stem != "img3"]
+    code = ("import sys\nfrom segkit.cli import main\ncode = main(sys.argv[1:])\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\nsys.exit(code)")
+    argv = ["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", str(K),
+            "--out", str(tmp_path / "report.json"), "--html", str(tmp_path / "report.html"), "--worst", "2"]
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "report_confusion.png").stat().st_size and (tmp_path / "report_worst.png").stat().st_size
+    assert (tmp_path / "report.html").stat().st_size
+    metrics = json.loads((tmp_path / "report.json").read_text())
+    matrix = ConfusionMatrix(K)
+    for pred, gt in kept:
+        matrix.update(torch.from_numpy(pred), torch.from_numpy(gt))
+    expected = matrix.compute()
+    for key, value in expected.items():
+        if isinstance(value, float):
+            assert (math.isnan(value) and metrics[key] is None) or metrics[key] == value, key
+        elif key != "confusion_matrix":
+            assert [None if math.isnan(v) else v for v in value] == metrics[key], key
+    assert metrics["confusion_matrix"] == expected["confusion_matrix"]
+    assert_matches(expected, reference(kept, K))
+
+
+def test_confusion_scores_of_edge_cases_are_nan_or_zero_without_warnings():
+    """No pixel counted: every figure NaN. A class predicted but absent from the ground truth: IoU
+    0 and in the mean; a class absent from both: NaN and out of the means. numpy stays quiet."""
+    import warnings
+
+    from segkit.confusion import confusion_scores
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        empty = confusion_scores(np.zeros((3, 3)))
+        scores = confusion_scores(np.array([[4, 1, 0], [0, 0, 0], [0, 0, 0]]), 1.5, 2)
+    assert all(math.isnan(empty[key]) for key in ("miou", "mdice", "pixel_accuracy", "mean_accuracy", "fwiou", "per_image_miou"))
+    assert scores["iou"][0] == pytest.approx(0.8) and scores["iou"][1] == 0.0 and math.isnan(scores["iou"][2])
+    assert scores["miou"] == pytest.approx(0.4) and scores["per_image_miou"] == 0.75
+    assert scores["pixel_accuracy"] == pytest.approx(0.8) and scores["mean_accuracy"] == pytest.approx(0.8)  # 4 of 5; classes 1, 2 NaN
+    assert scores["dice"][0] == pytest.approx(8 / 9) and scores["fwiou"] == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="square"):
+        confusion_scores(np.zeros((2, 3)))
 
 
 def test_palette_and_colour_folders_are_read_the_checked_way_after_one_try(tmp_path, monkeypatch):

@@ -6,9 +6,10 @@ most 0.7x the time of decoding its PNG files one after the other with the fastes
 single-threaded decode (Pillow; OpenCV's ``imread``, which segkit uses for grayscale PNGs;
 OpenCV's ``imdecode`` of the file's bytes, which it uses for the rest), ``speedup`` = decode /
 evaluation (the medians' ratio), ``speedup_paired`` = the median of the ratios within each
-round (steadier on a machine whose speed drifts over seconds), and the
-start-up of ``segkit --help`` and of ``segkit evaluate --help`` against ``python -c "import
-torch"`` (each a fresh process). Run it on two cores to match the issue:
+round (steadier on a machine whose speed drifts over seconds), and the start-up of ``segkit
+--help``, of ``segkit evaluate --help`` and the whole ``segkit evaluate --pred --gt`` command
+against ``python -c "import torch"`` (each a fresh process). Run it on two cores to match the
+issue:
 
     taskset -c 0,1 python scripts/benchmark.py evaluate
 """
@@ -126,10 +127,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             for name, label in peers.items()]
     if args.startup_repeats > 0:
         torch_s = _startup([sys.executable, "-c", "import torch"], args.startup_repeats)
-        for command in (["--help"], ["evaluate", "--help"]):
+        whole = ["evaluate", "--pred", str(root / "pred"), "--gt", str(root / "gt"), "--num-classes", str(args.classes)]
+        for command, case in ((["--help"], "start-up: segkit --help"), (["evaluate", "--help"], "start-up: segkit evaluate --help"),
+                              (whole, "whole command: segkit evaluate --pred --gt (start-up included)")):
             segkit_s = _startup([sys.executable, "-m", "segkit", *command], args.startup_repeats)
-            rows.append(comparison_row(f"start-up: segkit {' '.join(command)}", segkit_s, "python -c 'import torch'", torch_s,
-                                       cpus=cpus))
+            rows.append(comparison_row(case, segkit_s, "python -c 'import torch'", torch_s, cpus=cpus))
     if temp is not None:
         temp.cleanup()
     return rows

@@ -11,15 +11,34 @@ Items are ``(image, mask)``: image float32 ``(C, H, W)``, mask int64 ``(H, W)``.
     print(FolderDataset("data/synthetic", "val", num_classes=3).check_files().format())
 """
 
-from segkit.data.base import SegmentationDataset, default_mean_std
-from segkit.data.cifar import CifarDataset, make_synthetic_cifar
-from segkit.data.classification import ClassificationDataset, ClassificationTransform, ImageFolderDataset, ten_crop
-from segkit.data.coco import CocoDataset
-from segkit.data.folder import DataReport, FolderDataset, check_folder
-from segkit.data.layout import list_splits
-from segkit.data.masks import MaskDecoder
-from segkit.data.synthetic import SYNTHETIC_CLASSES, make_synthetic
-from segkit.data.transforms import build_transforms, default_spec, list_transforms
+from typing import TYPE_CHECKING, Any
+
+# Most of these import torch (2-3 s); the readers below them (segkit.data.io, .masks, .layout) do
+# not, and `segkit evaluate --pred --gt` uses only those, so the names load on first use (PEP 562).
+_LAZY = {
+    "SegmentationDataset": "segkit.data.base", "default_mean_std": "segkit.data.base",
+    "CifarDataset": "segkit.data.cifar", "make_synthetic_cifar": "segkit.data.cifar",
+    "ClassificationDataset": "segkit.data.classification", "ClassificationTransform": "segkit.data.classification",
+    "ImageFolderDataset": "segkit.data.classification", "ten_crop": "segkit.data.classification",
+    "CocoDataset": "segkit.data.coco",
+    "DataReport": "segkit.data.folder", "FolderDataset": "segkit.data.folder", "check_folder": "segkit.data.folder",
+    "list_splits": "segkit.data.layout",
+    "MaskDecoder": "segkit.data.masks",
+    "SYNTHETIC_CLASSES": "segkit.data.synthetic", "make_synthetic": "segkit.data.synthetic",
+    "build_transforms": "segkit.data.transforms", "default_spec": "segkit.data.transforms",
+    "list_transforms": "segkit.data.transforms",
+}
+
+if TYPE_CHECKING:
+    from segkit.data.base import SegmentationDataset, default_mean_std
+    from segkit.data.cifar import CifarDataset, make_synthetic_cifar
+    from segkit.data.classification import ClassificationDataset, ClassificationTransform, ImageFolderDataset, ten_crop
+    from segkit.data.coco import CocoDataset
+    from segkit.data.folder import DataReport, FolderDataset, check_folder
+    from segkit.data.layout import list_splits
+    from segkit.data.masks import MaskDecoder
+    from segkit.data.synthetic import SYNTHETIC_CLASSES, make_synthetic
+    from segkit.data.transforms import build_transforms, default_spec, list_transforms
 
 __all__ = [
     "SYNTHETIC_CLASSES",
@@ -42,3 +61,17 @@ __all__ = [
     "list_transforms",
     "make_synthetic",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'segkit.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -6,13 +6,15 @@ rules of ``FolderDataset``. Decoding is the cost, so a pool of threads decodes t
 ``read_mask_pixels``) and counts each pair's confusion matrix (by runs of equal labels,
 :func:`_pair_counts`); the main thread sums them and computes the per-image figures, a few
 hundred images at once. Results come back in file order, so the first bad file reported is always
-the same one. The summed counts go into a :class:`~segkit.metrics.ConfusionMatrix`, whose
-``compute()`` is the report.
+the same one. The summed counts are scored by :func:`segkit.confusion.confusion_scores`, as
+``ConfusionMatrix.compute()`` scores its own, so the command never imports torch (only 16-bit or
+out-of-range labels go through ``ConfusionMatrix.update``, which imports it).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 from collections import deque
@@ -21,13 +23,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import torch
 
+from segkit.confusion import confusion_scores
 from segkit.data.io import MASK_EXTENSIONS, read_grey_png, read_mask_pixels
 from segkit.data.masks import MaskDecoder, bad_value_message
 from segkit.engine.report import EvalReport, image_figures, plot_panels
 from segkit.errors import SegkitError
-from segkit.metrics import ConfusionMatrix
 
 __all__ = ["default_workers", "evaluate_folders"]
 
@@ -228,6 +229,10 @@ def evaluate_folders(
         _, pred, gt, pred_path, gt_path = load(pair)
         counts = _pair_counts(pred, gt, num_classes, ignore_index)
         if counts is None:  # 16-bit labels, or bad labels: ConfusionMatrix decides, and names the value
+            import torch  # only here: the rest of this module runs without it
+
+            from segkit.metrics import ConfusionMatrix
+
             single = ConfusionMatrix(num_classes, ignore_index=ignore_index)
             try:
                 single.update(*(torch.from_numpy(a if a.dtype == np.uint8 else a.astype(np.int32)) for a in (pred, gt)))
@@ -249,9 +254,9 @@ def evaluate_folders(
         stems = [stem for stem, _, _ in pairs[len(images):len(images) + len(batch)]]
         images.extend(zip(stems, mious))
         details.extend(batch_details)
-    matrix = ConfusionMatrix(num_classes, ignore_index=ignore_index)
-    matrix.add_counts(total, [value for _, value in images])
-    report = EvalReport(matrix.compute(), classes, ignore_index, images, warnings,
+    scored = [value for _, value in images if not math.isnan(value)]
+    metrics = confusion_scores(total, math.fsum(scored), len(scored))  # what ConfusionMatrix.compute() gives
+    report = EvalReport(metrics, classes, ignore_index, images, warnings,
                         {"mode": "folders", "pred": str(pred_dir), "gt": str(gt_dir)}, details)
     if worst_figure is not None and worst > 0:
         paths = {stem: (pred_path, gt_path) for stem, pred_path, gt_path in pairs}

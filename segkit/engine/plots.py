@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:  # torch only for plot_predictions: palette and overlay serve `segkit evaluate --pred --gt`
+    import torch
+    from torch import nn
 
 __all__ = ["overlay", "plot_curves", "plot_predictions", "palette"]
 
@@ -77,12 +79,18 @@ def plot_curves(
     plt.close(fig)
 
 
-@torch.no_grad()
 def plot_predictions(model: nn.Module, dataset: Any, device: torch.device, out_path: Path, count: int) -> None:
     """Image, ground truth and prediction overlays for the first ``count`` validation samples.
 
     Only those ``count`` samples are read and inferred (one forward each), never the whole split.
     """
+    import torch
+
+    with torch.no_grad():
+        _plot_predictions(model, dataset, device, out_path, count)
+
+
+def _plot_predictions(model: nn.Module, dataset: Any, device: torch.device, out_path: Path, count: int) -> None:
     count = min(count, len(dataset))
     if count == 0:
         return
