@@ -1,4 +1,5 @@
-"""Metrics: the dataset-level confusion matrix (mIoU and friends) and top-k accuracy (pure tensor code).
+"""Metrics: the dataset-level confusion matrix (mIoU and friends) and top-k accuracy (tensor code;
+the confusion matrix is scored by :func:`segkit.confusion.confusion_scores`, numpy).
 
 :class:`ConfusionMatrix` follows MMSegmentation's semantics: pixels whose target is
 ``ignore_index`` do not count; a class absent from both prediction and ground truth has IoU NaN and
