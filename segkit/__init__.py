@@ -8,8 +8,9 @@
 
 __version__ = "0.1.0"
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from segkit._lazy import lazy_exports
 from segkit.errors import SegkitError
 
 __all__ = ["SegkitError", "__version__", "create_classifier", "create_encoder", "create_model", "list_classifiers", "list_encoders"]
@@ -24,15 +25,4 @@ if TYPE_CHECKING:
     from segkit.models import create_classifier, create_model
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'segkit' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

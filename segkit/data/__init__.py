@@ -11,7 +11,9 @@ Items are ``(image, mask)``: image float32 ``(C, H, W)``, mask int64 ``(H, W)``.
     print(FolderDataset("data/synthetic", "val", num_classes=3).check_files().format())
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from segkit._lazy import lazy_exports
 
 # Most of these import torch (2-3 s); the readers below them (segkit.data.io, .masks, .layout) do
 # not, and `segkit evaluate --pred --gt` uses only those, so the names load on first use (PEP 562).
@@ -63,15 +65,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'segkit.data' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -84,13 +84,8 @@ def plot_predictions(model: nn.Module, dataset: Any, device: torch.device, out_p
 
     Only those ``count`` samples are read and inferred (one forward each), never the whole split.
     """
-    import torch
+    import torch  # here, not at module level: palette and overlay serve torch-free commands
 
-    with torch.no_grad():
-        _plot_predictions(model, dataset, device, out_path, count)
-
-
-def _plot_predictions(model: nn.Module, dataset: Any, device: torch.device, out_path: Path, count: int) -> None:
     count = min(count, len(dataset))
     if count == 0:
         return
@@ -99,21 +94,22 @@ def _plot_predictions(model: nn.Module, dataset: Any, device: torch.device, out_
     num_classes = getattr(dataset, "num_classes", None) or 2
     plt = _pyplot()
     fig, axes = plt.subplots(count, 3, figsize=(9, 3 * count), squeeze=False)
-    for row in range(count):
-        image, mask = dataset[row]
-        output = model(image[None].to(device))
-        logits = output[0] if isinstance(output, (tuple, list)) else output
-        pred = logits.argmax(1)[0].cpu().numpy()
-        shown = image.float().numpy()
-        shown = (shown - shown.min()) / max(float(shown.max() - shown.min()), 1e-6)
-        shown = shown[0] if shown.shape[0] != 3 else shown.transpose(1, 2, 0)
-        gt = mask.numpy().copy()
-        gt[gt >= num_classes] = 0  # ignore_index drawn as background
-        for ax, picture, title in zip(axes[row], (shown, overlay(shown, gt, num_classes), overlay(shown, pred, num_classes)),
-                                      ("image", "ground truth", "prediction")):
-            ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None)
-            ax.set_title(title)
-            ax.axis("off")
+    with torch.no_grad():
+        for row in range(count):
+            image, mask = dataset[row]
+            output = model(image[None].to(device))
+            logits = output[0] if isinstance(output, (tuple, list)) else output
+            pred = logits.argmax(1)[0].cpu().numpy()
+            shown = image.float().numpy()
+            shown = (shown - shown.min()) / max(float(shown.max() - shown.min()), 1e-6)
+            shown = shown[0] if shown.shape[0] != 3 else shown.transpose(1, 2, 0)
+            gt = mask.numpy().copy()
+            gt[gt >= num_classes] = 0  # ignore_index drawn as background
+            for ax, picture, title in zip(axes[row], (shown, overlay(shown, gt, num_classes), overlay(shown, pred, num_classes)),
+                                          ("image", "ground truth", "prediction")):
+                ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None)
+                ax.set_title(title)
+                ax.axis("off")
     fig.tight_layout()
     fig.savefig(out_path, dpi=80)
     plt.close(fig)
