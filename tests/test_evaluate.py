@@ -255,21 +255,22 @@ def test_the_folder_command_never_imports_torch_and_reports_what_confusion_matri
     import sys
 
     pairs = make_mask_folders(tmp_path)  # grey, palette, nested and 16-bit files
-    for sub in ("gt", "pred"):
-        (tmp_path / sub / "img3.png").unlink()  # the 16-bit pair: its count takes ConfusionMatrix, so torch
-    kept = [(p, g) for stem, p, g in pairs if stem != "img3"]
+    save(tmp_path / "gt" / "many.png", np.array([[0, 1], [2, 300]], np.uint16))  # a label above 255 stays 16-bit
+    save(tmp_path / "pred" / "many.png", np.array([[0, 1], [2, 3]], np.uint8))
+    kept = [(p, g) for _, p, g in pairs] + [(np.array([[0, 1], [2, 3]]), np.array([[0, 1], [2, 300]]))]
     code = ("import sys\nfrom segkit.cli import main\ncode = main(sys.argv[1:])\n"
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\nsys.exit(code)")
-    argv = ["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", str(K),
+    classes = 301
+    argv = ["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", str(classes),
             "--out", str(tmp_path / "report.json"), "--html", str(tmp_path / "report.html"), "--worst", "2"]
     proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "report_confusion.png").stat().st_size and (tmp_path / "report_worst.png").stat().st_size
     assert (tmp_path / "report.html").stat().st_size
     metrics = json.loads((tmp_path / "report.json").read_text())
-    matrix = ConfusionMatrix(K)
+    matrix = ConfusionMatrix(classes)
     for pred, gt in kept:
-        matrix.update(torch.from_numpy(pred), torch.from_numpy(gt))
+        matrix.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(gt.astype(np.int64)))
     expected = matrix.compute()
     for key, value in expected.items():
         if isinstance(value, float):
@@ -277,7 +278,7 @@ def test_the_folder_command_never_imports_torch_and_reports_what_confusion_matri
         elif key != "confusion_matrix":
             assert [None if math.isnan(v) else v for v in value] == metrics[key], key
     assert metrics["confusion_matrix"] == expected["confusion_matrix"]
-    assert_matches(expected, reference(kept, K))
+    assert_matches(expected, reference(kept, classes))
 
 
 def test_confusion_scores_of_edge_cases_are_nan_or_zero_without_warnings():
@@ -530,11 +531,37 @@ def test_pair_counts_equal_a_numpy_confusion_matrix():
     np.add.at(expected, (gt[counted].astype(np.int64), pred[counted].astype(np.int64)), 1)
     np.testing.assert_array_equal(folders._pair_counts(pred, gt, 21, 255), expected)
     np.testing.assert_array_equal(folders._pair_counts(pred, gt, 22, 255)[:21, :21], expected)  # a class never seen
+    wide = folders._pair_counts(pred, gt, 300, 255)  # more classes than 8-bit values: 255 is still ignored
+    assert wide.shape == (300, 300) and wide.sum() == expected.sum()
+    np.testing.assert_array_equal(wide[:21, :21], expected)
     bad_pred = pred.copy()
-    bad_pred[5, 7] = 21  # a prediction outside [0, C): left to ConfusionMatrix's error, which names it
+    bad_pred[5, 7] = 21  # a prediction outside [0, C): None, and the caller names it
     assert folders._pair_counts(bad_pred, gt, 21, 255) is None
+    bad_pred[counted] = pred[counted]
+    bad_pred[~counted] = 99  # ... but not where the ground truth is ignored (ConfusionMatrix's rule)
+    np.testing.assert_array_equal(folders._pair_counts(bad_pred, gt, 21, 255), expected)
     gt[0, 0] = 30  # a label outside [0, C) that is not ignore_index: the same
     assert folders._pair_counts(pred, gt, 21, 255) is None
+
+
+@pytest.mark.parametrize(("num_classes", "ignore"), [(300, 65535), (1000, 7), (3, None)])
+def test_pair_counts_of_16_bit_labels_and_an_ignore_index_inside_the_classes(num_classes, ignore):
+    """16-bit label maps (more than 256 classes) count by the same runs; ignore_index may be a class
+    index, and a mask with nothing counted gives zeros."""
+    from segkit.engine import folders
+
+    rng = np.random.default_rng(num_classes)
+    gt = np.kron(rng.integers(0, num_classes, (7, 9)), np.ones((5, 6), np.int64)).astype(np.uint16)
+    pred = np.where(rng.random(gt.shape) < 0.8, gt, rng.integers(0, num_classes, gt.shape)).astype(np.uint16)
+    if ignore is not None:
+        gt[rng.random(gt.shape) < 0.1] = ignore
+    counted = np.ones(gt.shape, bool) if ignore is None else gt != ignore
+    expected = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(expected, (gt[counted].astype(np.int64), pred[counted].astype(np.int64)), 1)
+    np.testing.assert_array_equal(folders._pair_counts(pred, gt, num_classes, ignore), expected)
+    if ignore is not None:
+        np.testing.assert_array_equal(folders._pair_counts(pred, np.full_like(gt, ignore), num_classes, ignore), 0)
+    assert folders._pair_counts(pred[:0], gt[:0], num_classes, ignore).shape == (num_classes, num_classes)
 
 
 @pytest.mark.parametrize("num_classes", [2, 200, 256])

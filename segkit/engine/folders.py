@@ -7,8 +7,7 @@ rules of ``FolderDataset``. Decoding is the cost, so a pool of threads decodes t
 :func:`_pair_counts`); the main thread sums them and computes the per-image figures, a few
 hundred images at once. Results come back in file order, so the first bad file reported is always
 the same one. The summed counts are scored by :func:`segkit.confusion.confusion_scores`, as
-``ConfusionMatrix.compute()`` scores its own, so the command never imports torch (only 16-bit or
-out-of-range labels go through ``ConfusionMatrix.update``, which imports it).
+``ConfusionMatrix.compute()`` scores its own, so the command never imports torch.
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ def _buffers(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _pair_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray | None:
-    """The ``(C, C)`` counts (rows ground truth) of one pair of 8-bit label maps, counted by runs.
+    """The ``(C, C)`` counts (rows ground truth) of one pair of label maps (uint8 or uint16), counted by runs.
 
     Masks are mostly uniform regions, and a histogram that adds one pixel at a time to the same
     bin over and over waits on its own previous increment (``np.bincount``, OpenCV's
@@ -59,11 +58,12 @@ def _pair_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_inde
     truth, prediction), and each run adds its length to its bin: one ``bincount`` over a few
     thousand runs, exact (float64 weights). The run starts are found a word of 8 pixels at a
     time (``np.flatnonzero`` over every pixel's flag costs as much as the rest together): 0.19 ms.
-    None where it does not apply (16-bit labels, or any label out of range), and the caller
-    falls back to ``ConfusionMatrix.update``, which names the bad value.
+    Runs whose ground truth is ``ignore_index`` do not count (nor are their predictions checked,
+    as in ``ConfusionMatrix``). None when a counted run holds a label outside ``[0, C)``: the
+    caller names it (:func:`_label_error`).
     """
-    if pred.dtype != np.uint8 or gt.dtype != np.uint8 or pred.size == 0 or num_classes > 256:
-        return None
+    if pred.size == 0:
+        return np.zeros((num_classes, num_classes), np.int64)
     size = pred.size
     starts_here, pred_changes, word_has_start = _buffers(size)  # reused per thread: no page faults for fresh arrays
     gt_flat, pred_flat = gt.reshape(-1), pred.reshape(-1)
@@ -80,17 +80,28 @@ def _pair_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_inde
     lengths = np.empty_like(starts)
     np.subtract(starts[1:], starts[:-1], out=lengths[:-1])
     lengths[-1] = size - starts[-1]
-    run_pred = pred_flat[starts]  # every pixel's label is its run's: the runs hold every label
-    if int(run_pred.max()) >= num_classes:
+    run_gt, run_pred = gt_flat[starts], pred_flat[starts]  # every pixel's labels are its run's
+    if gt.dtype == np.uint8 and int(run_pred.max()) < num_classes:
+        # One row per 8-bit value: the ignored row is dropped after counting, not run by run.
+        rows = max(256, num_classes)
+        index = np.multiply(run_gt, num_classes, dtype=np.intp)
+        index += run_pred
+        counts = np.bincount(index, weights=lengths, minlength=rows * num_classes).reshape(rows, num_classes)
+        if ignore_index is not None and 0 <= ignore_index < rows:
+            counts[ignore_index] = 0
+        if counts[num_classes:].any():  # a ground-truth label >= C that is not ignore_index
+            return None
+        return counts[:num_classes].astype(np.int64)
+    # 16-bit labels, or a prediction >= C (allowed where the ground truth is ignored): drop the ignored runs.
+    if ignore_index is not None:
+        counted = run_gt != ignore_index
+        run_gt, run_pred, lengths = run_gt[counted], run_pred[counted], lengths[counted]
+    if run_gt.size and (int(run_gt.max()) >= num_classes or int(run_pred.max()) >= num_classes):
         return None
-    index = np.multiply(gt_flat[starts], num_classes, dtype=np.intp)
+    index = np.multiply(run_gt, num_classes, dtype=np.intp)
     index += run_pred
-    counts = np.bincount(index, weights=lengths, minlength=256 * num_classes).astype(np.int64).reshape(256, num_classes)
-    if ignore_index is not None and 0 <= ignore_index < 256:
-        counts[ignore_index] = 0
-    if counts[num_classes:].any():  # a ground-truth label >= C that is not ignore_index
-        return None
-    return counts[:num_classes]
+    counts = np.bincount(index, weights=lengths, minlength=num_classes * num_classes)
+    return counts.astype(np.int64).reshape(num_classes, num_classes)
 
 
 def _ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, chunk: int = 8, ahead: int = 8) -> Iterator[R]:
@@ -228,17 +239,8 @@ def evaluate_folders(
         """One pair's counts, computed in the decoding thread."""
         _, pred, gt, pred_path, gt_path = load(pair)
         counts = _pair_counts(pred, gt, num_classes, ignore_index)
-        if counts is None:  # 16-bit labels, or bad labels: ConfusionMatrix decides, and names the value
-            import torch  # only here: the rest of this module runs without it
-
-            from segkit.metrics import ConfusionMatrix
-
-            single = ConfusionMatrix(num_classes, ignore_index=ignore_index)
-            try:
-                single.update(*(torch.from_numpy(a if a.dtype == np.uint8 else a.astype(np.int32)) for a in (pred, gt)))
-            except ValueError:
-                raise SegkitError(_label_error(pred, gt, pred_path, gt_path, num_classes, ignore_index)) from None
-            counts = single.matrix.numpy()
+        if counts is None:
+            raise SegkitError(_label_error(pred, gt, pred_path, gt_path, num_classes, ignore_index))
         return counts
 
     total = np.zeros((num_classes, num_classes), np.int64)
