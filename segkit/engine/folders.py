@@ -84,9 +84,7 @@ def _pair_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_inde
     if gt.dtype == np.uint8 and int(run_pred.max()) < num_classes:
         # One row per 8-bit value: the ignored row is dropped after counting, not run by run.
         rows = max(256, num_classes)
-        index = np.multiply(run_gt, num_classes, dtype=np.intp)
-        index += run_pred
-        counts = np.bincount(index, weights=lengths, minlength=rows * num_classes).reshape(rows, num_classes)
+        counts = _run_histogram(run_gt, run_pred, lengths, num_classes, rows)
         if ignore_index is not None and 0 <= ignore_index < rows:
             counts[ignore_index] = 0
         if counts[num_classes:].any():  # a ground-truth label >= C that is not ignore_index
@@ -98,10 +96,14 @@ def _pair_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_inde
         run_gt, run_pred, lengths = run_gt[counted], run_pred[counted], lengths[counted]
     if run_gt.size and (int(run_gt.max()) >= num_classes or int(run_pred.max()) >= num_classes):
         return None
+    return _run_histogram(run_gt, run_pred, lengths, num_classes, num_classes).astype(np.int64)
+
+
+def _run_histogram(run_gt: np.ndarray, run_pred: np.ndarray, lengths: np.ndarray, num_classes: int, rows: int) -> np.ndarray:
+    """``(rows, C)`` float64: each run's length added to its (ground truth, prediction) bin, in one bincount."""
     index = np.multiply(run_gt, num_classes, dtype=np.intp)
     index += run_pred
-    counts = np.bincount(index, weights=lengths, minlength=num_classes * num_classes)
-    return counts.astype(np.int64).reshape(num_classes, num_classes)
+    return np.bincount(index, weights=lengths, minlength=rows * num_classes).reshape(rows, num_classes)
 
 
 def _ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, chunk: int = 8, ahead: int = 8) -> Iterator[R]:
