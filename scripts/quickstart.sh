@@ -2,7 +2,7 @@
 # The README's first command: set up .venv (created or reused), generate the built-in synthetic
 # microscopy data, train configs/quickstart.yaml on the CPU, evaluate the best checkpoint on the
 # validation split and print its mIoU as a line `mIoU: 0.xxx`.
-# About 88 s on 2 idle CPU cores once the packages are installed (README). Nothing is downloaded at run
+# About 60 s on 2 idle CPU cores once the packages are installed (README). Nothing is downloaded at run
 # time (the first run installs PyTorch and friends from the package index into .venv).
 # SEGKIT_QUICKSTART_OUT sets the run directory (default runs/quickstart; replaced on each run).
 set -euo pipefail
