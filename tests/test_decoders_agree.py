@@ -50,7 +50,17 @@ KINDS = {
     "4-bit grey": (lambda p: _low_bit_grey(p, 4), False),
     "grey with tRNS": (lambda p: _save(p, RNG.integers(0, 256, (H, W), dtype=np.uint8), transparency=7), None),
     "rgb with tRNS": (lambda p: _save(p, RNG.integers(0, 256, (H, W, 3), dtype=np.uint8), transparency=(1, 2, 3)), None),
+    # A camera's orientation tag: both readers give the stored grid, the one annotations are drawn on.
+    "rgb8 with EXIF rotation": (lambda p: _save(p, RNG.integers(0, 256, (H, W, 3), dtype=np.uint8), exif=_exif(6)), True),
+    "rgb8 with EXIF 180": (lambda p: _save(p, RNG.integers(0, 256, (H, W, 3), dtype=np.uint8), exif=_exif(3)), True),
+    "grey8 with EXIF rotation": (lambda p: _save(p, RNG.integers(0, 256, (H, W), dtype=np.uint8), exif=_exif(6)), True),
 }
+
+
+def _exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation: 3 = 180 degrees, 6 = 90 degrees clockwise
+    return exif.tobytes()
 
 
 def _low_bit_grey(path, depth):
@@ -90,11 +100,12 @@ def test_opencv_and_pillow_read_the_same_pixels(tmp_path, monkeypatch, kind, rea
     monkeypatch.setattr(io, "_opencv", False)  # Pillow alone
     slow = reader(path)
     assert fast.dtype == slow.dtype and fast.shape == slow.shape
+    assert fast.shape[:2] == (H, W)  # never rotated (an EXIF tag), as the header check and the masks assume
     np.testing.assert_array_equal(fast, slow)
 
 
 GREY = {"grey8 image", "grey16 microscopy", "index mask", "binary 0/255 mask", "16-bit label mask", "1-bit image", "2-bit grey",
-        "4-bit grey"}
+        "4-bit grey", "grey8 with EXIF rotation"}
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

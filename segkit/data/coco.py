@@ -19,18 +19,21 @@ by the sha256 of the annotation file's bytes and the label mapping, so later epo
 instead of rasterising again, and an edited annotation file (or another category choice) never
 serves stale masks. Old subfolders are not removed; delete ``cache_dir`` whenever you like.
 
-Construction checks that the annotation file parses, every image file exists, and each image's
-header size matches the file's ``width``/``height``.
+Construction checks that the annotation file parses and holds no contradiction (unique image and
+category ids, every annotation's image and category listed, sizes in whole pixels:
+:mod:`segkit.data.coco_format`), every image file exists, and each image's header size matches the
+file's ``width``/``height``. Polygons are checked as they are drawn (finite coordinates near the
+image). Images are named in reports by ``file_name`` without the extension (``stems``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
+import re
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,59 +42,13 @@ import numpy as np
 from PIL import Image
 
 from segkit.data.base import SegmentationDataset
+from segkit.data.coco_format import checked_segmentation, duplicate_names, load_coco
 from segkit.data.io import read_header
 from segkit.errors import SegkitError
 
 __all__ = ["CocoDataset"]
 
-_CACHE_VERSION = 1  # bump when the rendering rules change
-
-
-def _load_coco(path: Path) -> tuple[Any, str]:
-    """(pycocotools COCO, sha256 of the file's bytes); SegkitError for a missing or malformed file."""
-    from pycocotools.coco import COCO
-
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise SegkitError(f"cannot read annotation file {path} ({err.strerror or err}); check the path") from err
-    try:
-        dataset = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SegkitError(f"annotation file {path} is not valid JSON ({err}); fix or regenerate it") from err
-    if not isinstance(dataset, dict) or not all(isinstance(dataset.get(k), list) for k in ("images", "categories")):
-        raise SegkitError(
-            f"annotation file {path} lacks the COCO 'images' and 'categories' lists; give a COCO-format file"
-        )
-    dataset.setdefault("annotations", [])
-    for key, needed in (("images", ("id", "file_name", "height", "width")), ("categories", ("id", "name"))):
-        for entry in dataset[key]:
-            missing = [k for k in needed if k not in entry]
-            if missing:
-                raise SegkitError(
-                    f"annotation file {path} has an entry in '{key}' without {', '.join(missing)}: {entry!r}; add the fields"
-                )
-    for ann in dataset["annotations"]:
-        missing = [k for k in ("image_id", "category_id", "segmentation") if k not in ann]
-        if missing:
-            raise SegkitError(f"annotation {ann.get('id', '?')} in {path} has no {', '.join(missing)}; add the fields")
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        coco.createIndex()
-    return coco, hashlib.sha256(raw).hexdigest()
-
-
-def _clean_segmentation(ann: dict[str, Any]) -> dict[str, Any] | None:
-    """The annotation with degenerate polygons (< 3 points) dropped; None when nothing is left."""
-    seg = ann["segmentation"]
-    if isinstance(seg, list):
-        polygons = [p for p in seg if len(p) >= 6]
-        if not polygons:
-            return None
-        if len(polygons) != len(seg):
-            ann = {**ann, "segmentation": polygons}
-    return ann
+_CACHE_VERSION = 2  # bump when the rendering rules or the cache's file names change
 
 
 class CocoDataset(SegmentationDataset):
@@ -124,16 +81,23 @@ class CocoDataset(SegmentationDataset):
         self.image_dir = Path(image_dir)
         self.annotation_file = Path(annotation_file)
         self.ignore_index = int(ignore_index)
+        if not 0 <= self.ignore_index <= 65535:
+            raise SegkitError(f"ignore_index {self.ignore_index} cannot be stored in a COCO mask (rendered as 8 or 16-bit "
+                              "labels); use a value in [num_classes, 65535], e.g. 255")
         if not self.image_dir.is_dir():
-            raise SegkitError(f"image folder {self.image_dir} does not exist; point image_dir at the COCO images")
-        self.coco, self.annotation_sha256 = _load_coco(self.annotation_file)
+            raise SegkitError(f"image folder {self.image_dir} does not exist; check the path to the COCO images")
+        self.coco, self.annotation_sha256 = load_coco(self.annotation_file)
         cats = self.coco.cats
         if categories is None:
             chosen = sorted(cats)
         else:
+            shared = duplicate_names(cats)
             by_name = {c["name"]: cid for cid, c in cats.items()}
             chosen = []
             for entry in categories:
+                if isinstance(entry, str) and entry in shared:
+                    raise SegkitError(f"category name {entry!r} belongs to ids {', '.join(map(str, shared[entry]))} in "
+                                      f"{self.annotation_file}; choose the category by its id")
                 cid = by_name.get(entry) if isinstance(entry, str) else entry
                 if cid not in cats:
                     known = ", ".join(f"{cid} ({c['name']})" for cid, c in sorted(cats.items()))
@@ -163,6 +127,7 @@ class CocoDataset(SegmentationDataset):
                 + "; check the file and the categories"
             )
         self.ids = ids
+        self.stems = _stems([self.coco.imgs[i]["file_name"] for i in ids], ids)
         self._check_images()
         self._setup_intensity(mean, std, scaling, percentiles)
         self.transforms = transforms
@@ -197,7 +162,7 @@ class CocoDataset(SegmentationDataset):
                 missing.append(path)
                 continue
             header = read_header(path, "image")
-            if header.size != (info["height"], info["width"]):
+            if header.size != (info["height"], info["width"]):  # whole numbers: checked on loading
                 raise SegkitError(
                     f"image {path} is {header.width}x{header.height} but {self.annotation_file} says "
                     f"{info['width']}x{info['height']}; use the images the annotations were made on"
@@ -235,8 +200,8 @@ class CocoDataset(SegmentationDataset):
         for ann in self.coco.imgToAnns.get(image_id, []):
             cls = self.label_of.get(ann["category_id"])
             if cls is None:
-                continue
-            ann = _clean_segmentation(ann)
+                continue  # a category not chosen (every category id exists: checked on loading)
+            ann = checked_segmentation(ann, height, width, f"annotation {ann['id']!r} of image {image_id!r} in {self.annotation_file}")
             if ann is None:
                 continue
             try:
@@ -265,7 +230,7 @@ class CocoDataset(SegmentationDataset):
         image_id = self.ids[index]
         if self.cache_dir is None:
             return self.render_mask(image_id)
-        path = self.cache_dir / f"{image_id}.png"
+        path = self.cache_dir / _cache_name(image_id)
         if path.is_file():
             try:
                 with Image.open(path) as im:
@@ -277,3 +242,20 @@ class CocoDataset(SegmentationDataset):
         Image.fromarray(mask).save(tmp, format="PNG")
         os.replace(tmp, path)  # atomic: workers never read half-written files
         return mask
+
+
+def _stems(file_names: list[str], ids: list[Any]) -> list[str]:
+    """Each image's name in reports: its ``file_name`` without the extension (subfolders kept, as
+    ``FolderDataset.stems``), with the image id added where two images share one."""
+    stems = [os.path.splitext(name)[0].replace(os.sep, "/") for name in file_names]
+    shared = {stem for stem, n in Counter(stems).items() if n > 1}
+    return [f"{stem} (id {image_id})" if stem in shared else stem for stem, image_id in zip(stems, ids)]
+
+
+def _cache_name(image_id: Any) -> str:
+    """The cached mask's file name: the id itself when it is a number, else a name safe on any file system."""
+    if isinstance(image_id, int):
+        return f"{image_id}.png"
+    text = str(image_id)
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:64]
+    return f"s-{safe}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.png"

@@ -190,7 +190,10 @@ def _read_png_opencv(path: str | os.PathLike) -> np.ndarray | None:
     if layout is None:
         return None
     try:
-        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB if layout == 3 else cv2.IMREAD_UNCHANGED)
+        # Pillow leaves an EXIF orientation tag alone (masks and annotations are drawn on the stored
+        # grid), and so must OpenCV, which would otherwise rotate colour PNGs.
+        flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION if layout == 3 else cv2.IMREAD_UNCHANGED
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error:
         return None
     if pixels is None or (pixels.ndim != 2 if layout == 2 else pixels.shape[2:] != (3,)):

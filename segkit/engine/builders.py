@@ -158,22 +158,55 @@ def build_datasets(cfg: DictConfig, info: DistInfo | None = None) -> tuple[Any, 
         train = FolderDataset(root, data.train_split, transforms=transforms_from_config(cfg, True), **common, **options)
         val = FolderDataset(root, data.val_split, transforms=transforms_from_config(cfg, False), **common, **options)
     elif kind == "coco":
-        from segkit.data import CocoDataset
-
-        _check_options(options, CocoDataset, {"image_dir", "annotation_file", "transforms", "ignore_index"})
-        train = CocoDataset(_resolve(data.train_images, "data.train_images"), _resolve(data.train_annotations, "data.train_annotations"),
-                            transforms=transforms_from_config(cfg, True), ignore_index=data.ignore_index, **options)
-        val = CocoDataset(_resolve(data.val_images, "data.val_images"), _resolve(data.val_annotations, "data.val_annotations"),
-                          transforms=transforms_from_config(cfg, False), ignore_index=data.ignore_index, **options)
-        if len(train.classes) != cfg.model.num_classes:
-            raise SegkitError(f"the COCO data has {len(train.classes)} classes (background included) but model.num_classes is "
-                              f"{cfg.model.num_classes}; set model.num_classes={len(train.classes)}.")
+        train = coco_dataset(cfg, "train", transforms_from_config(cfg, True))
+        val = coco_dataset(cfg, "val", transforms_from_config(cfg, False))
     else:
         raise SegkitError(f"data.kind {kind!r} is for task: classification; set task: classification, or use folder, coco or synthetic for segmentation.")
-    if train.in_channels != cfg.model.in_channels:
-        raise SegkitError(f"the images under {data.root or data.train_images} have {train.in_channels} channel(s) but "
-                          f"model.in_channels is {cfg.model.in_channels}; set model.in_channels={train.in_channels}.")
+    for dataset, where in ((train, _images_key(cfg, "train")), (val, _images_key(cfg, "val"))):
+        # Checked for both splits before training starts: a grey validation set would otherwise fail after an epoch.
+        if dataset.in_channels != cfg.model.in_channels:
+            raise SegkitError(f"the images of {where} have {dataset.in_channels} channel(s) but model.in_channels is "
+                              f"{cfg.model.in_channels}; give both splits images like the model's (or set model.in_channels).")
     return SeededDataset(train, weight_map=_weight_map_of(cfg)), SeededDataset(val)
+
+
+def _images_key(cfg: DictConfig, split: str) -> str:
+    """Where a split's images come from, as the user wrote it: ``data.train_images (/data/x)`` or ``data.root (/data) split val``."""
+    data = cfg.data
+    if data.kind == "coco":
+        return f"data.{split}_images ({data[f'{split}_images']})"
+    chosen = data[f"{split}_split"]
+    return f"data.root ({data.root})" + (f", split {chosen}" if chosen else "")
+
+
+def coco_dataset(cfg: DictConfig, split: str, transforms: Any = None) -> Any:
+    """The config's COCO training or validation set (``split``: ``"train"`` or ``"val"``).
+
+    Paths come from ``data.{split}_images`` and ``data.{split}_annotations`` (``~`` expanded), errors
+    name those keys. ``data.options.skip_empty`` leaves out images without annotations from the
+    training set only: validation scores every image, as torchvision's reference does.
+    """
+    from segkit.data import CocoDataset
+
+    data = cfg.data
+    common, options = dataset_options(cfg)
+    _check_options(options, CocoDataset, {"image_dir", "annotation_file", "transforms", "ignore_index"})
+    if split != "train":
+        options.pop("skip_empty", None)
+    images_key, annotations_key = f"data.{split}_images", f"data.{split}_annotations"
+    images = _resolve(data[f"{split}_images"], images_key)
+    if not images.is_dir():
+        raise SegkitError(f"{images_key} {images} is not a folder; point it at the COCO images.")
+    dataset = CocoDataset(images, _resolve(data[f"{split}_annotations"], annotations_key), transforms=transforms,
+                          ignore_index=data.ignore_index, **options)
+    if dataset.num_classes != cfg.model.num_classes:
+        raise SegkitError(f"{annotations_key} gives {dataset.num_classes} classes (background included) but model.num_classes "
+                          f"is {cfg.model.num_classes}; set model.num_classes={dataset.num_classes}.")
+    names = common.get("classes")
+    if names is not None and len(names) != dataset.num_classes:
+        raise SegkitError(f"data.classes names {len(names)} classes but the COCO data has {dataset.num_classes} "
+                          f"({', '.join(dataset.classes)}); name them all, background first, or leave data.classes out.")
+    return dataset
 
 
 def _weight_map_of(cfg: DictConfig) -> Callable[[Tensor], Tensor] | None:

@@ -44,15 +44,16 @@ def _eval_split(root: Path, split: str | None, default: str, options: dict[str, 
 
 def _eval_dataset(cfg: Any, data: str | os.PathLike[str] | None, split: str | None) -> tuple[Any, dict[str, Any]]:
     """The dataset to score (transforms left to InputPipeline) and a description for the report."""
-    from segkit.data import CocoDataset, FolderDataset
-    from segkit.engine.builders import dataset_options
+    from segkit.data import FolderDataset
+    from segkit.engine.builders import coco_dataset, dataset_options
 
     d = cfg.data
     common, options = dataset_options(cfg)
     if data is None and d.kind == "coco":
-        dataset = CocoDataset(d.val_images, d.val_annotations, ignore_index=d.ignore_index, **options)
-        if dataset.num_classes != cfg.model.num_classes:
-            raise SegkitError(f"{d.val_annotations} has {dataset.num_classes} classes but the model predicts {cfg.model.num_classes}.")
+        dataset = coco_dataset(cfg, "val")
+        if dataset.in_channels != cfg.model.in_channels:
+            raise SegkitError(f"the images of data.val_images ({d.val_images}) have {dataset.in_channels} channel(s) but the "
+                              f"model takes {cfg.model.in_channels}; evaluate on data like the training data.")
         return dataset, {"data": str(d.val_annotations)}
     if data is None and (not d.root or not Path(d.root).is_dir()):
         raise SegkitError(f"the checkpoint's data.root {d.root!r} is not a folder here; pass --data DIR (images/ + masks/).")
@@ -68,6 +69,21 @@ def _eval_dataset(cfg: Any, data: str | os.PathLike[str] | None, split: str | No
         raise SegkitError(f"the images under {root} have {dataset.in_channels} channel(s) but the model takes "
                           f"{cfg.model.in_channels}; evaluate on data like the training data.")
     return dataset, {"data": str(root), "split": chosen}
+
+
+def image_names(dataset: Any) -> list[str]:
+    """Each image's name in reports: the dataset's ``stems`` (relative paths without the extension,
+    so ``a/x.png`` and ``b/x.png`` stay apart), else the file name."""
+    stems = getattr(dataset, "stems", None)
+    return list(stems) if stems else [dataset.image_path(i).name for i in range(len(dataset))]
+
+
+def _class_names(cfg: Any, dataset: Any, num_classes: int) -> list[str]:
+    """The config's class names, else the dataset's, else the indices; only a list naming every class."""
+    for names in (cfg.data.classes, getattr(dataset, "classes", None)):
+        if names is not None and len(names) == num_classes:
+            return [str(name) for name in names]
+    return [str(c) for c in range(num_classes)]
 
 
 def evaluate_checkpoint(
@@ -105,7 +121,7 @@ def evaluate_checkpoint(
         raise SegkitError(f"{source['data']} holds no images to evaluate.")
     pipeline = InputPipeline(transform_steps(cfg, train=False), cfg.data.ignore_index, cfg.trainer.seed)
     items = InferenceItems(dataset, pipeline, keep_image=False)
-    names = list(getattr(dataset, "stems", None) or [dataset.image_path(i).name for i in range(len(dataset))])
+    names = image_names(dataset)
     num_classes, ignore_index = cfg.model.num_classes, cfg.data.ignore_index
     options: dict[str, Any] = {"batch_size": batch_size or cfg.trainer.val_batch_size or cfg.trainer.batch_size,
                                "tile": tile, "overlap": overlap, "tta": tta, "amp": checkpoint_amp(cfg, amp, dev),
@@ -125,7 +141,7 @@ def evaluate_checkpoint(
         images.append((names[item.index], miou))
         details.append(detail)
         before = after
-    classes = list(cfg.data.classes or getattr(dataset, "classes", None) or [str(c) for c in range(num_classes)])
+    classes = _class_names(cfg, dataset, num_classes)
     report = EvalReport(matrix.compute(), classes, ignore_index, images, [pipeline.note()] if pipeline.dropped else [],
                         {"mode": "checkpoint", "checkpoint": str(checkpoint), **source, "tile": tile, "tta": bool(tta)}, details)
     if worst_figure is not None and worst > 0:

@@ -170,7 +170,7 @@ def checkpoint_overlays(checkpoint: str | os.PathLike[str], names: Iterable[str]
     """Panels of the named images of a checkpoint evaluation, predicted again through
     ``segkit.engine.inputs.iterate_logits`` with the options ``evaluate_checkpoint`` was given."""
     from segkit.engine.builders import transform_steps
-    from segkit.engine.evaluate import _eval_dataset
+    from segkit.engine.evaluate import _eval_dataset, image_names
     from segkit.engine.inference import load_model
     from segkit.engine.inputs import InferenceItems, InputPipeline, checkpoint_amp, iterate_logits
     from segkit.engine.train import resolve_device
@@ -183,7 +183,7 @@ def checkpoint_overlays(checkpoint: str | os.PathLike[str], names: Iterable[str]
     dataset, _ = _eval_dataset(cfg, data, split)
     items = InferenceItems(dataset, InputPipeline(transform_steps(cfg, train=False), cfg.data.ignore_index, cfg.trainer.seed),
                            keep_image=True)
-    all_names = list(getattr(dataset, "stems", None) or [dataset.image_path(i).name for i in range(len(dataset))])
+    all_names = image_names(dataset)
     index_of = {name: i for i, name in enumerate(all_names)}
     wanted = [index_of[name] for name in names if name in index_of]
     panels: dict[str, Panels] = {}
