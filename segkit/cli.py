@@ -8,6 +8,7 @@ process exits with status 2; other exceptions are bugs and keep their traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -197,6 +198,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     _check_counts(args)
+    for flag, value in (("--out", args.out), ("--html", args.html)):
+        check_output_file(value, flag)  # before the evaluation, not after it
     figure = Path(args.out).with_name(f"{Path(args.out).stem}_worst.png") if args.out and args.worst > 0 else None
     if args.checkpoint:
         if args.pred or args.gt:
@@ -332,6 +335,7 @@ def _add_export_args(parser: argparse.ArgumentParser) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     from segkit.engine.export import export_model
 
+    check_output_file(args.out, "--out")
     result = export_model(args.checkpoint, args.format, args.out, size=args.size, opset=args.opset)
     print(result.summary())
     if not result.ok:
@@ -414,8 +418,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command][2](args)
     except SegkitError as err:
-        print(f"segkit: error: {err}", file=sys.stderr)
+        print(f"segkit: error: {user_message(err)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`segkit check-data ... | head`): not an error of ours
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error as Python flushes stdout
+        return 0
+
+
+def check_output_file(value: str | None, flag: str) -> None:
+    """A SegkitError when the file ``value`` cannot be written: it is a directory, or a file stands where a folder must."""
+    from pathlib import Path
+
+    if not value:
+        return
+    path = Path(value)
+    if path.is_dir():
+        raise SegkitError(f"{flag} {path} is a directory; give a file name (e.g. {path / 'report.json'}).")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SegkitError(f"{flag} {path} lies under {parent}, which is a file; give a path in a folder.")
+            break
+
+
+def user_message(err: SegkitError) -> str:
+    """The error's own sentence. A SegkitError raised in a DataLoader worker reaches the main process
+    re-raised by torch with the worker's traceback pasted into its message: keep only the sentence."""
+    text = str(err)
+    marker = f"{SegkitError.__module__}.{SegkitError.__qualname__}: "
+    if "Original Traceback" in text and marker in text:
+        return text[text.rindex(marker) + len(marker):].strip()
+    return text
 
 
 if __name__ == "__main__":

@@ -182,9 +182,14 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
             suggestion = "see configs/quickstart.yaml for the valid keys."
         raise SegkitError(f"{source}: unknown config key '{err.full_key}'; {suggestion}") from None
     except ValidationError as err:
-        raise SegkitError(f"{source}: config key '{err.full_key}' has a value of the wrong type ({str(err).splitlines()[0]}).") from None
+        key = err.full_key if err.full_key not in (None, "", "None") else err.key
+        where = f"config key '{key}'" if key not in (None, "", "None") else "a config section"
+        raise SegkitError(f"{source}: {where} has a value of the wrong type ({str(err).splitlines()[0]}).") from None
     except OmegaConfBaseException as err:
         raise SegkitError(f"{source}: invalid config ({str(err).splitlines()[0]}).") from None
+    except TypeError as err:  # OmegaConf merging a dotlist index (loss.0.name=dice) into a list
+        raise SegkitError(f"{source}: cannot merge the config ({err}); set a list whole, e.g. "
+                          "'loss=[{name: dice, weight: 1.0}]', not one entry by index.") from None
 
 
 def _check_choice(cfg: DictConfig, key: str, choices: Sequence[str], source: str) -> None:
@@ -214,8 +219,17 @@ def check_config(cfg: DictConfig, source: str) -> None:
                 "data.crop_size", "data.resize_size"):
         _check_positive(cfg, key, source)
     for key in ("trainer.val_batch_size", "data.num_workers", "optimizer.weight_decay", "schedule.warmup_iters", "model.encoder_lr_mult",
-                "data.crop_padding", "trainer.aux_weight", "trainer.checkpoint_interval"):
+                "data.crop_padding", "trainer.aux_weight", "trainer.checkpoint_interval", "optimizer.momentum", "output.num_vis"):
         _check_positive(cfg, key, source, allow_zero=True)
+    # A negative clip norm or decay factor would flip the gradient's or the learning rate's sign: ascent, not descent.
+    for key in ("trainer.clip_grad_norm", "schedule.gamma", "schedule.warmup_factor", "optimizer.eps"):
+        _check_positive(cfg, key, source)
+    betas = OmegaConf.select(cfg, "optimizer.betas")
+    if betas is not None and (len(betas) != 2 or not all(0 <= b < 1 for b in betas)):
+        raise SegkitError(f"{source}: config key 'optimizer.betas' must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {list(betas)}.")
+    if cfg.task == "segmentation" and cfg.model.num_classes == 1:
+        raise SegkitError(f"{source}: config key 'model.num_classes' is 1; segkit trains and scores binary segmentation as 2 classes "
+                          "(background, foreground): set model.num_classes: 2 (and data.options.binary: true for 0/255 masks).")
     for key in ("data.train_transforms", "data.val_transforms"):
         value = OmegaConf.select(cfg, key)
         if not (value is None or value == "auto" or isinstance(value, ListConfig)):
@@ -258,12 +272,17 @@ def config_from_dict(data: dict[str, Any] | DictConfig, overrides: Sequence[str]
 def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> DictConfig:
     """Read and validate the YAML config at ``path`` with ``KEY=VALUE`` ``overrides`` applied."""
     path = Path(path)
+    if path.is_dir():
+        raise SegkitError(f"config file {path} is a directory; pass a YAML file such as configs/quickstart.yaml.")
     if not path.is_file():
         raise SegkitError(f"config file {path} does not exist; pass a YAML file such as configs/quickstart.yaml.")
     try:
         data = OmegaConf.load(path)
     except Exception as err:  # yaml.YAMLError and friends
-        raise SegkitError(f"config file {path} is not valid YAML ({str(err).splitlines()[0]}).") from None
+        mark = getattr(err, "problem_mark", None)  # where the parser stopped, 0-based
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SegkitError(f"config file {path} is not valid YAML{where} ({problem}).") from None
     if not isinstance(data, DictConfig):
         raise SegkitError(f"config file {path} must hold a mapping of keys (model:, data:, trainer:, ...), not a list.")
     return config_from_dict(data, overrides, source=str(path))

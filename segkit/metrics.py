@@ -71,6 +71,18 @@ class _Accumulator:
             self.sync()
         return self._total + self._pending
 
+    def counts(self) -> torch.Tensor:
+        """The counts summed over processes (a collective call under torch.distributed), on the CPU."""
+        return self._counts(sync=True).cpu()
+
+    def restore_counts(self, counts: Sequence[float] | torch.Tensor) -> None:
+        """Continue from :meth:`counts` (the same on every process: each holds them as its total)."""
+        total = torch.as_tensor(counts, dtype=torch.float64)
+        if total.shape != self._total.shape:
+            raise ValueError(f"expected {self._size} counts, got shape {tuple(total.shape)}.")
+        self._total = total.to(self._total.device)
+        self._pending.zero_()
+
 
 class ConfusionMatrix(_Accumulator):
     """Dataset-level confusion matrix of a segmentation: rows are ground truth, columns prediction.

@@ -146,9 +146,9 @@ def test_training_continues_while_a_slow_write_is_pending(tmp_path, data_root, m
 
     real_epoch = engine.train_epoch
 
-    def timed_epoch(run, epoch, batch, step):
+    def timed_epoch(run, epoch, batch, step, carried=None):
         started[epoch] = time.monotonic()
-        return real_epoch(run, epoch, batch, step)
+        return real_epoch(run, epoch, batch, step, carried)
 
     monkeypatch.setattr(checkpoint, "save_checkpoint", slow)
     monkeypatch.setattr(engine, "train_epoch", timed_epoch)

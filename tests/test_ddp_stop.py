@@ -191,7 +191,7 @@ def test_nan_loss_on_one_rank_stops_both_with_the_same_error(tmp_path, data_root
 def test_a_rank_0_only_error_reaches_every_rank(tmp_path, data_root):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.jsonl").write_text("")  # the directory holds a run: only rank 0 checks
+    (run / "last.pt").write_bytes(b"")  # the directory holds a run: only rank 0 checks
     started = time.monotonic()
     results = finish(launch(tmp_path, tiny_config(data_root), run), timeout=60)
     assert time.monotonic() - started < 60

@@ -128,7 +128,7 @@ def test_predict_errors(tmp_path, ckpt, capsys):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "rgb.png")
     code = main(["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "rgb.png"), "--output", str(tmp_path / "o"), "--quiet"])
     err = capsys.readouterr().err
-    assert code == 2 and "rgb.png has 3 channels but the dataset has 1" in err and err.count("\n") == 1
+    assert code == 2 and "rgb.png has 3 channels but the checkpoint's model takes 1" in err and err.count("\n") == 1
     assert main(["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "rgb.png"), "--output", str(tmp_path / "o"),
                  "--overlap", "1.5"]) == 2
     assert "--overlap must lie in [0, 1)" in capsys.readouterr().err

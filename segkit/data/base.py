@@ -44,8 +44,17 @@ def default_mean_std(channels: int) -> tuple[tuple[float, ...], tuple[float, ...
     return (0.449,) * channels, (0.226,) * channels
 
 
+def _numbers(value: Any, name: str) -> list[float]:
+    """``value`` as a list of floats: one number or a list of numbers (not a string), else a SegkitError."""
+    items = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+        raise SegkitError(f"{name} is {value!r}; give a number or a list of numbers")
+    return [float(v) for v in items]
+
+
 def _per_channel(value: float | Sequence[float], channels: int, name: str) -> torch.Tensor:
-    values = [float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
+    values = _numbers(value, name)
     if len(values) == 1:
         values = values * channels
     if len(values) != channels:
@@ -81,13 +90,14 @@ class SegmentationDataset(Dataset):
     ) -> None:
         if scaling not in SCALINGS:
             raise SegkitError(f"scaling {scaling!r} is not one of {', '.join(SCALINGS)}; pick one of those")
-        if len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100:
-            raise SegkitError(f"percentiles {list(percentiles)} must be two numbers 0 <= low < high <= 100")
+        bounds = _numbers(percentiles, "percentiles")
+        if len(bounds) != 2 or not 0 <= bounds[0] < bounds[1] <= 100:
+            raise SegkitError(f"percentiles {percentiles!r} must be two numbers 0 <= low < high <= 100, e.g. [1, 99.8]")
         default_mean, default_std = default_mean_std(self.in_channels)
         self.mean = _per_channel(default_mean if mean is None else mean, self.in_channels, "mean")
         self.std = _per_channel(default_std if std is None else std, self.in_channels, "std")
         self.scaling = scaling
-        self.percentiles = (float(percentiles[0]), float(percentiles[1]))
+        self.percentiles = (bounds[0], bounds[1])
 
     # -- subclass interface -------------------------------------------------------------------
     def image_path(self, index: int) -> Path:
@@ -114,11 +124,13 @@ class SegmentationDataset(Dataset):
             if raw.shape[2] == 1 and self.in_channels == 3:
                 raw = np.repeat(raw, 3, axis=2)  # a grayscale image among RGB ones
             else:
-                raise SegkitError(
-                    f"image {self.image_path(index)} has {raw.shape[2]} channels but the dataset has {self.in_channels}; "
-                    "convert the images to one channel count"
-                )
+                raise SegkitError(self.channel_message(self.image_path(index), raw.shape[2]))
         return raw
+
+    def channel_message(self, path: str | Path, channels: int) -> str:
+        """The error for an image whose channel count the dataset cannot take."""
+        return (f"image {path} has {channels} channels but the dataset has {self.in_channels}; "
+                "convert the images to one channel count")
 
     def keeps_stored_dtype(self, stored: np.ndarray) -> bool:
         """With ``device_scaling``, whether this image travels as stored (8-bit, scaled by 1/255,

@@ -65,7 +65,9 @@ class MaskDecoder:
         class_colors: Sequence[Color] | Mapping[int, Color] | None = None,
         unknown_color: str = "error",
         reduce_zero_label: bool = False,
+        kind: str = "mask",
     ) -> None:
+        self.kind = kind  # what errors call the file: "mask", or "prediction" (evaluate --pred)
         if unknown_color not in ("error", "ignore"):
             raise SegkitError(f"unknown_color is {unknown_color!r}; use 'error' or 'ignore'")
         if binary and class_colors is not None:
@@ -100,6 +102,9 @@ class MaskDecoder:
         if self.colors is not None:
             labels = self._decode_colors(raw, path)
         elif raw.ndim == 3:
+            if self.kind == "prediction":
+                raise SegkitError(f"prediction {path} is a colour (RGB) image; save predictions as single-channel "
+                                  "index or palette PNGs of class indices (as segkit predict writes them)")
             raise SegkitError(
                 f"mask {path} is a colour (RGB) image; give class_colors (one colour per class) "
                 "or save masks as single-channel index or palette PNGs"

@@ -72,6 +72,9 @@ TRANSFORMS: dict[str, str] = {
 # segkit's defaults on top of albumentations' (fill_mask is added for every class that has it).
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "random_resized_crop": {"scale": (0.5, 1.0)},
+    # An image smaller than the crop is padded (its mask with ignore_index), not an error mid-epoch.
+    "random_crop": {"pad_if_needed": True},
+    "center_crop": {"pad_if_needed": True},
     "pad": {"position": "top_left", "min_height": None, "min_width": None},
     "rotate": {"limit": 30, "p": 0.5},
     "elastic": {"alpha": 300.0, "sigma": 12.0, "p": 0.3},

@@ -107,8 +107,11 @@ class UnetDecoder(nn.Module):
         levels = len(encoder_channels)
         reductions = tuple(reductions) if reductions is not None else default_reductions(levels)
         steps = check_reductions(reductions, levels, "U-Net")
-        decoder_channels = tuple(decoder_channels) if decoder_channels is not None else default_decoder_channels(steps)
-        if len(decoder_channels) != steps or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in decoder_channels):
+        if decoder_channels is None:
+            decoder_channels = default_decoder_channels(steps)
+        elif isinstance(decoder_channels, Sequence) and not isinstance(decoder_channels, str):
+            decoder_channels = tuple(decoder_channels)
+        if not isinstance(decoder_channels, tuple) or len(decoder_channels) != steps or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in decoder_channels):
             raise SegkitError(
                 f"decoder_channels must be {steps} positive integers, one per x2 upsampling step from the encoder's "
                 f"deepest stride {max(reductions)} to the image (deepest first); got {decoder_channels!r}."

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -233,6 +234,12 @@ def _check_options(options: dict[str, Any], dataset_class: type, taken: set[str]
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise SegkitError(f"data.options.{key} is not an option of {dataset_class.__name__}; {hint}"
                               f"its options are {', '.join(accepted)}.")
+        # The free-form options keep YAML's types: a quoted "false" would be a true string.
+        default, value = params[key].default, options[key]
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise SegkitError(f"data.options.{key} is {value!r}; give true or false (unquoted).")
+        if isinstance(default, str) and not isinstance(value, str):
+            raise SegkitError(f"data.options.{key} is {value!r}; give a string (the default is {default!r}).")
 
 
 def build_model_from_config(cfg: DictConfig) -> nn.Module:
@@ -263,4 +270,26 @@ def build_loss_fn(cfg: DictConfig) -> nn.Module:
     spec = OmegaConf.to_container(cfg.loss, resolve=True)
     for term in spec:  # type: ignore[union-attr]
         term.setdefault("ignore_index", cfg.data.ignore_index)  # type: ignore[union-attr]
-    return build_loss(spec)  # type: ignore[arg-type]
+    loss = build_loss(spec)  # type: ignore[arg-type]
+    _try_loss_terms(loss, cfg.model.num_classes, cfg.data.ignore_index)
+    return loss
+
+
+def _try_loss_terms(loss: Any, num_classes: int, ignore_index: int) -> None:
+    """Run each term once on a tiny batch of the model's shape, so an option that does not fit the
+    model (binary Dice on 3 classes, 2 class weights for 3 classes) is a SegkitError now, naming
+    the term, not a traceback at the first training step."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, num_classes, 8, 8, generator=generator)
+    target = torch.randint(0, num_classes, (2, 8, 8), generator=generator)
+    target[0, 0, 0] = ignore_index
+    extra = {"weight_map": torch.ones(2, 8, 8)}
+    for i, (name, term) in enumerate(zip(loss.names, loss.losses)):
+        accepted = {key: value for key, value in extra.items() if key in getattr(term, "extra_inputs", ())}
+        try:
+            with torch.no_grad():
+                term(logits, target, **accepted)
+        except (ValueError, RuntimeError, IndexError, TypeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise SegkitError(f"loss[{i}] ({name}) does not fit a model of {num_classes} classes ({first}); fix its options "
+                              "(e.g. mode: multiclass, one class weight per class).") from err

@@ -10,8 +10,9 @@ image-level auxiliary head is dropped).
   of 32, like the ONNX export.
 - ONNX (TorchScript-based exporter, ``dynamo=False``, needs the ``onnx`` package): batch, height
   and width are dynamic axes, but the padding arithmetic is traced as constants, so the ONNX
-  model takes heights and widths that are multiples of 32 (the encoder's deepest stride): pad
-  images bottom/right and crop the logits back. Its outputs are compared with PyTorch's by
+  model takes heights and widths that are multiples of the model's deepest stride (32; 16 or 8
+  for a dilated DeepLab, 16 for the original U-Net with same padding; other sizes run but give
+  wrong logits, which the printed summary says): pad images bottom/right and crop the logits back. Its outputs are compared with PyTorch's by
   onnxruntime when that is installed, and the check is skipped (and said so) when it is not.
 """
 
@@ -127,12 +128,24 @@ def _torchscript(model: nn.Module, inputs: list[torch.Tensor], references: list[
         try:  # another batch size and height: a traced model keeps them dynamic for multiples of 32
             diff = max(diff, _max_diff(loaded(inputs[1]), references[1]))
             if traced:
-                note += ": H and W must be multiples of 32"
+                note += f": {size_rule(model)}"
         except Exception:  # noqa: BLE001 - the trace fixed the input size
             if not traced:
                 raise
             note += f": the input size is fixed to {size[0]}x{size[1]}"
     return ExportResult(path, "torchscript", size, diff, "torch.jit.load", note, _scale(references))
+
+
+def size_rule(model: nn.Module) -> str:
+    """The input sizes a traced export (ONNX, or a TorchScript trace) is right for, in words.
+
+    The padding to the model's multiple is traced as constants, so other sizes run but are wrong:
+    DeepLab interpolates its logits back to the input size, so nothing fails, the numbers just differ.
+    """
+    if getattr(model, "valid", False):  # the paper's U-Net with valid convolutions: no padding at all
+        return "H and W must be sizes the valid-convolution U-Net takes (e.g. 572, as in the paper)"
+    multiple = getattr(model, "multiple", None) or (16 if hasattr(model, "valid") else None)  # unet_original, padding same: 16
+    return f"H and W must be multiples of {multiple} (other sizes give wrong logits: pad images bottom/right)" if multiple else ""
 
 
 def _onnx(model: nn.Module, inputs: list[torch.Tensor], references: list[torch.Tensor], path: Path,
@@ -144,9 +157,14 @@ def _onnx(model: nn.Module, inputs: list[torch.Tensor], references: list[torch.T
     axes = {0: "batch", 2: "height", 3: "width"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation warnings about the TorchScript-based exporter
-        torch.onnx.export(model, (inputs[0],), str(path), dynamo=False, opset_version=opset, input_names=["image"],
-                          output_names=["logits"], dynamic_axes={"image": axes, "logits": axes})
-    note = "H and W must be multiples of 32" if getattr(model, "multiple", None) == 32 else ""
+        try:
+            torch.onnx.export(model, (inputs[0],), str(path), dynamo=False, opset_version=opset, input_names=["image"],
+                              output_names=["logits"], dynamic_axes={"image": axes, "logits": axes})
+        except Exception as err:  # noqa: BLE001 - the exporter's errors (an opset too old or unknown) name no fix
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise SegkitError(f"ONNX export at --opset {opset} failed ({first}); use the default --opset 17 "
+                              "(or another the installed torch supports).") from err
+    note = size_rule(model)
     try:
         import onnxruntime
     except ImportError:

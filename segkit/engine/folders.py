@@ -212,7 +212,7 @@ def evaluate_folders(
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     pairs, warnings = _pair(pred_dir, gt_dir, pred_suffix, gt_suffix, skip_missing)
     gt_decoder = MaskDecoder(ignore_index=ignore_index, binary=binary, reduce_zero_label=reduce_zero_label)
-    pred_decoder = MaskDecoder(ignore_index=ignore_index, binary=binary)
+    pred_decoder = MaskDecoder(ignore_index=ignore_index, binary=binary, kind="prediction")
 
     # Grayscale PNGs are read in one GIL-free call (read_grey_png) until a folder gives a file that
     # is not one (a palette or colour folder): from then on that folder is read the checked way,

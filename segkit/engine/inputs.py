@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from segkit.data.base import SegmentationDataset
 from segkit.data.io import scaled_by_255, to_unit_float
 from segkit.engine.inference import resize_logits
+from segkit.errors import SegkitError
 
 __all__ = ["DeviceScaling", "ImageFiles", "collate_interleaved", "InputPipeline", "Item", "InferenceItems", "checkpoint_amp", "group_by_size", "iterate_logits",
            "normalisation_options"]
@@ -135,6 +136,10 @@ class ImageFiles(SegmentationDataset):
         self._setup_intensity(intensity.get("mean"), intensity.get("std"), intensity.get("scaling", "auto"),
                               intensity.get("percentiles", (1.0, 99.8)))
 
+    def channel_message(self, path: str | Path, channels: int) -> str:
+        return (f"image {path} has {channels} channels but the checkpoint's model takes {self.in_channels}; predict on "
+                f"images like its training data ({self.in_channels} channel(s)), or train a model with model.in_channels={channels}")
+
     def __len__(self) -> int:
         return len(self.paths)
 
@@ -202,6 +207,12 @@ def collate_interleaved(batch: Sequence[Sequence[Any]]) -> list[Any]:
     from torch.utils.data import default_collate
 
     first = batch[0][0] if batch and isinstance(batch[0], (tuple, list)) else None
+    if isinstance(first, Tensor) and first.dim() == 3:
+        other = next((sample[0] for sample in batch if sample[0].shape[-2:] != first.shape[-2:]), None)
+        if other is not None:
+            raise SegkitError(f"a training batch holds images of {first.shape[-1]}x{first.shape[-2]} and {other.shape[-1]}x"
+                              f"{other.shape[-2]} pixels, which cannot be stacked; add a crop or resize step to "
+                              "data.train_transforms (e.g. {name: random_crop, size: 256}), or set trainer.batch_size: 1.")
     if not (isinstance(first, Tensor) and first.dim() == 3 and first.shape[0] > 1 and not first.is_contiguous()
             and all(sample[0].stride() == first.stride() and sample[0].shape == first.shape for sample in batch)
             and first.permute(1, 2, 0).is_contiguous()):

@@ -168,11 +168,20 @@ class EpochEnd:
     seconds: float
 
 
-def train_epoch(run: Run, epoch: int, batch_in_epoch: int, step: int) -> EpochEnd:
+def epoch_progress(run: Run, end: EpochEnd) -> dict[str, Any]:
+    """What an epoch stopped midway has counted (a collective call under DDP: every rank stops there):
+    saved in last.pt, so the resumed epoch's record (train loss, img/s, training metrics) covers the whole epoch."""
+    return {"loss_sum": end.loss_sum, "loss_batches": end.loss_batches, "seen": end.seen, "seconds": end.seconds,
+            "task": run.task.epoch_state()}
+
+
+def train_epoch(run: Run, epoch: int, batch_in_epoch: int, step: int, carried: dict[str, Any] | None = None) -> EpochEnd:
     """Train epoch ``epoch`` from batch ``batch_in_epoch`` on; stop at its end, a signal or ``max_steps``.
 
+    ``carried``: :func:`epoch_progress` of the same epoch before a resume, added to this part's counts.
     Raises SegkitError when a loss was not finite (on every rank, at the same log point).
     """
+    carried = carried or {}
     cfg, info, device = run.cfg, run.info, run.device
     accum, log_interval = cfg.trainer.grad_accum, cfg.trainer.log_interval
     use_amp, amp_dtype = run.amp
@@ -180,6 +189,8 @@ def train_epoch(run: Run, epoch: int, batch_in_epoch: int, step: int) -> EpochEn
     for norm in run.frozen_norms:
         norm.eval()
     run.task.start_epoch(device)
+    if carried.get("task"):
+        run.task.restore_epoch_state(carried["task"])
     window = LossWindow(device)
     stats: WindowStats | None = None
     seen, interrupted, t0 = 0, False, time.perf_counter()
@@ -239,8 +250,9 @@ def train_epoch(run: Run, epoch: int, batch_in_epoch: int, step: int) -> EpochEn
             interrupted = stats.signal
             break
     return EpochEnd(step=step, batch_in_epoch=batch_in_epoch, interrupted=interrupted,
-                    loss_sum=stats.epoch_loss_sum if stats else 0.0, loss_batches=stats.epoch_batches if stats else 0,
-                    seen=seen, seconds=time.perf_counter() - t0)
+                    loss_sum=(stats.epoch_loss_sum if stats else 0.0) + carried.get("loss_sum", 0.0),
+                    loss_batches=(stats.epoch_batches if stats else 0) + carried.get("loss_batches", 0),
+                    seen=seen + carried.get("seen", 0), seconds=time.perf_counter() - t0 + carried.get("seconds", 0.0))
 
 
 def _progress(loader: DataLoader, epoch: int, epochs: int, enabled: bool) -> Iterator[Any]:

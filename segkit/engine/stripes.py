@@ -51,8 +51,7 @@ class RowReader:
         channels = self.raw.shape[2]
         self.repeat = channels == 1 and dataset.in_channels == 3  # a grayscale image among RGB ones
         if channels != dataset.in_channels and not self.repeat:
-            raise SegkitError(f"image {path} has {channels} channels but the dataset has {dataset.in_channels}; "
-                              "convert the images to one channel count")
+            raise SegkitError(dataset.channel_message(path, channels))
         self.height, self.width = int(self.raw.shape[0]), int(self.raw.shape[1])
         self.scale = unit_scale(self.raw, dataset.scaling, dataset.percentiles)
         self.standardise = DeviceScaling.of(dataset)  # the standardisation every other path uses

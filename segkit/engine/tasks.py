@@ -51,6 +51,13 @@ class Task:
         """This epoch's training metrics (a collective call under DDP), for the epoch record."""
         return {}
 
+    def epoch_state(self) -> dict[str, Any]:
+        """The training metrics' counts so far, summed over processes (a collective call under DDP), for last.pt."""
+        return {}
+
+    def restore_epoch_state(self, state: dict[str, Any]) -> None:
+        """Continue counting from :meth:`epoch_state` (after :meth:`start_epoch`, on every process)."""
+
     def plot_curves(self, log_path: Path, out_path: Path) -> None:
         from segkit.engine.plots import plot_curves
 
@@ -146,6 +153,13 @@ class ClassificationTask(Task):
 
     def train_metrics(self) -> dict[str, Any]:
         return {"train_top1_error": 1.0 - self._train_accuracy.compute()["top1"]}
+
+    def epoch_state(self) -> dict[str, Any]:
+        return {"train_accuracy": self._train_accuracy.counts().tolist()}
+
+    def restore_epoch_state(self, state: dict[str, Any]) -> None:
+        # Every process holds the summed counts as its total: the next sync adds only what is new.
+        self._train_accuracy.restore_counts(state["train_accuracy"])
 
     def final_line(self, best: float | None, best_path: Path) -> str | None:
         if best is None:

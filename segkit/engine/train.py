@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ from segkit.engine.checkpoint import CheckpointWriter, capture_rng, load_checkpo
 from segkit.engine.distributed import (DistInfo, SeededSampler, any_rank, broadcast_batchnorm_buffers, cleanup_distributed,
                                        elastic_restart, init_distributed, main_then_share, resume_batch)
 from segkit.engine.inputs import collate_interleaved
-from segkit.engine.loop import Run, StopFlag, train_epoch
+from segkit.engine.loop import Run, StopFlag, epoch_progress, train_epoch
 from segkit.engine.optim import build_optimizer, build_scheduler
 from segkit.engine.report import json_safe
 from segkit.engine.tasks import make_task
@@ -215,18 +216,64 @@ def _check_sync_bn(cfg: DictConfig, device: torch.device, info: DistInfo) -> Non
                           f"set trainer.sync_bn=false to train on the {device.type} (BatchNorm statistics then stay per process).")
 
 
+def _check_trainable(cfg: DictConfig, model: nn.Module) -> None:
+    """Models the training loop cannot train as configured: a SegkitError naming the key, before any step."""
+    from segkit.decoders.deeplab import ASPPPooling
+
+    if getattr(model, "valid", False):
+        raise SegkitError("model.arch unet_original with valid convolutions (model.decoder.padding: valid, the default) predicts "
+                          "a smaller map than its input, which training cannot compare with the masks; set "
+                          "model.decoder.padding: same to train it.")
+    if cfg.trainer.batch_size < 2 and any(isinstance(m, ASPPPooling) for m in model.modules()):
+        raise SegkitError("trainer.batch_size is 1, but DeepLab's image pooling normalises one value per channel, which BatchNorm "
+                          "cannot do in training; set trainer.batch_size: 2 or more (grad_accum keeps the memory low).")
+
+
 def _prepare_run_dir(cfg: DictConfig, out_dir: Path, last_path: Path, resume: bool, restarted: bool = False) -> None:
     """Rank 0: check --resume has a run to continue, create the run directory, refuse one that holds a
     run (unless resuming), write config.yaml. ``restarted``: an elastic restart before the first
     last.pt starts the run over (its own partial metrics.jsonl is dropped)."""
     if resume and not last_path.is_file():
         raise SegkitError(f"--resume needs {last_path}, which does not exist; start the run without --resume.")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if restarted and not resume:
-        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-    if not resume and (last_path.exists() or (out_dir / "metrics.jsonl").exists()):
-        raise SegkitError(f"run directory {out_dir} already holds a run; pass --resume to continue it or choose another --out.")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise SegkitError(f"--out {out_dir} is a file, or lies under one; give a directory for the run.") from None
+    log_path, best_path = out_dir / "metrics.jsonl", out_dir / "best.pt"
+    if not resume:
+        if last_path.exists():
+            raise SegkitError(f"run directory {out_dir} already holds a run; pass --resume to continue it or choose another --out.")
+        if restarted:
+            log_path.unlink(missing_ok=True)
+        elif best_path.exists():
+            raise SegkitError(f"run directory {out_dir} holds a best.pt but no last.pt, so its run cannot be continued; "
+                              "choose another --out (or move that directory away to start over).")
+        elif log_path.exists():
+            # A run that stopped (e.g. on a data error) before any checkpoint: nothing to resume or keep,
+            # so it starts over rather than leave a directory that can be neither restarted nor resumed.
+            logger.warning("%s holds the log of a run that stopped before its first checkpoint; starting it over.", out_dir)
+            log_path.unlink()
     save_config(cfg, out_dir / "config.yaml")
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop the records of ``metrics.jsonl`` past ``step`` (and a line cut short), which a run killed
+    after its last checkpoint wrote: the resumed run writes them again, and twice would be wrong."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # cut short by the kill
+        if not isinstance(record, dict) or record.get("step", 0) <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text("".join(kept))
+        os.replace(temporary, path)
 
 
 def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo, *, max_steps: int | None, resume: bool, progress: bool,
@@ -243,6 +290,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     task = make_task(cfg)
     train_set, val_set = build_datasets(cfg, info)
     model = build_model_from_config(cfg).to(device)
+    _check_trainable(cfg, model)
     if cfg.trainer.sync_bn and info.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     channels_last = _use_channels_last(cfg, device)
@@ -275,9 +323,13 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
     start_epoch, batch_in_epoch, step, best = 0, 0, 0, None
+    carried: dict[str, Any] | None = None  # the counts of an epoch stopped midway, continued after the resume
     if resume:
         state = load_checkpoint(last_path)
         start_epoch, batch_in_epoch, step, best = _resume(state, cfg, out_dir, info, log, model, optimizer, scheduler, scaler)
+        carried = state.get("epoch_progress") if batch_in_epoch else None
+        if info.is_main:
+            trim_log(log.path, step)  # records a hard kill left past last.pt: the resumed run writes them again
         best = _best_of(best, best_path, task.score_key)
         log.print(f"resumed from {last_path}: epoch {start_epoch + 1}, step {step}")
 
@@ -287,11 +339,13 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     if cfg.trainer.compile:
         train_model = torch.compile(train_model)
 
-    def checkpoint_state(epoch: int, batch: int, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-        """last.pt: everything an exact resume needs."""
+    def checkpoint_state(epoch: int, batch: int, metrics: dict[str, Any] | None = None,
+                         progress: dict[str, Any] | None = None) -> dict[str, Any]:
+        """last.pt: everything an exact resume needs (``progress``: the counts of an epoch stopped midway)."""
         return {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "epoch": epoch, "batch_in_epoch": batch, "step": step,
+            "epoch_progress": json_safe(progress or {}),
             "best_miou": best if task.score_key == "miou" else None, "best_score": best, "score_key": task.score_key,
             "rng": capture_rng(), "config": to_dict(cfg), "metrics": json_safe(metrics or {}),
             "world_size": info.world_size, "segkit_checkpoint": 1, "kind": "last",
@@ -320,12 +374,14 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
                   scaling=_device_scaling(train_set))
         for epoch in range(start_epoch, cfg.trainer.epochs):
             sampler.set_epoch(epoch, start=batch_in_epoch * batch_size)
-            end = train_epoch(run, epoch, batch_in_epoch, step)  # SegkitError on a non-finite loss (all ranks)
+            end = train_epoch(run, epoch, batch_in_epoch, step, carried)  # SegkitError on a non-finite loss (all ranks)
+            carried = None
             step, batch_in_epoch = end.step, end.batch_in_epoch
             if batch_in_epoch < batches_per_epoch:  # stopped inside the epoch: save the exact position and leave
                 interrupted = end.interrupted
+                progress = epoch_progress(run, end)  # every rank stops here: its collective call is safe
                 if info.is_main:
-                    writer.submit(checkpoint_state(epoch, batch_in_epoch), last_path)
+                    writer.submit(checkpoint_state(epoch, batch_in_epoch, progress=progress), last_path)
                 reason = "interrupted" if interrupted else f"reached --max-steps {max_steps}"
                 log.print(f"{reason} at step {step}; saved {last_path} (continue with --resume)")
                 break

@@ -1,0 +1,101 @@
+"""Config and command-line values that would train the wrong thing, or fail with a traceback, are
+refused up front with one sentence naming the key and the fix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_predict_export import write_checkpoint
+from test_train import tiny_config
+
+from segkit import SegkitError
+from segkit.cli import main
+from segkit.config import config_from_dict, load_config
+from segkit.engine.builders import build_loss_fn
+from segkit.engine.train import train
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("trainer.clip_grad_norm=-1", r"'trainer\.clip_grad_norm' must be > 0; got -1"),
+    ("schedule.gamma=-1", r"'schedule\.gamma' must be > 0"),
+    ("schedule.warmup_factor=-3", r"'schedule\.warmup_factor' must be > 0"),
+    ("optimizer.momentum=-1", r"'optimizer\.momentum' must be >= 0"),
+    ("output.num_vis=-2", r"'output\.num_vis' must be >= 0"),
+    ("optimizer.betas=[0.9]", r"'optimizer\.betas' must be two numbers in \[0, 1\), e\.g\. \[0\.9, 0\.999\]; got \[0\.9\]"),
+    ("optimizer.betas=[1.5,0.9]", r"'optimizer\.betas' must be two numbers in \[0, 1\)"),
+    ("model.num_classes=1", r"'model\.num_classes' is 1; .* set model\.num_classes: 2 \(and data\.options\.binary: true"),
+    ("loss.0.name=dice", r"set a list whole, e\.g\. 'loss=\[\{name: dice, weight: 1\.0\}\]', not one entry by index"),
+])
+def test_values_that_would_misbehave_are_refused(tmp_path, override, message):
+    with pytest.raises(SegkitError, match=message):
+        config_from_dict(tiny_config(tmp_path), [override])
+
+
+def test_yaml_errors_give_the_line_and_a_directory_is_named_as_one(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  arch: unet\n  encoder: [resnet18\ndata: {}\n")
+    with pytest.raises(SegkitError, match=r"bad\.yaml is not valid YAML at line 4, column 5 \(did not find expected ',' or '\]'"):
+        load_config(path)
+    with pytest.raises(SegkitError, match=r"config file .* is a directory; pass a YAML file"):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize(("loss", "message"), [
+    ([{"name": "dice", "mode": "binary"}], r"loss\[0\] \(dice\) does not fit a model of 3 classes \(mode='binary'"),
+    ([{"name": "ce"}, {"name": "ce", "class_weights": [1, 2]}], r"loss\[1\] \(ce_1\) does not fit a model of 3 classes \(weight tensor"),
+    ([{"name": "dice", "mode": "multiclass", "classes": [5]}], r"loss\[0\] \(dice\) does not fit a model of 3 classes"),
+    ([{"name": "bce"}], r"loss\[0\] \(bce\) does not fit a model of 3 classes"),
+    ([{"name": "ce", "label_smoothing": 2}], r"loss\[0\] \(ce\) does not fit a model of 3 classes"),
+])
+def test_loss_options_that_do_not_fit_the_model_are_named_before_training(tmp_path, loss, message):
+    config = tiny_config(tmp_path)
+    config["loss"] = loss
+    with pytest.raises(SegkitError, match=message):
+        build_loss_fn(config_from_dict(config))
+
+
+def test_the_losses_that_fit_still_build(tmp_path):
+    config = tiny_config(tmp_path)
+    config["loss"] = [{"name": "ce", "class_weights": [1, 2, 3]}, {"name": "dice", "mode": "multiclass"},
+                      {"name": "focal", "mode": "multiclass"}, {"name": "lovasz", "mode": "multiclass"},
+                      {"name": "weight_map_ce"}]
+    build_loss_fn(config_from_dict(config))
+
+
+def test_models_the_loop_cannot_train_are_named(tmp_path, data_root):
+    config = tiny_config(data_root)
+    config["model"] = {"arch": "deeplabv3plus", "encoder": "resnet18", "num_classes": 3, "in_channels": 1}
+    config["trainer"]["batch_size"] = 1
+    with pytest.raises(SegkitError, match=r"trainer\.batch_size is 1, but DeepLab's image pooling .* set trainer\.batch_size: 2"):
+        train(config_from_dict(config), tmp_path / "deeplab", progress=False)
+    config = tiny_config(data_root)
+    config["model"] = {"arch": "unet_original", "num_classes": 3, "in_channels": 1}
+    with pytest.raises(SegkitError, match=r"unet_original with valid convolutions .* set model\.decoder\.padding: same"):
+        train(config_from_dict(config), tmp_path / "original", progress=False)
+
+
+def test_output_paths_that_cannot_be_written_are_named_first(tmp_path, data_root, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps(tiny_config(data_root, epochs=1)))
+    assert main(["train", str(config), "--out", str(blocker), "--quiet"]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert main(["evaluate", "--pred", str(tmp_path), "--gt", str(tmp_path), "--num-classes", "3",
+                 "--out", str(blocker / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {blocker / 'r.json'} lies under {blocker}, which is a file" in err and err.count("\n") == 1
+
+
+def test_export_states_the_sizes_the_traced_model_is_right_for(tmp_path):
+    from segkit.engine.export import export_model
+
+    ckpt = write_checkpoint(tmp_path / "deeplab.pt", arch="deeplabv3plus", encoder="resnet18", decoder={})
+    result = export_model(ckpt, "onnx", tmp_path / "m.onnx", size=(64, 64))
+    assert "H and W must be multiples of 16 (other sizes give wrong logits" in result.summary()
+    ckpt = write_checkpoint(tmp_path / "original.pt", arch="unet_original", decoder={"padding": "same"})
+    assert "multiples of 16" in export_model(ckpt, "onnx", tmp_path / "o.onnx", size=(64, 64)).summary()
+    with pytest.raises(SegkitError, match=r"ONNX export at --opset 5 failed .*; use the default --opset 17"):
+        export_model(ckpt, "onnx", tmp_path / "old.onnx", size=(64, 64), opset=5)
+    assert result.ok
