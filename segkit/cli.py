@@ -353,7 +353,8 @@ def _add_weights_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_weights(args: argparse.Namespace) -> int:
-    from segkit.encoders.weights import fetch_weights, lookup_published, published_weights, weights_architectures
+    from segkit.encoders.weights import (PublishedWeights, fetch_weights, lookup_published, published_model_names, published_weights,
+                                         weights_architectures)
 
     if args.action == "fetch":
         if not args.name:
@@ -363,11 +364,18 @@ def _run_weights(args: argparse.Namespace) -> int:
         path = fetch_weights(weights)
         print(f"{args.name} {weights.variant}: {path}" + (" (already cached)" if was_cached else ""))
         return 0
-    rows = [("name", "variant", "default", "imagenet top-1", "cached", "file")]
-    for arch in [args.name] if args.name else weights_architectures():
+    import math
+
+    def score(w: PublishedWeights) -> str:  # what torchvision publishes for it; blank where it publishes none (or NaN)
+        if w.acc1 is not None and math.isfinite(w.acc1):
+            return f"ImageNet top-1 {w.acc1:.2f}"
+        return f"COCO-VOC mIoU {w.miou:.1f}" if w.miou is not None and math.isfinite(w.miou) else ""
+
+    rows = [("name", "variant", "default", "published score", "cached", "file")]
+    # segkit's architectures (encoder_weights="imagenet"), then torchvision's whole segmentation models (weights=...)
+    for arch in [args.name] if args.name else [*weights_architectures(), *published_model_names()]:
         for w in published_weights(arch):
-            rows.append((arch, w.variant, "imagenet" if w.default else "", f"{w.acc1:.2f}" if w.acc1 is not None else "",
-                         "yes" if w.cached else "no", str(w.path)))
+            rows.append((arch, w.variant, "yes" if w.default else "", score(w), "yes" if w.cached else "no", str(w.path)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

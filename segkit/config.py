@@ -265,7 +265,14 @@ def config_from_dict(data: dict[str, Any] | DictConfig, overrides: Sequence[str]
         raise SegkitError(f"override {bad[0]!r} is not of the form KEY=VALUE (e.g. trainer.epochs=5).")
     if overrides:
         cfg = _merge(cfg, OmegaConf.from_dotlist(list(overrides)), "command line")
-    check_config(cfg, source)
+    try:
+        check_config(cfg, source)
+    except SegkitError as err:
+        # A value set on the command line is the command line's mistake, not the file's.
+        message, given = str(err), {o.split("=", 1)[0] for o in overrides}
+        if message.startswith(f"{source}: ") and any(f"'{key}'" in message for key in given):
+            raise SegkitError("command line" + message[len(source):]) from None
+        raise
     return cfg
 
 

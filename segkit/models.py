@@ -256,7 +256,13 @@ def create_model(
             raise SegkitError(f"deep_supervision is an option of arch {', '.join(having)} only, not of {arch}; use that arch or leave deep_supervision out.")
     unknown = sorted(set(decoder_kwargs) - set(options))
     if unknown:
-        raise SegkitError(f"{arch} has no option {', '.join(map(repr, unknown))}; its options are {', '.join(options) or 'none'}.")
+        import difflib
+
+        # A misspelt common argument (num_clases) lands here too: suggest it as well as the arch's own options.
+        known = [*options, *inspect.signature(create_model).parameters]
+        close = difflib.get_close_matches(unknown[0], [k for k in known if k != "decoder_kwargs"], n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise SegkitError(f"{arch} has no option {', '.join(map(repr, unknown))}; {hint}its options are {', '.join(options) or 'none'}.")
     model = factory(
         encoder=encoder,
         num_classes=num_classes,

@@ -62,6 +62,9 @@ def test_missing_truncated_and_foreign_files(tmp_path):
     (tmp_path / "cut.pt").write_bytes((tmp_path / "ok.pt").read_bytes()[:200])
     with pytest.raises(SegkitError, match="cut.pt is not a readable PyTorch checkpoint"):
         load_checkpoint(tmp_path / "cut.pt")
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')  # a run's other files, passed by mistake
+    with pytest.raises(SegkitError, match=r"metrics\.jsonl is not a PyTorch checkpoint \(it is neither a torch\.save archive nor a pickle\)"):
+        load_checkpoint(tmp_path / "metrics.jsonl")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(SegkitError, match="no 'model' entry"):
         load_checkpoint(tmp_path / "other.pt")

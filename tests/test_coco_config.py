@@ -53,15 +53,20 @@ def test_skip_empty_drops_training_images_only(tmp_path):
     assert len(train) == 2 and len(val) == 3  # validation scores every image
 
 
-def test_a_grey_validation_set_for_an_rgb_model_is_refused_before_training(tmp_path):
-    with pytest.raises(SegkitError, match=r"the images of data\.val_images \(.*val\) have 1 channel\(s\) but model\.in_channels is 3"):
-        build_datasets(coco_config(tmp_path, grey_val=True))
+def test_a_grey_validation_set_for_an_rgb_model_is_repeated_to_rgb(tmp_path):
+    """As grey images among RGB ones are, and as predict reads them."""
+    _, val = build_datasets(coco_config(tmp_path, grey_val=True))
+    assert val.in_channels == 3
+    image = val[(0, 0)][0]
+    unit = image * val.std + val.mean  # before the per-channel standardisation: one grey plane, three times
+    assert image.shape[0] == 3 and torch.allclose(unit[0], unit[1], atol=1e-6) and torch.allclose(unit[1], unit[2], atol=1e-6)
 
 
-def test_the_channel_message_names_the_config_key(tmp_path):
+def test_the_channel_message_names_the_images_and_the_key(tmp_path):
     cfg = coco_config(tmp_path)
     cfg.model.in_channels = 1
-    with pytest.raises(SegkitError, match=r"the images of data\.train_images \(.*train\) have 3 channel\(s\) but model\.in_channels is 1"):
+    with pytest.raises(SegkitError, match=r"the images in .*train have 3 channel\(s\) but in_channels \(model\.in_channels in a "
+                                          r"config\) is 1; use images like the model's, or set in_channels=3"):
         build_datasets(cfg)
 
 

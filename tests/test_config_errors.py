@@ -99,3 +99,22 @@ def test_export_states_the_sizes_the_traced_model_is_right_for(tmp_path):
     with pytest.raises(SegkitError, match=r"ONNX export at --opset 5 failed .*; use the default --opset 17"):
         export_model(ckpt, "onnx", tmp_path / "old.onnx", size=(64, 64), opset=5)
     assert result.ok
+
+
+def test_a_bad_command_line_value_is_blamed_on_the_command_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(tiny_config(tmp_path)))
+    with pytest.raises(SegkitError, match=r"^command line: config key 'trainer\.amp_dtype' is 'fp8'"):
+        load_config(path, ["trainer.amp_dtype=fp8"])
+    config = tiny_config(tmp_path)
+    config["trainer"]["amp_dtype"] = "fp8"
+    path.write_text(json.dumps(config))
+    with pytest.raises(SegkitError, match=r"c\.yaml: config key 'trainer\.amp_dtype' is 'fp8'"):
+        load_config(path)
+
+
+def test_a_misspelt_model_argument_is_suggested():
+    import segkit
+
+    with pytest.raises(SegkitError, match=r"unet has no option 'num_clases'; did you mean 'num_classes'\?"):
+        segkit.create_model("unet", encoder="resnet18", num_clases=3)

@@ -130,8 +130,13 @@ def test_existing_run_directory_needs_resume(tmp_path, data_root):
 
 
 def test_channel_mismatch_between_data_and_model(tmp_path, data_root):
-    cfg = config_from_dict(tiny_config(data_root), ["model.in_channels=3"])
-    with pytest.raises(SegkitError, match="have 1 channel\\(s\\) but model.in_channels is 3"):
+    from segkit.engine.builders import build_datasets
+
+    # Grey images for an RGB model (e.g. ImageNet weights) are repeated, as predict and mixed folders do.
+    train_set, val_set = build_datasets(config_from_dict(tiny_config(data_root), ["model.in_channels=3"]))
+    assert train_set.in_channels == val_set.in_channels == 3 and train_set[(0, 0)][0].shape[0] == 3
+    cfg = config_from_dict(tiny_config(data_root), ["model.in_channels=2"])
+    with pytest.raises(SegkitError, match=r"have 1 channel\(s\) but in_channels \(model\.in_channels in a config\) is 2; .*in_channels=1"):
         train(cfg, tmp_path / "run", progress=False)
 
 

@@ -8,6 +8,8 @@ what a loaded file must compute.
 
 from __future__ import annotations
 
+import re
+
 import urllib.error
 from pathlib import Path
 
@@ -130,7 +132,11 @@ def test_unknown_variant_lists_the_names(hub):
 def test_cli_lists_and_fetches(resnet18_published, hub, capsys):
     assert main(["weights", "list", "resnet18"]) == 0
     out = capsys.readouterr().out
-    assert "resnet18  imagenet1k_v1  imagenet  69.76" in out and "yes" in out and str(hub / "resnet18-f37072fd.pth") in out
+    assert re.search(r"resnet18 +imagenet1k_v1 +yes +ImageNet top-1 69\.76 +yes +" + re.escape(str(hub / "resnet18-f37072fd.pth")), out)
+    assert main(["weights", "list"]) == 0  # every name: the ImageNet encoders and torchvision's whole segmentation models
+    out = capsys.readouterr().out
+    assert re.search(r"deeplabv3_resnet50 +coco_with_voc_labels_v1 +yes +COCO-VOC mIoU 66\.4", out)
+    assert re.search(r"vgg16 +imagenet1k_features +no", out) and "nan" not in out  # no score published: blank
     assert main(["weights", "fetch", "resnet18"]) == 0
     assert "(already cached)" in capsys.readouterr().out
     assert main(["weights", "list", "resnet50"]) == 0

@@ -66,6 +66,15 @@ def _per_channel(value: float | Sequence[float], channels: int, name: str) -> to
     return torch.tensor(values, dtype=torch.float32).view(-1, 1, 1)
 
 
+def channels_for(found: int, wanted: int | None, images: str) -> int:
+    """The channel count a dataset gives its items: its images' own (``found``), or ``wanted`` (a
+    model's) when the images fit it: equal, or grayscale repeated to RGB as among RGB images."""
+    if wanted is None or wanted == found or (found == 1 and wanted == 3):
+        return found if wanted is None else wanted
+    raise SegkitError(f"{images} have {found} channel(s) but in_channels (model.in_channels in a config) is {wanted}; "
+                      f"use images like the model's, or set in_channels={found}.")
+
+
 class SegmentationDataset(Dataset):
     """Base class: subclasses set ``in_channels`` and implement ``image_path`` and ``read_mask``."""
 

@@ -141,8 +141,8 @@ class CifarDataset(ClassificationDataset):
         if split not in ("train", "val", "test"):
             raise SegkitError(f"CIFAR has the splits train and test (and val with data.options.holdout); got split {split!r}.")
         if split == "val" and holdout <= 0:
-            raise SegkitError("CIFAR has no val split of its own: set data.val_split=test, or data.options.holdout=5000 "
-                              "to keep the last 5000 training images back (the ResNet paper's 45k/5k split).")
+            raise SegkitError("CIFAR has no val split of its own: set data.val_split=test, or data.options.holdout=N to keep "
+                              "the last N training images back (5000: the ResNet paper's 45k/5k split).")
         if labels not in ("fine", "coarse"):
             raise SegkitError(f"data.options.labels is {labels!r}; CIFAR-100 has 'fine' (100 classes) or 'coarse' (20) labels.")
         if kind == "cifar10":

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segkit.data.base import SegmentationDataset
+from segkit.data.base import SegmentationDataset, channels_for
 from segkit.data.coco_format import checked_segmentation, duplicate_names, load_coco
 from segkit.data.io import read_header
 from segkit.errors import SegkitError
@@ -61,6 +61,7 @@ class CocoDataset(SegmentationDataset):
         transforms, ignore_index, mean, std, scaling, percentiles: as for ``FolderDataset``.
         skip_empty: leave out images with no annotation of the chosen categories.
         cache_dir: where to keep rendered masks (None: render on every load).
+        in_channels: as for ``FolderDataset`` (grayscale images repeated when it is 3).
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class CocoDataset(SegmentationDataset):
         std: float | Sequence[float] | None = None,
         scaling: str = "auto",
         percentiles: Sequence[float] = (1.0, 99.8),
+        in_channels: int | None = None,
     ) -> None:
         self.image_dir = Path(image_dir)
         self.annotation_file = Path(annotation_file)
@@ -129,6 +131,7 @@ class CocoDataset(SegmentationDataset):
         self.ids = ids
         self.stems = _stems([self.coco.imgs[i]["file_name"] for i in ids], ids)
         self._check_images()
+        self.in_channels = channels_for(self.in_channels, in_channels, f"the images in {self.image_dir}")
         self._setup_intensity(mean, std, scaling, percentiles)
         self.transforms = transforms
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from segkit.data.base import SegmentationDataset
+from segkit.data.base import SegmentationDataset, channels_for
 from segkit.data.io import read_image, read_mask_pixels
 from segkit.data.layout import list_splits, scan_folder
 from segkit.data.masks import Color, MaskDecoder, bad_value_message, label_hints
@@ -62,7 +62,8 @@ def _label_setup(
     if classes is not None:
         classes = [str(c) for c in classes]
         if num_classes is not None and num_classes != len(classes):
-            raise SegkitError(f"num_classes is {num_classes} but classes names {len(classes)}; make them agree")
+            raise SegkitError(f"num_classes (model.num_classes in a config) is {num_classes} but classes (data.classes) names "
+                              f"{len(classes)}; make them agree")
         num_classes = len(classes)
     if binary:
         if num_classes not in (None, 2):
@@ -102,6 +103,8 @@ class FolderDataset(SegmentationDataset):
         reduce_zero_label: 0 -> ignore_index and v -> v - 1 (masks whose 0 means unlabelled).
         mean, std, scaling, percentiles: intensity normalisation (see ``segkit.data.base``).
         image_dir, mask_dir, image_suffix, mask_suffix, split_file: other layouts.
+        in_channels: the channel count items must have (a model's); grayscale images are repeated
+            when it is 3. None: the images' own.
 
     Attributes: ``samples`` (list of (image path, mask path)), ``stems``, ``in_channels``
     (1 for grayscale data, 3 for RGB, C for C-channel TIFFs), ``num_classes``, ``classes``.
@@ -129,6 +132,7 @@ class FolderDataset(SegmentationDataset):
         image_suffix: str | None = None,
         mask_suffix: str | None = None,
         split_file: str | os.PathLike | None = None,
+        in_channels: int | None = None,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -155,7 +159,8 @@ class FolderDataset(SegmentationDataset):
             raise SegkitError(_first_problem(scan.problems, self.root, split))
         self.stems = [stem for stem, _, _ in scan.pairs]
         self.samples = [(image, mask) for _, image, mask in scan.pairs]
-        self.in_channels = int(scan.in_channels)  # type: ignore[arg-type]
+        self.in_channels = channels_for(int(scan.in_channels), in_channels,
+                                       f"the images under {self.root}" + (f" (split {split})" if split else ""))  # type: ignore[arg-type]
         self._setup_intensity(mean, std, scaling, percentiles)
         self.transforms = transforms
 

@@ -96,7 +96,7 @@ def _resolve(
             )
         raise SegkitError(
             f"image folder {images} does not exist; put the images in {root / 'images'} and the masks in "
-            f"{root / 'masks'}, or set image_dir / mask_dir"
+            f"{root / 'masks'}, or set image_dir / mask_dir (data.options.image_dir / mask_dir in a config)"
         )
     stems = None
     found_file: Path | None = None
@@ -112,7 +112,7 @@ def _resolve(
         if found_file is None:
             raise SegkitError(
                 f"split {split!r} not found: there is no folder {images / split} and no split file {places[0]}; "
-                "create one of them or pass split_file"
+                "create one of them or pass split_file (data.options.split_file in a config)"
             )
     elif split is None:
         found = list_splits(root, image_dir, mask_dir)

@@ -287,6 +287,11 @@ def weights_architectures() -> list[str]:
     return sorted(_PUBLISHED)
 
 
+def published_model_names() -> list[str]:
+    """torchvision's segmentation models whose published files segkit loads whole (``deeplabv3_resnet50``, ...), sorted."""
+    return sorted(_PUBLISHED_MODELS.values())
+
+
 def published_weights(arch: str) -> list[PublishedWeights]:
     """Every published variant for ``arch`` (a SegkitError saying why when there is none).
 

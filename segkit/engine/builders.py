@@ -87,10 +87,11 @@ def transforms_from_config(cfg: DictConfig, train: bool) -> Any:
 
 
 def dataset_options(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(common, options)`` for a segmentation dataset: the label settings the config fixes elsewhere
-    (``num_classes``, ``ignore_index``, ``classes``) and ``data.options`` as a plain dict."""
+    """``(common, options)`` for a segmentation dataset: the settings the config fixes elsewhere
+    (``num_classes``, ``ignore_index``, ``classes``, ``in_channels``) and ``data.options`` as a plain dict."""
     options: dict[str, Any] = OmegaConf.to_container(cfg.data.options, resolve=True)  # type: ignore[assignment]
-    common: dict[str, Any] = {"num_classes": cfg.model.num_classes, "ignore_index": cfg.data.ignore_index}
+    common: dict[str, Any] = {"num_classes": cfg.model.num_classes, "ignore_index": cfg.data.ignore_index,
+                              "in_channels": cfg.model.in_channels}  # grey images of an RGB model: repeated, as predict does
     if cfg.data.classes is not None:
         common["classes"] = list(cfg.data.classes)
     return common, options
@@ -163,21 +164,7 @@ def build_datasets(cfg: DictConfig, info: DistInfo | None = None) -> tuple[Any, 
         val = coco_dataset(cfg, "val", transforms_from_config(cfg, False))
     else:
         raise SegkitError(f"data.kind {kind!r} is for task: classification; set task: classification, or use folder, coco or synthetic for segmentation.")
-    for dataset, where in ((train, _images_key(cfg, "train")), (val, _images_key(cfg, "val"))):
-        # Checked for both splits before training starts: a grey validation set would otherwise fail after an epoch.
-        if dataset.in_channels != cfg.model.in_channels:
-            raise SegkitError(f"the images of {where} have {dataset.in_channels} channel(s) but model.in_channels is "
-                              f"{cfg.model.in_channels}; give both splits images like the model's (or set model.in_channels).")
     return SeededDataset(train, weight_map=_weight_map_of(cfg)), SeededDataset(val)
-
-
-def _images_key(cfg: DictConfig, split: str) -> str:
-    """Where a split's images come from, as the user wrote it: ``data.train_images (/data/x)`` or ``data.root (/data) split val``."""
-    data = cfg.data
-    if data.kind == "coco":
-        return f"data.{split}_images ({data[f'{split}_images']})"
-    chosen = data[f"{split}_split"]
-    return f"data.root ({data.root})" + (f", split {chosen}" if chosen else "")
 
 
 def coco_dataset(cfg: DictConfig, split: str, transforms: Any = None) -> Any:
@@ -191,7 +178,7 @@ def coco_dataset(cfg: DictConfig, split: str, transforms: Any = None) -> Any:
 
     data = cfg.data
     common, options = dataset_options(cfg)
-    _check_options(options, CocoDataset, {"image_dir", "annotation_file", "transforms", "ignore_index"})
+    _check_options(options, CocoDataset, {"image_dir", "annotation_file", "transforms", "ignore_index", "in_channels"})
     if split != "train":
         options.pop("skip_empty", None)
     images_key, annotations_key = f"data.{split}_images", f"data.{split}_annotations"
@@ -199,7 +186,7 @@ def coco_dataset(cfg: DictConfig, split: str, transforms: Any = None) -> Any:
     if not images.is_dir():
         raise SegkitError(f"{images_key} {images} is not a folder; point it at the COCO images.")
     dataset = CocoDataset(images, _resolve(data[f"{split}_annotations"], annotations_key), transforms=transforms,
-                          ignore_index=data.ignore_index, **options)
+                          ignore_index=data.ignore_index, in_channels=cfg.model.in_channels, **options)
     if dataset.num_classes != cfg.model.num_classes:
         raise SegkitError(f"{annotations_key} gives {dataset.num_classes} classes (background included) but model.num_classes "
                           f"is {cfg.model.num_classes}; set model.num_classes={dataset.num_classes}.")

@@ -123,6 +123,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise SegkitError(f"checkpoint {path} does not exist; pass a last.pt or best.pt from a run directory.")
+    with path.open("rb") as file:
+        head = file.read(4)
+    # torch.save writes a zip archive (PK..), or a pickle (protocol byte 0x80) in the legacy format.
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):
+        raise SegkitError(f"{path} is not a PyTorch checkpoint (it is neither a torch.save archive nor a pickle); "
+                          "pass a last.pt or best.pt from a run directory.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

@@ -50,10 +50,7 @@ def _eval_dataset(cfg: Any, data: str | os.PathLike[str] | None, split: str | No
     d = cfg.data
     common, options = dataset_options(cfg)
     if data is None and d.kind == "coco":
-        dataset = coco_dataset(cfg, "val")
-        if dataset.in_channels != cfg.model.in_channels:
-            raise SegkitError(f"the images of data.val_images ({d.val_images}) have {dataset.in_channels} channel(s) but the "
-                              f"model takes {cfg.model.in_channels}; evaluate on data like the training data.")
+        dataset = coco_dataset(cfg, "val")  # its channels checked against the model's (grey images repeated for RGB)
         return dataset, {"data": str(d.val_annotations)}
     if data is None and (not d.root or not Path(d.root).is_dir()):
         raise SegkitError(f"the checkpoint's data.root {d.root!r} is not a folder here; pass --data DIR (images/ + masks/).")
@@ -64,10 +61,7 @@ def _eval_dataset(cfg: Any, data: str | os.PathLike[str] | None, split: str | No
         options = normalisation_options(options)
         common.pop("classes", None)
     chosen = _eval_split(root, split, d.val_split, options)
-    dataset = FolderDataset(root, chosen, **common, **options)
-    if dataset.in_channels != cfg.model.in_channels:
-        raise SegkitError(f"the images under {root} have {dataset.in_channels} channel(s) but the model takes "
-                          f"{cfg.model.in_channels}; evaluate on data like the training data.")
+    dataset = FolderDataset(root, chosen, **common, **options)  # in_channels: the model's (grey images repeated for RGB)
     return dataset, {"data": str(root), "split": chosen}
 
 

@@ -172,6 +172,9 @@ def load_compared(path: str | Path) -> Compared:
         state = _checkpoint(path)
         metrics = state.get("metrics") or {}
         if "iou" not in metrics:
+            if state.get("config", {}).get("task") == "classification":
+                raise SegkitError(f"{path} is a classification run; segkit compare compares segmentation runs and reports "
+                                  "(per-class IoU), so pass those.")
             raise SegkitError(f"{path} holds no best.pt or last.pt with validation metrics; pass a run directory of "
                               "`segkit train` (segmentation) or a report JSON of `segkit evaluate --out`.")
         return Compared(path.name, path, f"run, validation at epoch {state.get('epoch')} ({state['file']})",
