@@ -428,10 +428,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SegkitError as err:
         print(f"segkit: error: {user_message(err)}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # the reader went away (`segkit check-data ... | head`): not an error of ours
+    except BrokenPipeError:  # the reader went away (`segkit check-data ... | head`): no traceback, exit 1 as Python's docs advise
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error as Python flushes stdout
-        return 0
+        return 1
 
 
 def check_output_file(value: str | None, flag: str) -> None:

@@ -80,3 +80,18 @@ def test_predict_names_the_models_channel_count(tmp_path):
     files = ImageFiles([path], in_channels=1)
     with pytest.raises(SegkitError, match=r"has 3 channels but the checkpoint's model takes 1; .*model\.in_channels=3"):
         files.load_stored_image(0)
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(tmp_path):
+    """`segkit check-data ... | head`: the pipe closes before segkit has written its report."""
+    import subprocess
+    import sys
+
+    from segkit.data import make_synthetic
+
+    make_synthetic(tmp_path / "data", n=16, size=32, seed=0)
+    child = subprocess.Popen([sys.executable, "-m", "segkit", "check-data", str(tmp_path / "data"), "--num-classes", "2"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()  # the reader is gone before the first line
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 1 and "Traceback" not in err and "BrokenPipeError" not in err, err
