@@ -80,8 +80,10 @@ def _encoder(arch: str, name: str | None, in_channels: int, weights: Weights, ou
     output_stride = check_output_stride(output_stride)
     enc = create_encoder(name, in_channels=in_channels, weights=weights, output_stride=output_stride)
     if max(enc.reductions) != output_stride:
+        # Only DeepLab takes output_stride; the other archs need the classic deepest stride, 32.
+        fix = f"or output_stride={max(enc.reductions)}" if arch.startswith("deeplab") else "(this arch needs a deepest stride of 32)"
         raise SegkitError(f"{arch} asked encoder {name} for output_stride={output_stride} but its deepest stride is {max(enc.reductions)} "
-                          f"(strides {enc.reductions}); choose another encoder or output_stride={max(enc.reductions)}.")
+                          f"(strides {enc.reductions}); choose another encoder {fix}.")
     return enc
 
 

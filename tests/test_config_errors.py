@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from test_predict_export import write_checkpoint
 from test_train import tiny_config
 
@@ -67,7 +68,7 @@ def test_models_the_loop_cannot_train_are_named(tmp_path, data_root):
     config = tiny_config(data_root)
     config["model"] = {"arch": "deeplabv3plus", "encoder": "resnet18", "num_classes": 3, "in_channels": 1}
     config["trainer"]["batch_size"] = 1
-    with pytest.raises(SegkitError, match=r"trainer\.batch_size is 1, but DeepLab's image pooling .* set trainer\.batch_size: 2"):
+    with pytest.raises(SegkitError, match=r"each process's batch holds 1 image \(trainer\.batch_size.*DeepLab's image pooling .* set trainer\.batch_size: 2"):
         train(config_from_dict(config), tmp_path / "deeplab", progress=False)
     config = tiny_config(data_root)
     config["model"] = {"arch": "unet_original", "num_classes": 3, "in_channels": 1}
@@ -118,3 +119,27 @@ def test_a_misspelt_model_argument_is_suggested():
 
     with pytest.raises(SegkitError, match=r"unet has no option 'num_clases'; did you mean 'num_classes'\?"):
         segkit.create_model("unet", encoder="resnet18", num_clases=3)
+
+
+def test_deeplab_with_one_image_a_process_is_named(tmp_path):
+    from _data_helpers import gray, labels, write_png
+
+    for split in ("train", "val"):
+        write_png(tmp_path / "data" / "images" / split / "a.png", gray(64, 64))
+        write_png(tmp_path / "data" / "masks" / split / "a.png", labels(64, 64, 3))
+    config = tiny_config(tmp_path / "data")
+    config["data"]["kind"] = "folder"
+    config["model"] = {"arch": "deeplabv3plus", "encoder": "resnet18", "num_classes": 3, "in_channels": 1}
+    with pytest.raises(SegkitError, match=r"each process's batch holds 1 image"):  # batch_size 2, one training image
+        train(config_from_dict(config), tmp_path / "run", progress=False)
+
+
+def test_load_model_takes_the_devices_the_cli_takes(tmp_path):
+    from segkit.engine.inference import load_model
+
+    ckpt = write_checkpoint(tmp_path / "m.pt")
+    model, _ = load_model(ckpt, device="auto")
+    assert next(model.parameters()).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SegkitError, match="--device cuda was asked for but PyTorch sees no CUDA GPU"):
+            load_model(ckpt, device="cuda")

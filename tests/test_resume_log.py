@@ -100,3 +100,37 @@ def test_a_data_error_in_a_loader_worker_prints_one_line(tmp_path, data_root, ca
     err = capsys.readouterr().err
     assert err.startswith("segkit: error: mask ") and "0003.png holds value 7" in err, err
     assert "Traceback" not in err and "DataLoader worker" not in err and err.count("\n") == 1
+
+
+def test_a_run_resumed_at_another_length_follows_the_schedule_of_the_new_length(tmp_path, data_root, caplog):
+    """Another process count changes the steps an epoch has; here the epochs change instead (one process):
+    the learning rates after the resume are those of a run of the new length, ending at 0 (poly)."""
+    straight = config_from_dict(tiny_config(data_root, epochs=2))  # 6 steps
+    train(straight, tmp_path / "straight", progress=False)
+    train(config_from_dict(tiny_config(data_root, epochs=4)), tmp_path / "changed", max_steps=2, progress=False)
+    train(straight, tmp_path / "changed", resume=True, progress=False)
+    assert "the run now has 6 steps (12 before): the learning-rate schedule continues at step 2 of the new length" in caplog.text
+
+    def lrs(run: Path) -> dict[int, float]:
+        return {r["step"]: r["lr"] for r in _records(run) if r["kind"] == "train"}
+
+    expected, got = lrs(tmp_path / "straight"), lrs(tmp_path / "changed")
+    assert [got[s] for s in range(3, 7)] == pytest.approx([expected[s] for s in range(3, 7)], rel=1e-12)
+    assert got[6] == 0.0
+
+
+def test_a_repeated_sigterm_is_one_request_and_a_second_ctrl_c_stops_at_once():
+    import os
+    import signal
+
+    from segkit.engine.loop import StopFlag
+
+    with StopFlag() as stop:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # torchrun forwarding the scheduler's signal once more
+        except KeyboardInterrupt:
+            pytest.fail("a repeated SIGTERM stopped the run at once, before its last.pt")
+        assert stop.signal == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)

@@ -72,11 +72,15 @@ class TimmEncoder(Encoder):
         self.name = name
         self.out_channels = tuple(int(c) for c in model.feature_info.channels())
         self.reductions = tuple(int(r) for r in model.feature_info.reduction())
-        # Smaller inputs would leave the deepest level without a single pixel.
-        self.min_input_size = max(self.reductions)
+        # Smaller inputs would leave the deepest level without a single pixel; models with valid
+        # convolutions (Inception-v3: 75) say their own minimum.
+        listed = getattr(model, "pretrained_cfg", {}).get("min_input_size") or (0, 0, 0)
+        self.min_input_size = max(max(self.reductions), *(int(v) for v in listed[1:]))
         self.channels_last = str(getattr(model, "output_fmt", "NCHW")).endswith("NHWC")
         self._in_channels = in_channels
         self.first_conv = _find_first_conv(self, model)
+        if self.first_conv and self.get_parameter(f"{self.first_conv}.weight").shape[1] != in_channels:
+            self.first_conv = ""  # not the image's convolution (TResNet's follows a space-to-depth stem)
         # Known without a forward pass (see segkit.decoders.switch_channels): some timm models
         # (Swin, NesT, LeViT) take only the image size they were built for, not a probe's.
         self.switch_channels = self._switch_channels()
@@ -96,7 +100,14 @@ class TimmEncoder(Encoder):
         pool of the one above it, so a decoder can still unpool that step. With the classic strides
         (2, 4, ..., 32) this is one switch tensor per feature map, as for segkit's own encoders.
         """
-        features = list(self.model(x))
+        try:
+            features = list(self.model(x))
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, AssertionError) as err:  # timm's own checks of the input size, or a map shrunk to nothing
+            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            raise SegkitError(f"timm's {self.name} cannot take a {x.shape[-2]}x{x.shape[-1]} input ({first}); feed the size "
+                              "it was built for (Swin, NesT, LeViT: 224x224 through the encoder) or larger images.") from err
         if self.channels_last:
             features = [f.permute(0, 3, 1, 2) for f in features]
         if not record_switches:
@@ -249,7 +260,12 @@ def create_timm_encoder(
     if overlay is not None:
         options["pretrained_cfg_overlay"] = overlay
     try:
-        model = timm.create_model(model_name, **options)
+        if overlay is None:
+            model = timm.create_model(model_name, **options)
+        else:
+            model = _create_checking_file(timm, model_name, options, overlay["file"], arch)
+    except SegkitError:
+        raise
     except Exception as err:  # timm reports every failure its own way: name the model and the fix
         detail = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else 'no message'}"
         if pretrained and overlay is not None:
@@ -258,8 +274,51 @@ def create_timm_encoder(
             raise SegkitError(_unavailable(timm, model_name)) from err
         if pretrained:
             raise SegkitError(f"timm could not load the {model_name} weights ({detail}); check the tag with timm.list_pretrained('{arch}.*').") from err
+        if kwargs.get("output_stride") not in (None, 32):
+            raise SegkitError(f"timm could not build {arch} with output_stride={kwargs['output_stride']} ({detail}): it cannot "
+                              "trade stride for dilation; use output_stride=32 (a DeepLab model option) or another model.") from err
         raise SegkitError(f"timm could not build {arch} with features_only=True ({detail}); choose another model ({_LIST} lists them).") from err
     return TimmEncoder(model, model_name, in_channels)
+
+
+def _create_checking_file(timm: Any, model_name: str, options: dict[str, Any], file: str, arch: str) -> nn.Module:
+    """``timm.create_model`` with a local weights file, refusing a file that leaves weights unloaded.
+
+    timm loads ``features_only`` weights non-strictly (the classifier head is not kept), so a file
+    of another model loads what happens to match and leaves the rest random, silently. The model is
+    built twice from one seed, with and without the file: a weight tensor equal to its random
+    initialisation was not in the file.
+    """
+    seed = int(torch.randint(0, 2**31 - 1, (1,)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = timm.create_model(model_name, **options)
+        torch.manual_seed(seed)
+        fresh = timm.create_model(model_name, **{**{k: v for k, v in options.items() if k != "pretrained_cfg_overlay"}, "pretrained": False})
+    initial = fresh.state_dict()
+    weights = {k: v for k, v in model.state_dict().items() if v.dim() >= 2}
+    missing = [k for k, v in weights.items() if k in initial and torch.equal(v, initial[k])]
+    if missing:
+        raise SegkitError(f"{file} holds no values for {len(missing)} of the {len(weights)} weight tensors of timm's {arch} "
+                          f"(e.g. {missing[0]}), which would stay random; pass a state dict of timm's {arch} (.pth or .safetensors).")
+    return model
+
+
+def timm_mean_std(name: str, weights: object, in_channels: int) -> tuple[list[float], list[float]] | None:
+    """The mean/std timm's pretrained weights ``weights`` of ``name`` were trained with (``in_channels``
+    values: their channel average for other counts than 3), or None for a file or no weights."""
+    if weights is None or weights is False or (isinstance(weights, (str, os.PathLike)) and _is_file(weights)):
+        return None
+    timm = import_timm()
+    arch, _, tag = name[len(TIMM_PREFIX):].partition(".")
+    model_name, _ = _weights_source(timm, arch, tag or None, weights)
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    mean, std = getattr(cfg, "mean", None), getattr(cfg, "std", None)
+    if not mean or not std:
+        return None
+    if in_channels != len(mean):
+        mean, std = [sum(mean) / len(mean)] * in_channels, [sum(std) / len(std)] * in_channels
+    return [float(m) for m in mean], [float(s) for s in std]
 
 
 def list_timm_encoders(pattern: str = "", pretrained: bool = False) -> list[str]:

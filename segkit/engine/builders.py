@@ -104,17 +104,26 @@ def resolve_normalisation(cfg: DictConfig) -> None:
     ``coco_with_voc_labels_v1``, trained on ImageNet-standardised images) a weights name and no
     ``mean``/``std`` in ``data.options``, the data is standardised as those weights were trained:
     ImageNet's statistics, their channel averages for grey images (the first convolution is summed
-    over RGB for them). Written into the config so the run's ``config.yaml`` says it and evaluation
+    over RGB for them); for a timm encoder, the statistics timm lists for those weights. Written
+    into the config so the run's ``config.yaml`` says it and evaluation
     and prediction standardise alike. Segmentation only: classification datasets keep their own
     documented defaults.
     """
     from segkit.data.base import default_mean_std
+    from segkit.encoders.timm_encoder import is_timm_name, timm_mean_std
     from segkit.encoders.weights import is_weights_name
 
-    named = is_weights_name(cfg.model.encoder_weights) or is_weights_name(cfg.model.get("weights"))
-    if cfg.task != "segmentation" or not named:
+    if cfg.task != "segmentation":
         return
-    mean, std = default_mean_std(cfg.model.in_channels)
+    found = None
+    if is_timm_name(cfg.model.encoder) and cfg.model.get("weights") is None:
+        # timm's weights each carry their own statistics (Inception's and CLIP's are not ImageNet's)
+        found = timm_mean_std(cfg.model.encoder, cfg.model.encoder_weights, cfg.model.in_channels)
+        if found is None:
+            return
+    elif not (is_weights_name(cfg.model.encoder_weights) or is_weights_name(cfg.model.get("weights"))):
+        return
+    mean, std = found or default_mean_std(cfg.model.in_channels)
     options = cfg.data.options
     if "mean" not in options:
         options.mean = list(mean)

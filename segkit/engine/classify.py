@@ -77,13 +77,16 @@ def build_classification_datasets(cfg: DictConfig, info: DistInfo | None = None)
     root = Path(data.root).expanduser()
     options: dict[str, Any] = OmegaConf.to_container(data.options, resolve=True)  # type: ignore[assignment]
     if kind == "synthetic":
-        if info is None or info.is_main:
+        from segkit.engine.distributed import DistInfo, main_then_share
+
+        def write() -> None:
             try:
                 find_cifar(root)
             except SegkitError:
                 make_synthetic_cifar(root, n=data.synthetic.n, size=data.synthetic.size, seed=data.synthetic.seed)
-        if info is not None and info.enabled:
-            torch.distributed.barrier()
+
+        # Rank 0 writes, the others wait for it; if writing fails every rank raises its error (no gloo traceback).
+        main_then_share(write, info or DistInfo())
         kind = "cifar"
     unknown = sorted(set(options) - set(_OPTIONS[kind]))
     if unknown:

@@ -103,7 +103,11 @@ def export_model(
     inputs = [torch.randn(1, cfg.model.in_channels, h, w, generator=generator),
               torch.randn(2, cfg.model.in_channels, h + multiple, w, generator=generator)]  # another batch and size
     with torch.inference_mode():
-        references = [model(x) for x in inputs]
+        references = [model(inputs[0])]
+        try:
+            references.append(model(inputs[1]))
+        except SegkitError:  # a model built for one input size (a timm Swin): checked at that size only
+            inputs = inputs[:1]
     if fmt == "torchscript":
         return _torchscript(model, inputs, references, path, (h, w))
     return _onnx(model, inputs, references, path, (h, w), opset)
@@ -125,14 +129,17 @@ def _torchscript(model: nn.Module, inputs: list[torch.Tensor], references: list[
         loaded = torch.jit.load(str(path))
     with torch.inference_mode():
         diff = _max_diff(loaded(inputs[0]), references[0])
-        try:  # another batch size and height: a traced model keeps them dynamic for multiples of 32
-            diff = max(diff, _max_diff(loaded(inputs[1]), references[1]))
-            if traced:
-                note += f": {size_rule(model)}"
-        except Exception:  # noqa: BLE001 - the trace fixed the input size
-            if not traced:
-                raise
-            note += f": the input size is fixed to {size[0]}x{size[1]}"
+        if len(inputs) == 1:
+            note += ("; " if note else "") + f"the model takes only {size[0]}x{size[1]} inputs"
+        else:
+            try:  # another batch size and height: a traced model keeps them dynamic for multiples of 32
+                diff = max(diff, _max_diff(loaded(inputs[1]), references[1]))
+                if traced:
+                    note += f": {size_rule(model)}"
+            except Exception:  # noqa: BLE001 - the trace fixed the input size
+                if not traced:
+                    raise
+                note += f": the input size is fixed to {size[0]}x{size[1]}"
     return ExportResult(path, "torchscript", size, diff, "torch.jit.load", note, _scale(references))
 
 
@@ -164,7 +171,7 @@ def _onnx(model: nn.Module, inputs: list[torch.Tensor], references: list[torch.T
             first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             raise SegkitError(f"ONNX export at --opset {opset} failed ({first}); use the default --opset 17 "
                               "(or another the installed torch supports).") from err
-    note = size_rule(model)
+    note = size_rule(model) if len(inputs) > 1 else f"the model takes only {size[0]}x{size[1]} inputs"
     try:
         import onnxruntime
     except ImportError:

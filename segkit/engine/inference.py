@@ -59,7 +59,7 @@ Forward = Callable[[Tensor], Tensor]
 
 
 def load_model(checkpoint: str | os.PathLike[str], device: torch.device | str = "cpu") -> tuple[nn.Module, Any]:
-    """The model of a segkit run checkpoint in eval mode on ``device``, and its resolved config.
+    """The model of a segkit run checkpoint in eval mode on ``device`` (``"auto"``: CUDA when there is one), and its resolved config.
 
     ``checkpoint`` may also be a run directory (its ``best.pt``, else ``last.pt``), or a YAML
     config whose ``model.weights`` (or ``model.encoder_weights``) gives the weights, e.g.
@@ -71,7 +71,10 @@ def load_model(checkpoint: str | os.PathLike[str], device: torch.device | str = 
     from segkit.config import config_from_dict, load_config
     from segkit.engine.builders import build_model_from_config, resolve_normalisation
     from segkit.engine.checkpoint import load_checkpoint
+    from segkit.engine.train import resolve_device
 
+    if isinstance(device, str):
+        device = resolve_device(device)  # "auto", and "cuda" without a GPU named as a user error
     if Path(checkpoint).suffix.lower() in (".yaml", ".yml"):
         cfg = load_config(checkpoint)
         if cfg.task != "segmentation":

@@ -57,9 +57,11 @@ class StopFlag:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:  # a second Ctrl-C: stop at once
+        if self.signal is not None and signum == signal.SIGINT:  # a second Ctrl-C: stop at once
             raise KeyboardInterrupt
-        self.signal = signum
+        # A repeated SIGTERM is the same request (SLURM signals every process, and torchrun forwards
+        # it once more): the run keeps stopping cleanly and writes its last.pt.
+        self.signal = self.signal or signum
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():

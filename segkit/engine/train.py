@@ -200,7 +200,9 @@ def train(
         if info.enabled:
             # Leave together: a rank that tears down its process group while rank 0 still writes the
             # last checkpoint can abort in gloo's threads ("terminate called without an active exception").
-            torch.distributed.barrier()
+            # A late SIGTERM (torchrun forwarding one more) must not kill a rank in this barrier either.
+            with StopFlag():
+                torch.distributed.barrier()
         return result
     finally:
         cleanup_distributed()
@@ -216,17 +218,33 @@ def _check_sync_bn(cfg: DictConfig, device: torch.device, info: DistInfo) -> Non
                           f"set trainer.sync_bn=false to train on the {device.type} (BatchNorm statistics then stay per process).")
 
 
-def _check_trainable(cfg: DictConfig, model: nn.Module) -> None:
-    """Models the training loop cannot train as configured: a SegkitError naming the key, before any step."""
+def _schedule_at(optimizer: torch.optim.Optimizer, cfg: DictConfig, total_steps: int, step: int) -> Any:
+    """The config's schedule for ``total_steps``, advanced to ``step`` from the base learning rates."""
+    import warnings
+
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "lr_scheduler.step() before optimizer.step()": a replay, not a step
+        scheduler = build_scheduler(optimizer, cfg, total_steps)
+        for _ in range(step):
+            scheduler.step()
+    return scheduler
+
+
+def _check_trainable(model: nn.Module, batch: int) -> None:
+    """Models the training loop cannot train as configured (``batch``: the images a process's batches
+    hold): a SegkitError naming the key, before any step."""
     from segkit.decoders.deeplab import ASPPPooling
 
     if getattr(model, "valid", False):
         raise SegkitError("model.arch unet_original with valid convolutions (model.decoder.padding: valid, the default) predicts "
                           "a smaller map than its input, which training cannot compare with the masks; set "
                           "model.decoder.padding: same to train it.")
-    if cfg.trainer.batch_size < 2 and any(isinstance(m, ASPPPooling) for m in model.modules()):
-        raise SegkitError("trainer.batch_size is 1, but DeepLab's image pooling normalises one value per channel, which BatchNorm "
-                          "cannot do in training; set trainer.batch_size: 2 or more (grad_accum keeps the memory low).")
+    if batch < 2 and any(isinstance(m, ASPPPooling) for m in model.modules()):
+        raise SegkitError("each process's batch holds 1 image (trainer.batch_size, or a training split that small per process), "
+                          "but DeepLab's image pooling normalises one value per channel, which BatchNorm cannot do in training; "
+                          "set trainer.batch_size: 2 or more (grad_accum keeps the memory low), with at least 2 training images a process.")
 
 
 def _prepare_run_dir(cfg: DictConfig, out_dir: Path, last_path: Path, resume: bool, restarted: bool = False) -> None:
@@ -290,7 +308,6 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     task = make_task(cfg)
     train_set, val_set = build_datasets(cfg, info)
     model = build_model_from_config(cfg).to(device)
-    _check_trainable(cfg, model)
     if cfg.trainer.sync_bn and info.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     channels_last = _use_channels_last(cfg, device)
@@ -309,6 +326,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
         generator=torch.Generator().manual_seed(cfg.trainer.seed),
     )
     batches_per_epoch = len(loader)
+    _check_trainable(model, min(batch_size, len(sampler)))
     if batches_per_epoch == 0:
         raise SegkitError(f"the training split of {cfg.data.root} has no samples for this rank; add data or use fewer processes.")
     accum = cfg.trainer.grad_accum
@@ -328,6 +346,14 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
         state = load_checkpoint(last_path)
         start_epoch, batch_in_epoch, step, best = _resume(state, cfg, out_dir, info, log, model, optimizer, scheduler, scaler)
         carried = state.get("epoch_progress") if batch_in_epoch else None
+        saved_total, saved_world = state.get("total_steps"), int(state.get("world_size", info.world_size))
+        if saved_total != total_steps and (saved_total is not None or saved_world != info.world_size):
+            # Another process count (or batch size, or epochs) makes the run another length: the schedule
+            # spans the steps as they now are, at the step reached, instead of the saved run's length.
+            scheduler = _schedule_at(optimizer, cfg, total_steps, step)
+            if info.is_main:
+                logger.warning("the run now has %d steps (%s before): the learning-rate schedule continues at step %d of the new length.",
+                               total_steps, saved_total if saved_total is not None else "another count", step)
         if info.is_main:
             trim_log(log.path, step)  # records a hard kill left past last.pt: the resumed run writes them again
         best = _best_of(best, best_path, task.score_key)
@@ -344,7 +370,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
         """last.pt: everything an exact resume needs (``progress``: the counts of an epoch stopped midway)."""
         return {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "epoch": epoch, "batch_in_epoch": batch, "step": step,
+            "scaler": scaler.state_dict(), "epoch": epoch, "batch_in_epoch": batch, "step": step, "total_steps": total_steps,
             "epoch_progress": json_safe(progress or {}),
             "best_miou": best if task.score_key == "miou" else None, "best_score": best, "score_key": task.score_key,
             "rng": capture_rng(), "config": to_dict(cfg), "metrics": json_safe(metrics or {}),
@@ -366,7 +392,8 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     interval = float(cfg.trainer.checkpoint_interval)
     last_saved = time.monotonic()
     plotted = -math.inf
-    with CheckpointWriter() as writer, StopFlag() as stop:
+    # The StopFlag outlives the writer: a signal while the last checkpoints are written waits for them.
+    with StopFlag() as stop, CheckpointWriter() as writer:
         run = Run(cfg=cfg, info=info, device=device, model=model, train_model=train_model, loss_fn=loss_fn, optimizer=optimizer,
                   scheduler=scheduler, scaler=scaler, task=task, loader=loader, stop=stop, log=log, amp=(use_amp, amp_dtype),
                   channels_last=channels_last, frozen_norms=frozen_norms, batches_per_epoch=batches_per_epoch,
@@ -382,6 +409,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
                 progress = epoch_progress(run, end)  # every rank stops here: its collective call is safe
                 if info.is_main:
                     writer.submit(checkpoint_state(epoch, batch_in_epoch, progress=progress), last_path)
+                    writer.wait(last_path)  # "saved" below is said once the file is there
                 reason = "interrupted" if interrupted else f"reached --max-steps {max_steps}"
                 log.print(f"{reason} at step {step}; saved {last_path} (continue with --resume)")
                 break
@@ -416,6 +444,8 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
                 plotted = time.monotonic()
             if stopping:
                 interrupted = True
+                if info.is_main:
+                    writer.wait(last_path)
                 log.print(f"interrupted after epoch {epoch + 1}; saved {last_path} (continue with --resume)")
                 break
             if max_steps is not None and step >= max_steps:
@@ -462,7 +492,7 @@ def _resume(state: dict[str, Any], cfg: DictConfig, out_dir: Path, info: DistInf
         notes.append(f"the run was saved on {saved_world} process(es) and continues on {info.world_size}: epoch {epoch + 1} "
                      f"resumes at batch {moved} of each process (batch {batch} of {saved_world}); a few samples repeat.")
     for note in notes:
-        if note:
+        if note and info.is_main:  # one line, not one per process
             logger.warning(note)
     return epoch, moved, step, state.get("best_score", state.get("best_miou"))
 
