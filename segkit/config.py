@@ -58,8 +58,9 @@ class ModelConfig:
 
 @dataclass
 class SyntheticConfig:
-    n: int = 48
-    size: int = 128
+    # None: the task's own defaults (segmentation: 48 images of 128x128; classification: 6000 of 16x16)
+    n: Optional[int] = None
+    size: Optional[int] = None
     seed: int = 0
 
 

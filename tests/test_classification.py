@@ -178,7 +178,8 @@ def test_classification_cross_entropy_ignores_no_label():
 
 
 def test_googlenet_trains_through_the_engine(tmp_path, synthetic):
-    cfg = config_from_dict(tiny_config(synthetic, epochs=1, batch_size=25), ["model.arch=googlenet", "trainer.eval_crops=ten_crop"])
+    cfg = config_from_dict(tiny_config(synthetic, epochs=1, batch_size=25), ["model.arch=googlenet", "trainer.eval_crops=ten_crop",
+                                                                       "data.crop_size=16", "data.resize_size=20"])  # ten distinct 16x16 crops
     result = train(cfg, tmp_path / "run", progress=False)
     assert result.steps == 4 and result.score_key == "top1" and 0 <= result.best_score <= 1
 
@@ -331,6 +332,7 @@ def test_random_resized_crop_size_and_seed():
         (["data.train_transforms=[hflip]"], "segmentation pipelines"),
         (["model.arch=unet"], "unknown classifier 'unet'"),
         (["data.val_split=val"], "no val split"),
+        (["trainer.eval_crops=ten_crop"], r"ten_crop needs data\.crop_size smaller than the \(resized\) images"),
     ],
 )
 def test_classification_config_errors_name_the_key(tmp_path, synthetic, overrides, message):
@@ -393,3 +395,12 @@ def test_imagenet_and_transfer_recipes(tmp_path):
     tune = load_config(CONFIGS / "transfer_resnet18_finetune.yaml", [f"data.root={root}"])
     groups = {g["name"]: g["lr"] for g in build_optimizer(build_model_from_config(tune), tune).param_groups}
     assert groups["encoder"] == pytest.approx(1e-4) and groups["model"] == pytest.approx(1e-3)
+
+
+def test_synthetic_classification_data_without_sizes_is_cifar_like(tmp_path):
+    """data.synthetic left out: the CIFAR-like defaults (16x16), not the segmentation data's 128x128 tiles."""
+    cfg = config_from_dict({"task": "classification", "model": {"arch": "cifar_resnet20", "num_classes": 10},
+                            "data": {"kind": "synthetic", "root": str(tmp_path / "data"), "val_split": "test"}})
+    train_set, _ = build_datasets(cfg)
+    image, _ = train_set[(0, 0)]
+    assert image.shape[-2:] == (16, 16) and len(train_set) == 5000  # 6000, a sixth held out for testing

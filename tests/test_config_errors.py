@@ -143,3 +143,15 @@ def test_load_model_takes_the_devices_the_cli_takes(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(SegkitError, match="--device cuda was asked for but PyTorch sees no CUDA GPU"):
             load_model(ckpt, device="cuda")
+
+
+def test_onnx_of_max_location_unpooling_says_the_one_shape_it_is_right_for(tmp_path):
+    """Its unpooling sizes are traced as constants: checked at the export shape, and the summary says so."""
+    pytest.importorskip("onnxruntime")
+    from segkit.engine.export import export_model
+
+    ckpt = write_checkpoint(tmp_path / "unpool.pt", upsampling="max_unpool")
+    result = export_model(ckpt, "onnx", tmp_path / "m.onnx", size=(64, 96))
+    assert result.ok and "the graph is right for 1x1x64x96 inputs only" in result.summary()
+    scripted = export_model(ckpt, "torchscript", tmp_path / "m.pt", size=(64, 96))
+    assert scripted.ok and "1x1x64x96" not in scripted.summary()

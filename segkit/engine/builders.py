@@ -156,7 +156,8 @@ def build_datasets(cfg: DictConfig, info: DistInfo | None = None) -> tuple[Any, 
 
         def write() -> None:
             if not (root / "images").is_dir():
-                make_synthetic(root, n=data.synthetic.n, size=data.synthetic.size, seed=data.synthetic.seed)
+                make_synthetic(root, n=48 if data.synthetic.n is None else data.synthetic.n,
+                               size=128 if data.synthetic.size is None else data.synthetic.size, seed=data.synthetic.seed)
 
         # Rank 0 writes, the others wait for it; if writing fails every rank raises (no rank hangs).
         main_then_share(write, info or DistInfo())

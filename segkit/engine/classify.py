@@ -53,6 +53,10 @@ def _transforms(cfg: DictConfig, kind: str, mean: Any, std: Any) -> tuple[Any, A
     folder = kind == "imagefolder"
     augment = d.augment if d.augment != "auto" else ("random_resized_crop" if folder else "pad_crop")
     crop = d.crop_size if d.crop_size is not None else (224 if folder else None)
+    if cfg.trainer.eval_crops == "ten_crop" and crop is None:
+        # Crops the size of the image would be five copies of it and five of its flip: 10x the work for 2 views.
+        raise SegkitError("trainer.eval_crops: ten_crop needs data.crop_size smaller than the (resized) images, e.g. "
+                          "data.crop_size: 28 with data.resize_size: 32 for CIFAR; or use eval_crops: center.")
     resize = d.resize_size if d.resize_size is not None else (round(crop / 0.875) if folder and crop else None)
     train = ClassificationTransform(True, augment, crop, mean=mean, std=std, resize_size=resize, padding=d.crop_padding, hflip=d.hflip)
     val = ClassificationTransform(False, "none", crop, mean=mean, std=std, resize_size=resize,
@@ -83,7 +87,9 @@ def build_classification_datasets(cfg: DictConfig, info: DistInfo | None = None)
             try:
                 find_cifar(root)
             except SegkitError:
-                make_synthetic_cifar(root, n=data.synthetic.n, size=data.synthetic.size, seed=data.synthetic.seed)
+                # data.synthetic's n and size left unset: the CIFAR-like defaults, not the segmentation data's
+                sizes = {k: v for k, v in (("n", data.synthetic.n), ("size", data.synthetic.size)) if v is not None}
+                make_synthetic_cifar(root, seed=data.synthetic.seed, **sizes)
 
         # Rank 0 writes, the others wait for it; if writing fails every rank raises its error (no gloo traceback).
         main_then_share(write, info or DistInfo())

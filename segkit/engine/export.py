@@ -162,6 +162,12 @@ def _onnx(model: nn.Module, inputs: list[torch.Tensor], references: list[torch.T
     except ImportError as err:
         raise SegkitError("ONNX export needs the onnx package; install it with `pip install onnx onnxruntime`.") from err
     axes = {0: "batch", 2: "height", 3: "width"}
+    # Max-location unpooling's sizes are traced as constants: the graph is right at the export
+    # shape only (a static graph would be the honest export, but torch's exporter then emits a
+    # ScatterElements onnxruntime cannot load). Checked at that shape, and the summary says so.
+    static = any(getattr(m, "upsampling", None) == "max_unpool" for m in model.modules())
+    if static:
+        inputs, references = inputs[:1], references[:1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation warnings about the TorchScript-based exporter
         try:
@@ -171,7 +177,11 @@ def _onnx(model: nn.Module, inputs: list[torch.Tensor], references: list[torch.T
             first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             raise SegkitError(f"ONNX export at --opset {opset} failed ({first}); use the default --opset 17 "
                               "(or another the installed torch supports).") from err
-    note = size_rule(model) if len(inputs) > 1 else f"the model takes only {size[0]}x{size[1]} inputs"
+    if static:
+        note = (f"max-location unpooling: the graph is right for 1x{inputs[0].shape[1]}x{size[0]}x{size[1]} inputs only, other "
+                "shapes give wrong logits (export TorchScript for any size)")
+    else:
+        note = size_rule(model) if len(inputs) > 1 else f"the model takes only {size[0]}x{size[1]} inputs"
     try:
         import onnxruntime
     except ImportError:
