@@ -198,8 +198,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     _check_counts(args)
-    for flag, value in (("--out", args.out), ("--html", args.html)):
-        check_output_file(value, flag)  # before the evaluation, not after it
+    check_output_file(args.out, "--out")  # before the evaluation, not after it
+    check_output_file(args.html, "--html", "report.html")
+    if args.out and args.html and Path(args.out).resolve() == Path(args.html).resolve():
+        raise SegkitError(f"--out and --html are both {args.out}; give the JSON report and the web page two names.")
+    if args.images and not args.checkpoint and not Path(args.images).is_dir():
+        raise SegkitError(f"--images {args.images} is not a folder; give the folder of the images the masks were made for.")
+    if args.images and not args.checkpoint and not args.html:
+        raise SegkitError("--images only serves the web page's pictures; add --html PATH, or leave --images out.")
     figure = Path(args.out).with_name(f"{Path(args.out).stem}_worst.png") if args.out and args.worst > 0 else None
     if args.checkpoint:
         if args.pred or args.gt:
@@ -270,6 +276,7 @@ def _run_report(args: argparse.Namespace) -> int:
     from segkit.engine.html import write_page
     from segkit.engine.runs import run_page
 
+    check_output_file(args.html, "--html", "report.html")
     print(f"wrote {write_page(run_page(args.run), args.html or Path(args.run) / 'report.html')}")
     return 0
 
@@ -287,6 +294,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     from segkit.engine.html import write_page
     from segkit.engine.runs import compare_page, compare_table, load_compared
 
+    check_output_file(args.html, "--html", "compare.html")
     compared = [load_compared(path) for path in args.inputs]
     print(compare_table(compared))
     if args.html:
@@ -434,20 +442,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def check_output_file(value: str | None, flag: str) -> None:
-    """A SegkitError when the file ``value`` cannot be written: it is a directory, or a file stands where a folder must."""
+def check_output_file(value: str | None, flag: str, example: str = "report.json") -> None:
+    """A SegkitError when the file ``value`` cannot be written: it is a directory, or a file stands
+    where a folder must. ``--html`` also refuses to replace a file that is not a web page (a run's
+    metrics.jsonl, a compared report, a mask): an easy slip that would destroy an input."""
     from pathlib import Path
 
     if not value:
         return
     path = Path(value)
     if path.is_dir():
-        raise SegkitError(f"{flag} {path} is a directory; give a file name (e.g. {path / 'report.json'}).")
+        raise SegkitError(f"{flag} {path} is a directory; give a file name (e.g. {path / example}).")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise SegkitError(f"{flag} {path} lies under {parent}, which is a file; give a path in a folder.")
             break
+    if flag == "--html" and path.exists() and path.suffix.lower() not in (".html", ".htm"):
+        raise SegkitError(f"--html {path} would replace a file that is not a web page; give a new .html file name.")
 
 
 def user_message(err: SegkitError) -> str:

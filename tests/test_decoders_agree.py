@@ -143,3 +143,14 @@ def test_broken_pngs_get_pillows_error_naming_the_file(tmp_path):
         assert io._read_png_opencv(tmp_path / name) is None
         with pytest.raises(SegkitError, match=name):
             read_image(tmp_path / name)
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zlib", "packbits", "zstd"])
+def test_compressed_tiffs_read_as_written(tmp_path, compression):
+    """LZW (the commonest microscopy TIFF compression) and friends decode through imagecodecs, a dependency."""
+    import tifffile
+
+    written = RNG.integers(0, 65536, (H, W)).astype(np.uint16)
+    path = tmp_path / f"{compression}.tif"
+    tifffile.imwrite(path, written, compression=compression)
+    np.testing.assert_array_equal(read_image(path)[..., 0], written)

@@ -182,7 +182,7 @@ def test_writes_are_atomic(tmp_path, monkeypatch, folders):
         html.write_page("<p>" * 10_000 + "\ud800", target)
     assert target.read_text() == "the old page" and os.listdir(tmp_path) == ["report.html"]
     monkeypatch.setattr(html.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(SegkitError, match=r"cannot write the page .*report\.html \(disk full\)"):
         html.write_page("new", target)
     assert target.read_text() == "the old page" and os.listdir(tmp_path) == ["report.html"]
     monkeypatch.undo()

@@ -95,3 +95,11 @@ def test_a_reader_that_goes_away_gets_no_traceback(tmp_path):
     child.stdout.close()  # the reader is gone before the first line
     err = child.stderr.read().decode()
     assert child.wait(timeout=120) == 1 and "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_a_split_file_with_a_byte_order_mark_lists_its_first_stem(tmp_path):
+    for stem in ("a", "b"):
+        write_png(tmp_path / "images" / f"{stem}.png", gray(16, 16))
+        write_png(tmp_path / "masks" / f"{stem}.png", labels(16, 16, 2))
+    (tmp_path / "train.txt").write_bytes("\ufeffa\nb\n".encode())  # as Windows Notepad saves UTF-8
+    assert FolderDataset(tmp_path, "train", num_classes=2).stems == ["a", "b"]

@@ -58,12 +58,13 @@ def list_splits(root: str | os.PathLike, image_dir: str | None = None, mask_dir:
 
 def _read_split_file(path: Path) -> list[str]:
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark (Windows Notepad) is not part of a stem
     except (OSError, UnicodeDecodeError) as err:
         raise SegkitError(
             f"cannot read split file {path} ({err}); it must be a text file with one stem a line"
         ) from err
     stems: list[str] = []
+    seen: set[str] = set()
     for line in lines:
         line = line.strip()
         if not line or line.startswith("#"):
@@ -72,7 +73,8 @@ def _read_split_file(path: Path) -> list[str]:
             if line.lower().endswith(ext):
                 line = line[: -len(ext)]
                 break
-        if line not in stems:
+        if line not in seen:  # a set: a split file of 100k stems is read in linear time
+            seen.add(line)
             stems.append(line)
     return stems
 

@@ -211,6 +211,11 @@ def evaluate_folders(
     classes = _class_names(class_names, num_classes)
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     pairs, warnings = _pair(pred_dir, gt_dir, pred_suffix, gt_suffix, skip_missing)
+    if 0 <= ignore_index < num_classes:
+        # ConfusionMatrix's rule (as torchmetrics'): such pixels leave the ground truth, but the class's predictions
+        # elsewhere still count, so it scores low; allowed, as every path allows it, and said.
+        warnings.append(f"--ignore-index {ignore_index} is also a class (labels 0..{num_classes - 1}): its ground-truth pixels "
+                        "are left out but its predictions still count; for masks whose 0 means unlabelled use --reduce-zero-label.")
     gt_decoder = MaskDecoder(ignore_index=ignore_index, binary=binary, reduce_zero_label=reduce_zero_label)
     pred_decoder = MaskDecoder(ignore_index=ignore_index, binary=binary, kind="prediction")
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from segkit.engine.report import EvalReport
+from segkit.errors import SegkitError
 
 __all__ = ["checkpoint_overlays", "evaluation_page", "folder_overlays", "render", "write_evaluation_html", "write_page"]
 
@@ -76,12 +77,15 @@ def render(template: str, **context: Any) -> str:
 def write_page(text: str, path: str | os.PathLike[str]) -> Path:
     """Write ``text`` to ``path`` atomically: a temp file beside it, then ``os.replace`` (never a partial page)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # mode 0666 less the umask, as open() makes
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "x", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
+    except OSError as err:  # a folder at the path, no permission, a read-only file system: the user's to fix
+        tmp.unlink(missing_ok=True)
+        raise SegkitError(f"cannot write the page {path} ({err.strerror or err}); give a writable .html path.") from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -264,8 +268,8 @@ def line_chart(series: Sequence[dict[str, Any]], *, ylim: tuple[float, float] | 
     y0, y1 = ylim or (min(p[1] for p in points), max(p[1] for p in points))
     if x1 == x0:
         x0, x1 = x0 - 1, x1 + 1
-    if y1 == y0:
-        y0, y1 = y0 - 0.5, y1 + 0.5
+    if y1 == y0:  # a constant series: a band around it, at its own scale (a constant lr of 0.1 is not shown from -0.4)
+        y0, y1 = (y0 - 0.1 * abs(y0), y1 + 0.1 * abs(y1)) if y0 else (0.0, 0.5)
     elif ylim is None:
         y0, y1 = y0 - 0.05 * (y1 - y0), y1 + 0.05 * (y1 - y0)
 
@@ -284,7 +288,8 @@ def line_chart(series: Sequence[dict[str, Any]], *, ylim: tuple[float, float] | 
                 continue
             path.append(f"{pen}{sx(x)} {sy(y)}")
             pen = "L"
-        markers = s.get("markers", len(s["points"]) <= 40)
+        finite = sum(1 for _, y in s["points"] if y is not None and math.isfinite(y))
+        markers = s.get("markers", len(s["points"]) <= 40) or finite == 1  # one point draws no line: show it
         drawn.append({"label": s["label"], "color": s["color"], "dashed": s.get("dashed", False), "d": " ".join(path),
                       "dots": [(sx(x), sy(y)) for x, y in s["points"] if markers and y is not None and math.isfinite(y)]})
     label = "{:g}".format

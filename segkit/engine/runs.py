@@ -187,8 +187,15 @@ def load_compared(path: str | Path) -> Compared:
         raise SegkitError(f"{path} is not JSON ({err}); compare report JSONs (segkit evaluate --out) or run directories.") from err
     if not isinstance(data, dict) or not {"iou", "miou", "classes"} <= set(data):
         raise SegkitError(f"{path} is not a report of `segkit evaluate --out` (no miou/iou/classes); compare those or run directories.")
+    if not isinstance(data["iou"], list) or not isinstance(data["classes"], list) or len(data["iou"]) != len(data["classes"]):
+        raise SegkitError(f"{path} gives {len(data['iou']) if isinstance(data['iou'], list) else 'no list of'} IoU values for "
+                          f"{len(data['classes']) if isinstance(data['classes'], list) else 'no list of'} classes; "
+                          "compare reports of `segkit evaluate --out`.")
+    rows = data.get("images", [])
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "name" in r and "miou" in r for r in rows):
+        raise SegkitError(f"{path} has image rows without name and miou; compare reports of `segkit evaluate --out`.")
     name = path.parent.name if path.stem == "report" and path.parent.name else path.stem
-    images = {row["name"]: row["miou"] for row in data.get("images", [])}
+    images = {row["name"]: row["miou"] for row in rows}
     return Compared(name, path, f"evaluation report, {data.get('num_images', len(images))} images", list(data["classes"]),
                     data, images or None)
 
@@ -221,8 +228,10 @@ def comparison(compared: list[Compared]) -> dict[str, Any]:
         scored = [v for v in values if v is not None]
         top = max(scored) if scored else None
         winners = [names[i] for i, v in enumerate(values) if v is not None and top is not None and v > top - EQUAL]
+        only = [names[i] for i, v in enumerate(values) if v is not None] if 0 < len(scored) < len(values) else []
         classes.append({"name": cls, "values": values, "deltas": [_delta(v, values[0]) for v in values[1:]],
-                        "best": winners if len(winners) < len(scored) else []})
+                        "best": winners if len(winners) < len(scored) and not only else [],
+                        "only": only})  # scored by some runs only (absent from the others' data): not comparable
     headline = [{"name": label, "values": [_value(x.metrics.get(key)) for x in compared]} for key, label in HEADLINE]
     for row in headline:
         row["deltas"] = [_delta(v, row["values"][0]) for v in row["values"][1:]]
@@ -231,9 +240,12 @@ def comparison(compared: list[Compared]) -> dict[str, Any]:
         better = [(r["name"], r["deltas"][i - 1]) for r in classes if (r["deltas"][i - 1] or 0) >= EQUAL]
         worse = [(r["name"], r["deltas"][i - 1]) for r in classes if (r["deltas"][i - 1] or 0) <= -EQUAL]
         miou = headline[0]["deltas"][i - 1]
-        equal = len(classes) - len(better) - len(worse)
+        one_sided = [r["name"] for r in classes if (r["values"][0] is None) != (r["values"][i] is None)]
+        equal = len(classes) - len(better) - len(worse) - len(one_sided)
+        apart = (f"; not comparable on {', '.join(one_sided)} (scored by one side only, so the mIoUs average different "
+                 "classes)") if one_sided else ""
         verdicts.append(f"{names[i]} against {names[0]}: mIoU {signed(miou)}; better on {_listed(better)}; worse on {_listed(worse)}"
-                        + (f"; within {EQUAL} on {equal}." if equal else "."))
+                        + (f"; within {EQUAL} on {equal}" if equal else "") + apart + ".")
     wins = {n: [r["name"] for r in classes if r["best"] == [n]] for n in names}
     verdicts.append("Best per class: " + "; ".join(f"{n} on {', '.join(w)}" for n, w in wins.items() if w) + "."
                     if any(wins.values()) else "No run is best on any class alone (ties).")
