@@ -215,3 +215,19 @@ def test_a_checkpoint_fine_tuned_from_a_weights_file_loads_without_it(tmp_path):
     assert loaded.model.weights is None and loaded.model.encoder_weights is None
     for key, value in model.state_dict().items():
         assert torch.equal(value, state["model"][key]), key
+
+
+def test_overlays_of_big_images_are_subsampled_without_tiles_too(tmp_path, ckpt, monkeypatch):
+    """As the striped path (--tile) draws them: at most OVERLAY_MAX_SIDE pixels a side, the mask keeps every pixel."""
+    from segkit.engine import stripes
+
+    monkeypatch.setattr(stripes, "OVERLAY_MAX_SIDE", 32)
+    picture = np.random.default_rng(1).integers(0, 256, (70, 45)).astype(np.uint8)
+    (tmp_path / "images").mkdir()
+    Image.fromarray(picture).save(tmp_path / "images" / "big.png")
+    predict_folder(ckpt, tmp_path / "images", tmp_path / "out", device="cpu")
+    labels = np.asarray(Image.open(tmp_path / "out" / "masks" / "big.png"))
+    shown = np.asarray(Image.open(tmp_path / "out" / "overlays" / "big.png")).astype(int)
+    assert labels.shape == (70, 45) and shown.shape == (24, 15, 3)  # every 3rd row and column (70 / 32 -> 3)
+    background = labels[::3, ::3] == 0
+    assert np.abs(shown[background] - picture[::3, ::3][background][:, None]).max() <= 1

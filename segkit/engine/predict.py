@@ -14,6 +14,8 @@ read back as labels with ``segkit.data`` and score with ``segkit evaluate --pred
 
 from __future__ import annotations
 
+import math
+
 import os
 from pathlib import Path
 from typing import Any
@@ -109,9 +111,13 @@ def predict_folder(
         save_index_png(labels, num_classes, target)
         written.append(target)
         if overlays and item.unit_image is not None:
-            unit = item.unit_image
+            from segkit.engine import stripes
+
+            # subsampled as the striped path draws them: a 20k image's overlay would be a 1.2 GB RGB array
+            step = max(1, math.ceil(max(labels.shape) / stripes.OVERLAY_MAX_SIDE))
+            unit = item.unit_image[::step, ::step]
             shown = unit if unit.shape[2] == 3 else unit[..., 0]
-            picture = (overlay(shown, labels, num_classes) * 255.0 + 0.5).astype(np.uint8)
+            picture = (overlay(shown, labels[::step, ::step], num_classes) * 255.0 + 0.5).astype(np.uint8)
             shown_path = output / "overlays" / f"{names[item.index]}.png"
             shown_path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(picture).save(shown_path)
