@@ -64,6 +64,12 @@ class SyntheticConfig:
     seed: int = 0
 
 
+def synthetic_sizes(cfg: DictConfig, **defaults: int) -> dict[str, int]:
+    """The ``n`` and ``size`` of ``data.synthetic`` the config sets, over the task's ``defaults``."""
+    section = cfg.data.synthetic
+    return {**defaults, **{key: section[key] for key in ("n", "size") if section[key] is not None}}
+
+
 @dataclass
 class DataConfig:
     kind: str = "folder"

@@ -11,11 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from segkit.config import synthetic_sizes
 from segkit.engine.distributed import DistInfo, main_then_share
 from segkit.errors import SegkitError
 
@@ -156,8 +157,7 @@ def build_datasets(cfg: DictConfig, info: DistInfo | None = None) -> tuple[Any, 
 
         def write() -> None:
             if not (root / "images").is_dir():
-                make_synthetic(root, n=48 if data.synthetic.n is None else data.synthetic.n,
-                               size=128 if data.synthetic.size is None else data.synthetic.size, seed=data.synthetic.seed)
+                make_synthetic(root, seed=data.synthetic.seed, **synthetic_sizes(cfg, n=48, size=128))
 
         # Rank 0 writes, the others wait for it; if writing fails every rank raises (no rank hangs).
         main_then_share(write, info or DistInfo())
@@ -211,7 +211,7 @@ def _weight_map_of(cfg: DictConfig) -> Callable[[Tensor], Tensor] | None:
     """The U-Net weight map the config's ``weight_map_ce`` loss terms need (None without such a term)."""
     from segkit.losses import WeightMapCrossEntropyLoss
 
-    maps = {m.weight_map_fn() for m in build_loss_fn(cfg).modules() if isinstance(m, WeightMapCrossEntropyLoss)}
+    maps = {m.weight_map_fn() for m in _segmentation_loss(cfg).modules() if isinstance(m, WeightMapCrossEntropyLoss)}
     if len(maps) > 1:
         raise SegkitError("the loss has weight_map_ce terms with different w0/sigma/class_weights/background/ignore_index, "
                           "but each sample carries one weight map; give those terms the same options.")
@@ -258,18 +258,23 @@ def build_model_from_config(cfg: DictConfig) -> nn.Module:
 
 def build_loss_fn(cfg: DictConfig) -> nn.Module:
     """The weighted sum of loss terms in ``cfg.loss``, ignoring ``data.ignore_index`` (classification: cross-entropy, nothing ignored)."""
-    from segkit.losses import build_loss
-
     if cfg.task == "classification":
         from segkit.engine.classify import build_classification_loss
 
         return build_classification_loss(cfg)
+    loss = _segmentation_loss(cfg)
+    _try_loss_terms(loss, cfg.model.num_classes, cfg.data.ignore_index)
+    return loss
+
+
+def _segmentation_loss(cfg: DictConfig) -> Any:
+    """The CombinedLoss of ``cfg.loss``, ignoring ``data.ignore_index`` (not yet tried against the model)."""
+    from segkit.losses import build_loss
+
     spec = OmegaConf.to_container(cfg.loss, resolve=True)
     for term in spec:  # type: ignore[union-attr]
         term.setdefault("ignore_index", cfg.data.ignore_index)  # type: ignore[union-attr]
-    loss = build_loss(spec)  # type: ignore[arg-type]
-    _try_loss_terms(loss, cfg.model.num_classes, cfg.data.ignore_index)
-    return loss
+    return build_loss(spec)  # type: ignore[arg-type]
 
 
 def _try_loss_terms(loss: Any, num_classes: int, ignore_index: int) -> None:

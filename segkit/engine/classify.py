@@ -28,7 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from segkit.engine.distributed import DistInfo, SeededSampler
+from segkit.config import synthetic_sizes
+from segkit.engine.distributed import DistInfo, SeededSampler, main_then_share
 from segkit.errors import SegkitError
 
 __all__ = [
@@ -81,15 +82,12 @@ def build_classification_datasets(cfg: DictConfig, info: DistInfo | None = None)
     root = Path(data.root).expanduser()
     options: dict[str, Any] = OmegaConf.to_container(data.options, resolve=True)  # type: ignore[assignment]
     if kind == "synthetic":
-        from segkit.engine.distributed import DistInfo, main_then_share
-
         def write() -> None:
             try:
                 find_cifar(root)
             except SegkitError:
-                # data.synthetic's n and size left unset: the CIFAR-like defaults, not the segmentation data's
-                sizes = {k: v for k, v in (("n", data.synthetic.n), ("size", data.synthetic.size)) if v is not None}
-                make_synthetic_cifar(root, seed=data.synthetic.seed, **sizes)
+                # data.synthetic's n and size left unset: make_synthetic_cifar's CIFAR-like defaults
+                make_synthetic_cifar(root, seed=data.synthetic.seed, **synthetic_sizes(cfg))
 
         # Rank 0 writes, the others wait for it; if writing fails every rank raises its error (no gloo traceback).
         main_then_share(write, info or DistInfo())
