@@ -597,3 +597,17 @@ def test_pair_counts_of_masks_that_share_a_thread_s_buffers():
         expected = np.zeros((3, 3), np.int64)
         np.add.at(expected, (full.ravel().astype(np.int64), full.ravel().astype(np.int64)), 1)
         np.testing.assert_array_equal(folders._pair_counts(full, full, 3, None), expected)
+
+
+def test_checkpoint_on_0_255_masks_warns_that_the_foreground_is_ignored(tmp_path, synthetic):
+    """A model trained on 0/255 masks without binary learnt background alone; the report says why."""
+    ckpt = write_checkpoint(tmp_path / "best.pt", tiny_config(synthetic))
+    square = np.zeros((40, 40), np.uint8)
+    square[5:25, 10:30] = 255
+    for i in range(2):
+        save(tmp_path / "binary" / "images" / f"{i}.png", np.full((40, 40), 90, np.uint8))
+        save(tmp_path / "binary" / "masks" / f"{i}.png", square)
+    report = evaluate_checkpoint(ckpt, tmp_path / "binary", device="cpu")
+    [warning] = [w for w in report.warnings if "ignore_index" in w]
+    assert "(800 pixels left out)" in warning and "data.options.binary: true" in warning
+    assert not any("ignore_index" in w for w in evaluate_checkpoint(ckpt, synthetic, device="cpu").warnings)

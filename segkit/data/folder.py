@@ -36,7 +36,7 @@ import numpy as np
 from segkit.data.base import SegmentationDataset, channels_for
 from segkit.data.io import read_image, read_mask_pixels
 from segkit.data.layout import list_splits, scan_folder
-from segkit.data.masks import Color, MaskDecoder, bad_value_message, label_hints
+from segkit.data.masks import Color, MaskDecoder, bad_value_message, ignored_foreground_hint, label_hints
 from segkit.errors import SegkitError
 
 __all__ = ["DataReport", "FolderDataset", "check_folder", "list_splits"]
@@ -180,6 +180,31 @@ class FolderDataset(SegmentationDataset):
     def check_files(self) -> DataReport:
         """Decode every image and mask of this split and report every problem at once."""
         return check_folder(self.root, self.split, **self._label_options, **self._layout_options)
+
+    def sampled_label_hint(self, option: str = "binary=True", samples: int = 16) -> str | None:
+        """:func:`~segkit.data.masks.ignored_foreground_hint` over up to ``samples`` masks spread
+        over the split: 0/255 binary masks read without ``binary`` lose their whole foreground to
+        ignore_index, which nothing else reports (the run trains and scores background alone). A
+        cheap check for the start of training; decoding every mask is ``check_files``' job.
+        ``option`` names how the caller's user sets binary."""
+        if not self.samples:
+            return None
+        label_pixels, ignored = np.zeros(256, np.int64), 0
+        chosen = sorted(set(np.linspace(0, len(self.samples) - 1, samples).astype(int).tolist()))
+        for index in chosen:
+            try:
+                mask = self.read_mask(index)
+            except SegkitError:
+                continue  # the training loop names the file
+            counts = np.bincount(mask.ravel(), minlength=256)
+            if counts.size > 256:
+                return None  # 16-bit labels: not 0/255 masks
+            if 0 <= self.ignore_index < 256:
+                ignored += int(counts[self.ignore_index])
+                counts[self.ignore_index] = 0
+            label_pixels += counts
+        hint = ignored_foreground_hint(label_pixels, ignored, self.ignore_index, option)
+        return hint and f"in {len(chosen)} of the {len(self.samples)} masks checked, {hint}"
 
 
 @dataclass

@@ -27,7 +27,7 @@ import numpy as np
 
 from segkit.errors import SegkitError
 
-__all__ = ["MaskDecoder", "bad_value_message", "label_hints"]
+__all__ = ["MaskDecoder", "bad_value_message", "ignored_foreground_hint", "label_hints"]
 
 Color = Sequence[int] | str
 
@@ -186,6 +186,22 @@ def bad_value_message(
     return f"mask {path} holds value{plural} {listed}, outside [0, {num_classes}) and not ignore_index {ignore_index}; {fix}"
 
 
+def ignored_foreground_hint(label_pixels: Sequence[int] | np.ndarray, ignored: int, ignore_index: int, option: str) -> str | None:
+    """The warning for 0/255 binary masks read without ``binary``, else None.
+
+    ``label_pixels[c]`` counts the ground-truth pixels of label c (ignored pixels excluded) and
+    ``ignored`` the pixels equal to ``ignore_index``. When that is 255 and every counted pixel is 0,
+    the masks are most likely 0/255 binary masks: their whole foreground is ignored, the model
+    learns (and the score covers) background alone, and the score can read a perfect 1.0.
+    ``option`` is how the caller's user sets binary (``--binary``, ``data.options.binary: true``).
+    """
+    counted = np.asarray(label_pixels, dtype=np.int64)
+    if ignore_index != 255 or ignored <= 0 or counted[1:].any():
+        return None
+    return (f"every mask pixel is 0 or 255, and 255 is ignore_index ({ignored} pixels left out), so only class 0 "
+            f"counts: if 255 marks the foreground (0/255 masks), set {option}, which reads 255 as class 1")
+
+
 def label_hints(
     histogram: np.ndarray,
     num_classes: int | None,
@@ -199,11 +215,13 @@ def label_hints(
     """
     hints: list[str] = []
     present = set(np.flatnonzero(histogram).tolist())
-    if not binary and present and present <= {0, 255} and 255 in present and ignore_index == 255:
-        hints.append(
-            "masks hold only 0 and 255: if 255 marks the foreground, set binary=True (0/255 -> 0/1); "
-            "as it stands every foreground pixel is ignore_index"
-        )
+    ignored = int(histogram[ignore_index]) if 0 <= ignore_index < len(histogram) else 0
+    labels_only = np.array(histogram, dtype=np.int64)
+    if ignored:
+        labels_only[ignore_index] = 0
+    hint = None if binary else ignored_foreground_hint(labels_only, ignored, ignore_index, "binary=True")
+    if hint:
+        hints.append(hint)
     labels = present - {ignore_index}
     if num_classes is not None and labels:
         top = max(labels)

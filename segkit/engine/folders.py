@@ -25,7 +25,7 @@ import numpy as np
 
 from segkit.confusion import confusion_scores
 from segkit.data.io import MASK_EXTENSIONS, read_grey_png, read_mask_pixels
-from segkit.data.masks import MaskDecoder, bad_value_message
+from segkit.data.masks import MaskDecoder, bad_value_message, ignored_foreground_hint
 from segkit.engine.report import EvalReport, image_figures, plot_panels
 from segkit.errors import SegkitError
 
@@ -49,7 +49,8 @@ def _buffers(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return buffers
 
 
-def _pair_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray | None:
+def _pair_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int | None,
+                 ignored: list[int] | None = None) -> np.ndarray | None:
     """The ``(C, C)`` counts (rows ground truth) of one pair of label maps (uint8 or uint16), counted by runs.
 
     Masks are mostly uniform regions, and a histogram that adds one pixel at a time to the same
@@ -60,7 +61,8 @@ def _pair_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_inde
     time (``np.flatnonzero`` over every pixel's flag costs as much as the rest together): 0.19 ms.
     Runs whose ground truth is ``ignore_index`` do not count (nor are their predictions checked,
     as in ``ConfusionMatrix``). None when a counted run holds a label outside ``[0, C)``: the
-    caller names it (:func:`_label_error`).
+    caller names it (:func:`_label_error`). With ``ignored``, the number of ground-truth pixels
+    equal to ``ignore_index`` is appended to it.
     """
     if pred.size == 0:
         return np.zeros((num_classes, num_classes), np.int64)
@@ -86,6 +88,8 @@ def _pair_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_inde
         rows = max(256, num_classes)
         counts = _run_histogram(run_gt, run_pred, lengths, num_classes, rows)
         if ignore_index is not None and 0 <= ignore_index < rows:
+            if ignored is not None:
+                ignored.append(int(counts[ignore_index].sum()))
             counts[ignore_index] = 0
         if counts[num_classes:].any():  # a ground-truth label >= C that is not ignore_index
             return None
@@ -93,6 +97,8 @@ def _pair_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_inde
     # 16-bit labels, or a prediction >= C (allowed where the ground truth is ignored): drop the ignored runs.
     if ignore_index is not None:
         counted = run_gt != ignore_index
+        if ignored is not None:
+            ignored.append(int(lengths[~counted].sum()))
         run_gt, run_pred, lengths = run_gt[counted], run_pred[counted], lengths[counted]
     if run_gt.size and (int(run_gt.max()) >= num_classes or int(run_pred.max()) >= num_classes):
         return None
@@ -245,12 +251,13 @@ def evaluate_folders(
     def count(pair: tuple[str, Path, Path]) -> np.ndarray:
         """One pair's counts, computed in the decoding thread."""
         _, pred, gt, pred_path, gt_path = load(pair)
-        counts = _pair_counts(pred, gt, num_classes, ignore_index)
+        counts = _pair_counts(pred, gt, num_classes, ignore_index, ignored)
         if counts is None:
             raise SegkitError(_label_error(pred, gt, pred_path, gt_path, num_classes, ignore_index))
         return counts
 
     total = np.zeros((num_classes, num_classes), np.int64)
+    ignored: list[int] = []  # each pair's ignored ground-truth pixels (list.append is atomic across the threads)
     images: list[tuple[str, float]] = []
     details: list[dict[str, Any]] = []  # each image's pixel accuracy and classes, for the HTML page
     results = _ordered_map(count, pairs, workers or default_workers())
@@ -265,6 +272,9 @@ def evaluate_folders(
         details.extend(batch_details)
     scored = [value for _, value in images if not math.isnan(value)]
     metrics = confusion_scores(total, math.fsum(scored), len(scored))  # what ConfusionMatrix.compute() gives
+    hint = None if binary else ignored_foreground_hint(total.sum(1), sum(ignored), ignore_index, "--binary")
+    if hint:
+        warnings.append(f"{hint}.")
     report = EvalReport(metrics, classes, ignore_index, images, warnings,
                         {"mode": "folders", "pred": str(pred_dir), "gt": str(gt_dir)}, details)
     if worst_figure is not None and worst > 0:

@@ -307,6 +307,8 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     torch.manual_seed(cfg.trainer.seed)
     task = make_task(cfg)
     train_set, val_set = build_datasets(cfg, info)
+    if info.is_main:
+        _warn_about_labels(train_set.dataset)
     model = build_model_from_config(cfg).to(device)
     if cfg.trainer.sync_bn and info.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -495,6 +497,15 @@ def _resume(state: dict[str, Any], cfg: DictConfig, out_dir: Path, info: DistInf
         if note and info.is_main:  # one line, not one per process
             logger.warning(note)
     return epoch, moved, step, state.get("best_score", state.get("best_miou"))
+
+
+def _warn_about_labels(dataset: Any) -> None:
+    """Say so before training when the masks look like 0/255 binary masks without ``binary: true``
+    (their whole foreground would be ignored, and validation would score background alone)."""
+    sampled_hint = getattr(dataset, "sampled_label_hint", None)  # folder datasets
+    hint = sampled_hint("data.options.binary: true") if sampled_hint is not None else None
+    if hint:
+        logger.warning("the training masks need a look: %s.", hint)
 
 
 def _best_of(best: float | None, best_path: Path, score_key: str) -> float | None:

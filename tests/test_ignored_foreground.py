@@ -1,0 +1,101 @@
+"""0/255 binary masks read without ``binary``: their whole foreground is ignore_index 255, so training
+learns background alone and every score covers class 0 alone (a 0/255 prediction folder scores a
+perfect 1.0). Nothing fails, so each path says so: training, evaluate --pred/--gt, evaluate
+--checkpoint (tests/test_evaluate.py) and check-data (tests/test_data_folder.py)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segkit.data import FolderDataset
+from segkit.data.masks import ignored_foreground_hint
+from segkit.engine.evaluate import evaluate_folders
+
+
+def _square(value: int, size: int = 32, dtype=np.uint8) -> np.ndarray:
+    mask = np.zeros((size, size), dtype)
+    mask[4:20, 6:26] = value
+    return mask
+
+
+def _write(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _folders(tmp_path: Path, gt_value: int, pred_value: int, n: int = 3, dtype=np.uint8) -> tuple[Path, Path]:
+    for i in range(n):
+        _write(tmp_path / "gt" / f"{i}.png", _square(gt_value, dtype=dtype))
+        pred = np.zeros((32, 32), dtype)
+        pred[6:20, 6:26] = pred_value  # a little smaller than the ground truth
+        _write(tmp_path / "pred" / f"{i}.png", pred)
+    return tmp_path / "pred", tmp_path / "gt"
+
+
+def test_the_hint_needs_ignored_pixels_and_no_other_label():
+    assert "set --binary" in ignored_foreground_hint([100, 0], 20, 255, "--binary")
+    assert "(20 pixels left out)" in ignored_foreground_hint([100, 0, 0], 20, 255, "--binary")
+    assert ignored_foreground_hint([100, 3], 20, 255, "--binary") is None  # a real class 1: 255 is a boundary
+    assert ignored_foreground_hint([100, 0], 0, 255, "--binary") is None  # nothing ignored
+    assert ignored_foreground_hint([100, 0], 20, 254, "--binary") is None  # not the 0/255 pattern
+
+
+@pytest.mark.parametrize("pred_value", [255, 1], ids=["pred 0-255", "pred 0-1"])  # the two counting branches
+def test_prediction_folders_of_0_255_masks_get_the_warning(tmp_path, pred_value):
+    pred, gt = _folders(tmp_path, 255, pred_value)
+    report = evaluate_folders(pred, gt, 2)
+    if pred_value == 255:
+        assert report.metrics["miou"] == 1.0  # what the warning is for: a perfect score of background alone
+    [warning] = [w for w in report.warnings if "ignore_index" in w]
+    assert f"({3 * 16 * 20} pixels left out)" in warning and "set --binary" in warning
+
+    binary = evaluate_folders(pred, gt, 2, binary=True)
+    assert not any("ignore_index" in w for w in binary.warnings)
+    if pred_value == 255:
+        assert binary.metrics["iou"][1] == pytest.approx(14 * 20 / (16 * 20))
+
+
+def test_sixteen_bit_ground_truth_is_counted_too(tmp_path):
+    pred, gt = _folders(tmp_path, 255, 255, dtype=np.uint16)
+    assert any("set --binary" in w for w in evaluate_folders(pred, gt, 2).warnings)
+
+
+def test_masks_with_a_real_class_and_a_255_boundary_get_no_warning(tmp_path):
+    for i in range(2):
+        mask = _square(1)
+        mask[3, :] = 255  # VOC's boundary band
+        _write(tmp_path / "gt" / f"{i}.png", mask)
+        _write(tmp_path / "pred" / f"{i}.png", _square(1))
+    report = evaluate_folders(tmp_path / "pred", tmp_path / "gt", 2)
+    assert not any("ignore_index" in w for w in report.warnings)
+
+
+def _dataset(tmp_path: Path, masks: list[np.ndarray], **options) -> FolderDataset:
+    for i, mask in enumerate(masks):
+        _write(tmp_path / "images" / f"{i:03d}.png", np.full(mask.shape, 100, np.uint8))
+        _write(tmp_path / "masks" / f"{i:03d}.png", mask)
+    return FolderDataset(tmp_path, num_classes=2, **options)
+
+
+def test_training_samples_the_masks_and_warns(tmp_path, caplog):
+    from segkit.engine.train import _warn_about_labels
+
+    masks = [_square(255) for _ in range(39)] + [np.zeros((32, 32), np.uint8)]
+    dataset = _dataset(tmp_path / "plain", masks)
+    hint = dataset.sampled_label_hint("data.options.binary: true")
+    assert hint.startswith("in 16 of the 40 masks checked,") and "set data.options.binary: true" in hint
+    with caplog.at_level(logging.WARNING, logger="segkit"):
+        _warn_about_labels(dataset)
+    assert "the training masks need a look" in caplog.text and "data.options.binary: true" in caplog.text
+
+    assert _dataset(tmp_path / "binary", masks[:4], binary=True).sampled_label_hint() is None
+    boundary = _square(1)
+    boundary[3, :] = 255
+    assert _dataset(tmp_path / "voc", [boundary, _square(0)]).sampled_label_hint() is None
+    empty = [np.zeros((32, 32), np.uint8)] * 3  # background only, nothing ignored: no 0/255 pattern
+    assert _dataset(tmp_path / "empty", empty).sampled_label_hint() is None
