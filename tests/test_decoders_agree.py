@@ -154,3 +154,39 @@ def test_compressed_tiffs_read_as_written(tmp_path, compression):
     path = tmp_path / f"{compression}.tif"
     tifffile.imwrite(path, written, compression=compression)
     np.testing.assert_array_equal(read_image(path)[..., 0], written)
+
+
+@pytest.mark.parametrize("planar", [False, True], ids=["contiguous", "planar"])
+def test_tiff_alpha_is_dropped_as_a_pngs_is_and_a_fourth_band_kept(tmp_path, planar):
+    """An RGBA TIFF reads as Pillow reads an RGBA PNG (RGB, alpha dropped), in the header, the
+    decoded image, the memory-mapped one (striped prediction) and a colour mask; a fourth band that
+    is not alpha (RGB + near infrared) keeps its channel."""
+    import tifffile
+
+    from segkit.data.io import open_image, read_header
+
+    rgba = RNG.integers(0, 256, (H, W, 4)).astype(np.uint8)
+    layout = {"planarconfig": "separate"} if planar else {}
+    stored = np.moveaxis(rgba, -1, 0) if planar else rgba
+    tifffile.imwrite(tmp_path / "rgba.tif", stored, photometric="rgb", extrasamples=["unassalpha"], **layout)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    png = read_image(tmp_path / "rgba.png")
+    assert png.shape == (H, W, 3)
+    for read in (read_image, open_image):
+        np.testing.assert_array_equal(read(tmp_path / "rgba.tif"), png)
+    np.testing.assert_array_equal(read_mask_pixels(tmp_path / "rgba.tif"), png)
+    assert read_header(tmp_path / "rgba.tif").channels == 3
+
+    tifffile.imwrite(tmp_path / "nir.tif", stored, photometric="rgb", extrasamples=["unspecified"], **layout)
+    assert read_header(tmp_path / "nir.tif").channels == 4
+    for read in (read_image, open_image):
+        np.testing.assert_array_equal(read(tmp_path / "nir.tif"), rgba)
+
+
+def test_grey_tiff_with_alpha_reads_as_grey(tmp_path):
+    import tifffile
+
+    grey_alpha = RNG.integers(0, 65536, (H, W, 2)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "ga.tif", grey_alpha, photometric="minisblack", extrasamples=["assocalpha"])
+    np.testing.assert_array_equal(read_image(tmp_path / "ga.tif"), grey_alpha[..., :1])
+    np.testing.assert_array_equal(read_mask_pixels(tmp_path / "ga.tif"), grey_alpha[..., 0])

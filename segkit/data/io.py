@@ -89,6 +89,17 @@ def _tiff_layout(axes: str, shape: tuple[int, ...], path: Path, kind: str) -> st
     )
 
 
+def _tiff_alpha(series: Any, layout: str) -> list[int]:
+    """The channel indices of a TIFF's alpha samples (ExtraSamples 1 or 2), which segkit drops as
+    it drops a PNG's alpha; other extra samples (a fourth band) are kept."""
+    page = series.keyframe
+    extras = tuple(getattr(page, "extrasamples", ()) or ())
+    if layout == "yx" or "S" not in series.axes or not extras:
+        return []
+    colour = int(page.samplesperpixel) - len(extras)
+    return [colour + i for i, extra in enumerate(extras) if int(extra) in (1, 2)]
+
+
 def read_header(path: str | os.PathLike, kind: str = "image") -> ImageInfo:
     """Size and channels from the file header, without decoding the pixels."""
     path = Path(path)
@@ -99,12 +110,13 @@ def read_header(path: str | os.PathLike, kind: str = "image") -> ImageInfo:
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 shape, axes = tuple(series.shape), series.axes
-            layout = _tiff_layout(axes, shape, path, kind)
+                layout = _tiff_layout(axes, shape, path, kind)
+                alpha = len(_tiff_alpha(series, layout))
             if layout == "yx":
                 return ImageInfo(shape[0], shape[1], 1)
             if layout == "yxc":
-                return ImageInfo(shape[0], shape[1], shape[2])
-            return ImageInfo(shape[1], shape[2], shape[0])
+                return ImageInfo(shape[0], shape[1], shape[2] - alpha)
+            return ImageInfo(shape[1], shape[2], shape[0] - alpha)
         with Image.open(path) as im:
             width, height = im.size
             mode = im.mode
@@ -121,11 +133,14 @@ def _read_tiff(path: Path, kind: str) -> np.ndarray:
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         layout = _tiff_layout(series.axes, tuple(series.shape), path, kind)
+        alpha = _tiff_alpha(series, layout)
         arr = series.asarray()
     if layout == "yx":
         return arr
     if layout == "cyx":
         arr = np.moveaxis(arr, 0, -1)
+    if alpha:
+        arr = np.delete(arr, alpha, axis=2)
     return np.ascontiguousarray(arr)
 
 
@@ -250,7 +265,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """Pixels as (H, W, C) in the file's own dtype (uint8, uint16, int32 or float32).
 
     Grayscale gives C = 1; palette, RGBA, CMYK and other colour modes give RGB (C = 3, alpha
-    dropped); TIFFs keep all their channels.
+    dropped); TIFFs keep all their channels but alpha (ExtraSamples marked as alpha).
     """
     arr = _read_pixels(path, "image")
     return arr[:, :, None] if arr.ndim == 2 else arr
@@ -356,9 +371,14 @@ def open_image(path: str | os.PathLike) -> np.ndarray:
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 layout = _tiff_layout(series.axes, tuple(series.shape), path, "image")
+                alpha = _tiff_alpha(series, layout)
             if layout != "cyx":
                 mapped = tifffile.memmap(path, mode="r")
-                return mapped[:, :, None] if mapped.ndim == 2 else mapped
+                if mapped.ndim == 2:
+                    return mapped[:, :, None]
+                kept = mapped.shape[2] - len(alpha)
+                if alpha == list(range(kept, mapped.shape[2])):  # trailing alpha (RGBA): a view without it
+                    return mapped[:, :, :kept]
         except (ValueError, OSError):  # compressed or tiled: not mappable, decode it whole
             pass
     return read_image(path)
