@@ -1,8 +1,9 @@
-"""OpenCV and Pillow give the same pixels for every image and mask kind segkit reads.
+"""imagecodecs, OpenCV and Pillow give the same pixels for every image and mask kind segkit reads.
 
-segkit decodes the PNGs OpenCV reads alike (8-bit grey and RGB, 16-bit grey) with OpenCV, which
-is faster, and everything else with Pillow (segkit.data.io). Each file here is read both ways:
-with OpenCV allowed, and with it switched off (Pillow alone, segkit's reader before).
+segkit decodes the PNGs a faster decoder reads alike (8-bit grey and RGB, 16-bit grey) with
+imagecodecs' libpng, or OpenCV where imagecodecs is missing, and everything else with Pillow
+(segkit.data.io). Each file here is read with each fast decoder and with both switched off
+(Pillow alone, segkit's reader before).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _blobs(num_classes: int) -> np.ndarray:
     return labels
 
 
-# name -> (writer, OpenCV decodes it)
+# name -> (writer, a fast decoder decodes it)
 KINDS = {
     "grey8 image": (lambda p: _save(p, RNG.integers(0, 256, (H, W), dtype=np.uint8)), True),
     "rgb8 image": (lambda p: _save(p, RNG.integers(0, 256, (H, W, 3), dtype=np.uint8)), True),
@@ -89,42 +90,59 @@ def _palette(path):
     return path
 
 
+def _only(monkeypatch, decoder: str) -> None:
+    """Let segkit's PNG reader use ``decoder`` alone ("imagecodecs", "opencv", or "pillow": neither fast one)."""
+    if decoder != "imagecodecs":
+        monkeypatch.setattr(io, "_codecs", False)
+    if decoder != "opencv":
+        monkeypatch.setattr(io, "_opencv", False)
+
+
+FAST = ["imagecodecs", "opencv"]
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("reader", [read_image, read_mask_pixels], ids=["image", "mask"])
-def test_opencv_and_pillow_read_the_same_pixels(tmp_path, monkeypatch, kind, reader):
-    write, by_opencv = KINDS[kind]
+@pytest.mark.parametrize("decoder", FAST)
+def test_fast_decoders_and_pillow_read_the_same_pixels(tmp_path, monkeypatch, kind, reader, decoder):
+    write, by_fast = KINDS[kind]
     path = write(tmp_path / "file.png")
-    if by_opencv is not None:  # None: either decoder may take it, the pixels must agree
-        assert (io._read_png_opencv(path) is not None) == by_opencv
+    assert io._imagecodecs() and io._cv2()  # both are dependencies: the test covers each
+    _only(monkeypatch, decoder)
+    if by_fast is not None:  # None: either decoder may take it, the pixels must agree
+        assert (io._read_png_fast(path) is not None) == by_fast
     fast = reader(path)
-    monkeypatch.setattr(io, "_opencv", False)  # Pillow alone
+    _only(monkeypatch, "pillow")
     slow = reader(path)
     assert fast.dtype == slow.dtype and fast.shape == slow.shape
     assert fast.shape[:2] == (H, W)  # never rotated (an EXIF tag), as the header check and the masks assume
     np.testing.assert_array_equal(fast, slow)
 
 
-GREY = {"grey8 image", "grey16 microscopy", "index mask", "binary 0/255 mask", "16-bit label mask", "1-bit image", "2-bit grey",
-        "4-bit grey", "grey8 with EXIF rotation"}
+GREY = {"grey8 image", "grey16 microscopy", "index mask", "binary 0/255 mask", "16-bit label mask", "grey8 with EXIF rotation"}
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_the_direct_grey_read_gives_pillows_pixels_or_nothing(tmp_path, monkeypatch, kind):
-    """read_grey_png (one OpenCV call, no header check: evaluate --pred/--gt) takes every grayscale
-    PNG, 1 to 16 bits, with the pixels Pillow gives, and leaves every other kind to the checked read."""
-    write, by_opencv = KINDS[kind]
+@pytest.mark.parametrize("decoder", FAST)
+def test_the_direct_grey_read_gives_pillows_pixels_or_nothing(tmp_path, monkeypatch, kind, decoder):
+    """read_grey_png (evaluate --pred/--gt) takes every 8 or 16-bit grayscale PNG, with the pixels
+    Pillow gives, and leaves every other kind to the checked read."""
+    write, by_fast = KINDS[kind]
     path = write(tmp_path / "file.png")
+    _only(monkeypatch, decoder)
     direct = io.read_grey_png(path)
-    if kind in GREY or by_opencv is not None:  # None: either way (grey with tRNS: both ignore it), the pixels agree
+    if kind in GREY or by_fast is not None:  # None: either way (grey with tRNS: both ignore it), the pixels agree
         assert (direct is not None) == (kind in GREY)
     if direct is not None:
-        monkeypatch.setattr(io, "_opencv", False)
+        _only(monkeypatch, "pillow")
         slow = read_mask_pixels(path)
         assert direct.dtype == slow.dtype and direct.shape == slow.shape
         np.testing.assert_array_equal(direct, slow)
 
 
-def test_the_direct_grey_read_leaves_broken_and_other_files_alone(tmp_path):
+@pytest.mark.parametrize("decoder", FAST)
+def test_the_direct_grey_read_leaves_broken_and_other_files_alone(tmp_path, monkeypatch, decoder):
+    _only(monkeypatch, decoder)
     good = _save(tmp_path / "good.png", RNG.integers(0, 256, (H, W), dtype=np.uint8)).read_bytes()
     (tmp_path / "cut.png").write_bytes(good[: len(good) // 2])
     (tmp_path / "garbage.png").write_bytes(io._PNG_SIGNATURE + b" garbage")
@@ -133,14 +151,16 @@ def test_the_direct_grey_read_leaves_broken_and_other_files_alone(tmp_path):
         assert io.read_grey_png(tmp_path / name) is None, name
 
 
-def test_broken_pngs_get_pillows_error_naming_the_file(tmp_path):
+@pytest.mark.parametrize("decoder", FAST)
+def test_broken_pngs_get_pillows_error_naming_the_file(tmp_path, monkeypatch, decoder):
     from segkit import SegkitError
 
+    _only(monkeypatch, decoder)
     good = _save(tmp_path / "good.png", RNG.integers(0, 256, (H, W), dtype=np.uint8)).read_bytes()
     (tmp_path / "cut.png").write_bytes(good[: len(good) // 2])
     (tmp_path / "header.png").write_bytes(good[:40])
     for name in ("cut.png", "header.png"):
-        assert io._read_png_opencv(tmp_path / name) is None
+        assert io._read_png_fast(tmp_path / name) is None
         with pytest.raises(SegkitError, match=name):
             read_image(tmp_path / name)
 

@@ -3,9 +3,9 @@
 The target (issue 16): with process start-up set aside, evaluating a folder on two cores takes at
 most 0.7x the time of decoding its PNG files one after the other with the fastest decoder
 (``speedup`` >= 1.43 against the fastest peer row). Rows: evaluation time against the bare
-single-threaded decode (Pillow; OpenCV's ``imread``, which segkit uses for grayscale PNGs, both
-as is and into one reused array, which spares the allocation; OpenCV's ``imdecode`` of the
-file's bytes, which it uses for the rest), ``speedup`` = decode / evaluation (the medians'
+single-threaded decode (Pillow; OpenCV's ``imread``, as is and into one reused array, which
+spares the allocation; OpenCV's ``imdecode`` of the file's bytes; imagecodecs' ``png_decode`` of
+the file's bytes, which segkit uses, as is and into one reused array), ``speedup`` = decode / evaluation (the medians'
 ratio), ``speedup_paired`` = the median of the ratios within each
 round (steadier on a machine whose speed drifts over seconds), and the start-up of ``segkit
 --help``, of ``segkit evaluate --help`` and the whole ``segkit evaluate --pred --gt`` command
@@ -86,6 +86,7 @@ def _startup(command: list[str], repeats: int) -> float:
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     import cv2
+    import imagecodecs
     import torch
 
     from segkit.engine.folders import default_workers, evaluate_folders
@@ -111,6 +112,16 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     out = cv2.imread(str(files[0]), cv2.IMREAD_UNCHANGED)  # every generated mask has this size and type
 
+    def codecs() -> None:  # how segkit reads masks: one unbuffered read, libpng (with zlib-ng) from memory
+        for path in files:
+            with open(path, "rb", buffering=0) as file:
+                imagecodecs.png_decode(file.read())
+
+    def codecs_reused() -> None:  # the same into one array allocated once, as opencv_reused
+        for path in files:
+            with open(path, "rb", buffering=0) as file:
+                imagecodecs.png_decode(file.read(), out=out)
+
     def opencv_reused() -> None:
         # The same decoder writing into one array allocated once. A fresh 256 KB array per file can
         # cost more than the decode: in the main thread, glibc may hand each one back to the
@@ -125,7 +136,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         result["report"] = evaluate_folders(root / "pred", root / "gt", args.classes, workers=workers)
 
     cv2.setNumThreads(1)
-    candidates = {"segkit": segkit, "pillow": pillow, "opencv": opencv, "opencv_reused": opencv_reused, "opencv_bytes": opencv_bytes}
+    candidates = {"segkit": segkit, "pillow": pillow, "opencv": opencv, "opencv_reused": opencv_reused, "opencv_bytes": opencv_bytes,
+                  "imagecodecs": codecs, "imagecodecs_reused": codecs_reused}
     rounds = time_rounds(candidates, args.repeats, args.warmup)
     times = {name: statistics.median(values) for name, values in rounds.items()}
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -133,7 +145,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     extra = {"workers": workers, "cpus": cpus, "torch_threads": torch.get_num_threads(), "miou": result["report"].metrics["miou"]}
     peers = {"pillow": "bare decode, Pillow, 1 thread", "opencv": "bare decode, OpenCV imread, 1 thread",
              "opencv_reused": "bare decode, OpenCV imread into one reused array, 1 thread",
-             "opencv_bytes": "bare decode, OpenCV imdecode of the file's bytes, 1 thread"}
+             "opencv_bytes": "bare decode, OpenCV imdecode of the file's bytes, 1 thread",
+             "imagecodecs": "bare decode, imagecodecs png_decode of the file's bytes, 1 thread",
+             "imagecodecs_reused": "bare decode, imagecodecs png_decode into one reused array, 1 thread"}
     rows = [comparison_row(case, times["segkit"], label, times[name], **extra,
                            speedup_paired=paired_speedup(rounds["segkit"], rounds[name]))
             for name, label in peers.items()]

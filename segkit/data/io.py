@@ -1,12 +1,12 @@
 """Reading image files: headers (cheap) and pixels, and scaling pixels to float32 in [0, 1].
 
 Images are read with tifffile for ``.tif``/``.tiff`` (keeps 16-bit and multi-channel data; Pillow
-would reduce a 16-bit RGB TIFF to 8 bits), with OpenCV for the PNGs it decodes to the same pixels
-as Pillow and faster (8-bit grayscale or RGB and 16-bit grayscale: about a quarter less time than
-Pillow; :func:`_read_png_opencv`), and with Pillow for everything else (palette, alpha, low bit
-depths, JPEG, ...). Every read error becomes a ``SegkitError`` that names the file.
-:func:`read_grey_png` reads a grayscale PNG in one OpenCV call with no header check, for threads
-that decode whole folders.
+would reduce a 16-bit RGB TIFF to 8 bits), with imagecodecs' libpng (or OpenCV where imagecodecs
+is missing) for the PNGs it decodes to the same pixels as Pillow and faster (8-bit grayscale or
+RGB and 16-bit grayscale; :func:`_read_png_fast`), and with Pillow for everything else (palette,
+alpha, low bit depths, JPEG, ...). Every read error becomes a ``SegkitError`` that names the file.
+:func:`read_grey_png` reads a grayscale PNG with the least Python, for threads that decode whole
+folders.
 
 Intensity scaling (``to_unit_float``), the first half of segkit's normalisation:
 
@@ -160,12 +160,13 @@ def _read_pil(path: Path, keep_palette: bool) -> np.ndarray:
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# IHDR (bit depth, colour type) that OpenCV decodes to Pillow's pixels: 8-bit grayscale, 8-bit
-# RGB, 16-bit grayscale. Not 16-bit RGB (Pillow reduces it to 8 bits, and changing what segkit
-# reads is not a decoder's business), palette (OpenCV expands it), alpha, or 1/2/4-bit grayscale
-# (OpenCV rescales those to 0-255).
-_OPENCV_PNG = {(8, 0): 2, (16, 0): 2, (8, 2): 3}  # -> the array's ndim (2) or channel count (3)
+# IHDR (bit depth, colour type) that the fast decoders decode to Pillow's pixels: 8-bit grayscale,
+# 8-bit RGB, 16-bit grayscale. Not 16-bit RGB (Pillow reduces it to 8 bits, and changing what
+# segkit reads is not a decoder's business), palette (both expand it), alpha, or 1/2/4-bit
+# grayscale (Pillow scales those to 0-255; left to it).
+_FAST_PNG = {(8, 0): 2, (16, 0): 2, (8, 2): 3}  # -> the array's ndim (2) or channel count (3)
 _opencv: Any = None
+_codecs: Any = None
 
 
 def _cv2() -> Any:
@@ -180,65 +181,76 @@ def _cv2() -> Any:
     return _opencv
 
 
-def _read_png_opencv(path: str | os.PathLike) -> np.ndarray | None:
-    """The pixels Pillow would give for a PNG that OpenCV decodes alike, else None (Pillow reads it).
+def _imagecodecs() -> Any:
+    """imagecodecs (a dependency, for compressed TIFFs) when its PNG decoder is there, else False."""
+    global _codecs
+    if _codecs is None:
+        try:
+            import imagecodecs
 
-    The file is read whole, its IHDR checked, then ``cv2.imdecode`` decodes the bytes. Anything
-    unexpected (no OpenCV, another colour type, an unreadable path, a broken file, an extra alpha
-    channel from a tRNS chunk) returns None, so Pillow reads the file and a broken one gets
-    Pillow's error message, as before. ``tests/test_decoders_agree.py`` checks both decoders on
-    every image and mask kind the README lists.
+            _codecs = imagecodecs if imagecodecs.PNG.available else False
+        except (ImportError, AttributeError):
+            _codecs = False
+    return _codecs
+
+
+def _read_png_fast(path: str | os.PathLike, grey_only: bool = False) -> np.ndarray | None:
+    """The pixels Pillow would give for a PNG that a faster decoder decodes alike, else None (Pillow reads it).
+
+    The file is read whole and its IHDR checked; then imagecodecs' libpng decodes the bytes (with
+    zlib-ng: 0.6x the time of OpenCV's ``imdecode`` on 512x512 masks here, both releasing the GIL),
+    or OpenCV where imagecodecs is missing. Anything unexpected (no decoder, another colour type,
+    or only grey wanted and this is RGB, an unreadable path, a broken file, an extra alpha channel
+    from a tRNS chunk) returns None, so Pillow reads the file and a broken one gets Pillow's error
+    message. ``tests/test_decoders_agree.py`` checks the decoders on every image and mask kind the
+    README lists.
     """
-    cv2 = _cv2()
-    if not cv2:
+    codecs, cv2 = _imagecodecs(), _cv2()
+    if not codecs and not cv2:
         return None
     try:
-        # One unbuffered read, which releases the GIL (numpy's fromfile does not), instead of a
-        # header read and cv2.imread's own open: 6 % of evaluate --pred/--gt's time on two threads.
+        # One unbuffered read, which releases the GIL (numpy's fromfile does not).
         with open(path, "rb", buffering=0) as file:
             data = file.read()
     except OSError:
         return None
     if len(data) < 33 or data[:8] != _PNG_SIGNATURE:
         return None
-    layout = _OPENCV_PNG.get((data[24], data[25]))
-    if layout is None:
+    layout = _FAST_PNG.get((data[24], data[25]))
+    if layout is None or (grey_only and layout != 2):
         return None
-    try:
-        # Pillow leaves an EXIF orientation tag alone (masks and annotations are drawn on the stored
-        # grid), and so must OpenCV, which would otherwise rotate colour PNGs.
-        flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION if layout == 3 else cv2.IMREAD_UNCHANGED
-        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    except cv2.error:
-        return None
+    if codecs:
+        try:
+            pixels = codecs.png_decode(data)  # EXIF orientation is left alone, as Pillow leaves it
+        except Exception:  # imagecodecs.PngError and friends: Pillow names the problem
+            return None
+    else:
+        try:
+            # Pillow leaves an EXIF orientation tag alone (masks and annotations are drawn on the stored
+            # grid), and so must OpenCV, which would otherwise rotate colour PNGs.
+            flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION if layout == 3 else cv2.IMREAD_UNCHANGED
+            pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        except cv2.error:
+            return None
     if pixels is None or (pixels.ndim != 2 if layout == 2 else pixels.shape[2:] != (3,)):
         return None
     return pixels
 
 
 def read_grey_png(path: str | os.PathLike) -> np.ndarray | None:
-    """A grayscale PNG's pixels ``(H, W)`` (uint8 or uint16) in one OpenCV call, or None.
+    """An 8 or 16-bit grayscale PNG's pixels ``(H, W)`` (uint8 or uint16), or None.
 
-    No header is read first: ``cv2.imread`` opens, reads and decodes the file with the GIL
-    released throughout, where :func:`read_mask_pixels` makes four calls (open, read, close,
-    decode), each handing the GIL to another thread. That matters to threads decoding a folder
-    (``segkit evaluate --pred --gt``). A 2-D result is exactly what Pillow gives, at every bit
-    depth (OpenCV and Pillow both scale 1, 2 and 4-bit grey to 0-255). Anything else (colour,
-    palette, alpha, a broken or missing file, a name not ending in .png) returns None, colour
-    files after a wasted decode: callers read that file with :func:`read_mask_pixels` and stop
-    trying this on a folder that gave None. ``tests/test_decoders_agree.py`` checks every kind.
+    For threads decoding a folder (``segkit evaluate --pred --gt``): one unbuffered read and one
+    decode that releases the GIL (:func:`_read_png_fast`), where :func:`read_mask_pixels` also
+    parses the path and checks its suffix with Python. The result is exactly what Pillow gives.
+    Anything else (colour, palette, alpha, 1/2/4-bit, a broken or missing file, a name not ending
+    in .png) returns None without decoding: callers read that file with :func:`read_mask_pixels`
+    and stop trying this on a folder that gave None. ``tests/test_decoders_agree.py`` checks every kind.
     """
     path = os.fspath(path)
-    cv2 = _cv2()
-    if not cv2 or path[-4:].lower() != ".png":
+    if path[-4:].lower() != ".png":
         return None
-    try:
-        pixels = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    except cv2.error:
-        return None
-    if pixels is None or pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
-        return None
-    return pixels
+    return _read_png_fast(path, grey_only=True)
 
 
 def _read_pixels(path: str | os.PathLike, kind: str) -> np.ndarray:
@@ -248,7 +260,7 @@ def _read_pixels(path: str | os.PathLike, kind: str) -> np.ndarray:
         suffix = os.path.splitext(path)[1].lower()
         if suffix in _TIFF:
             arr = _read_tiff(Path(path), kind)
-        elif suffix == ".png" and (fast := _read_png_opencv(path)) is not None:
+        elif suffix == ".png" and (fast := _read_png_fast(path)) is not None:
             arr = fast
         else:
             arr = _read_pil(Path(path), keep_palette=kind == "mask")

@@ -2,7 +2,7 @@
 
 Files pair by stem (``a.png`` <-> ``a.png``; nested folders by relative path), with the pairing
 rules of ``FolderDataset``. Decoding is the cost, so a pool of threads decodes the pairs
-(``segkit.data.io.read_grey_png``: one GIL-free OpenCV call for grayscale PNGs, else
+(``segkit.data.io.read_grey_png``: one read and a GIL-free decode for grayscale PNGs, else
 ``read_mask_pixels``) and counts each pair's confusion matrix (by runs of equal labels,
 :func:`_pair_counts`); the main thread sums them and computes the per-image figures, a few
 hundred images at once. Results come back in file order, so the first bad file reported is always
