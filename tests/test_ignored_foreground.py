@@ -99,3 +99,31 @@ def test_training_samples_the_masks_and_warns(tmp_path, caplog):
     assert _dataset(tmp_path / "voc", [boundary, _square(0)]).sampled_label_hint() is None
     empty = [np.zeros((32, 32), np.uint8)] * 3  # background only, nothing ignored: no 0/255 pattern
     assert _dataset(tmp_path / "empty", empty).sampled_label_hint() is None
+
+
+def test_1_bit_png_masks_hold_0_and_1_on_every_path(tmp_path):
+    """``Image.fromarray(bool_mask).save(...)`` writes a 1-bit PNG; it reads back as 0/1 (as numpy
+    reads it, and as a 1-bit TIFF reads), not as Pillow's and OpenCV's 0/255, which would have
+    made its foreground ignore_index. Images of 1 bit still read 0/255."""
+    from segkit.data.io import read_image, read_mask_pixels
+
+    square = _square(1).astype(bool)
+    Image.fromarray(square).save(tmp_path / "bits.png")
+    assert Image.open(tmp_path / "bits.png").mode == "1"
+    np.testing.assert_array_equal(read_mask_pixels(tmp_path / "bits.png"), square.astype(np.uint8))
+    np.testing.assert_array_equal(read_image(tmp_path / "bits.png")[..., 0], square.astype(np.uint8) * 255)
+
+    # evaluate --pred/--gt: 8-bit 0/1 predictions, ground truth 8-bit first, then 1-bit (the fast read gives way)
+    pred = np.zeros((32, 32), np.uint8)
+    pred[6:20, 6:26] = 1
+    for i in range(3):
+        _write(tmp_path / "pred" / f"{i}.png", pred)
+        gt = _square(1)
+        _write(tmp_path / "gt" / f"{i}.png", gt.astype(bool) if i else gt)
+    report = evaluate_folders(tmp_path / "pred", tmp_path / "gt", 2)
+    assert report.metrics["iou"][1] == pytest.approx(14 * 20 / (16 * 20))
+    assert not report.warnings
+
+    dataset = _dataset(tmp_path / "data", [square] * 2)
+    assert dataset.sampled_label_hint() is None
+    assert set(np.unique(dataset[0][1].numpy()).tolist()) == {0, 1}

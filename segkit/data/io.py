@@ -150,6 +150,8 @@ def _read_pil(path: Path, keep_palette: bool) -> np.ndarray:
         mode = im.mode
         if mode in ("P", "PA") and keep_palette:
             return np.array(im.convert("P") if mode == "PA" else im)
+        if mode == "1" and keep_palette:
+            return np.array(im)  # bool: a 1-bit mask holds 0/1 (as a 1-bit TIFF's), not Pillow's 0/255
         if mode == "1" or mode == "LA":
             im = im.convert("L")
         elif mode.startswith("I;16"):
@@ -268,7 +270,7 @@ def _read_pixels(path: str | os.PathLike, kind: str) -> np.ndarray:
         raise
     except (OSError, UnidentifiedImageError, ValueError, IndexError, SyntaxError) as err:
         raise _unreadable(Path(path), kind, err) from err
-    if arr.dtype == np.bool_:  # 1-bit TIFFs: images 0/255, masks 0/1
+    if arr.dtype == np.bool_:  # 1-bit PNGs and TIFFs: images 0/255, masks 0/1
         arr = arr.astype(np.uint8) * np.uint8(255 if kind == "image" else 1)
     return arr
 
@@ -284,8 +286,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_mask_pixels(path: str | os.PathLike) -> np.ndarray:
-    """Mask pixels as stored: (H, W) integers (palette images give their palette indices), or
-    (H, W, 3) uint8 for colour masks (alpha dropped)."""
+    """Mask pixels as stored: (H, W) integers (palette images give their palette indices, 1-bit
+    images 0/1, as ``numpy.array(Image.open(path))`` gives them), or (H, W, 3) uint8 for colour
+    masks (alpha dropped)."""
     arr = _read_pixels(path, "mask")
     return arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr
 
