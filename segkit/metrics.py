@@ -144,9 +144,14 @@ class ConfusionMatrix(_Accumulator):
             raise TypeError("ConfusionMatrix.update takes tensors (pred, target).")
         if target.is_floating_point() or target.is_complex():
             raise ValueError(f"target must hold integer labels; got {target.dtype}.")
+        if target.dim() < 2:
+            raise ValueError(f"target must be labels (N, H, W) or (H, W); got shape {tuple(target.shape)}.")
         if target.dim() == 2:
             target = target.unsqueeze(0)
             pred = pred.unsqueeze(0)
+        wide = (torch.uint16, torch.uint32, torch.uint64)  # torch.from_numpy of a 16-bit mask; aminmax refuses them
+        target = target.long() if target.dtype in wide else target
+        pred = pred.long() if pred.dtype in wide else pred
         from_argmax = pred.is_floating_point()
         if from_argmax:
             if pred.dim() != target.dim() + 1 or pred.size(1) != self.num_classes or pred.shape[:1] + pred.shape[2:] != target.shape:

@@ -178,7 +178,7 @@ def test_compute_twice_reset_and_update_after_compute():
     cm.reset()
     empty = cm.compute()
     assert all(math.isnan(empty[k]) for k in ("miou", "pixel_accuracy", "fwiou", "per_image_miou"))
-    cm.update(PRED[0], TARGET[0])  # a single (H, W) map
+    cm.update(PRED[:1], TARGET[:1])  # a single (H, W) map
     assert cm.matrix.sum() == 4
 
 

@@ -12,6 +12,15 @@ MULTILABEL_MODE = "multilabel"
 MODES = (BINARY_MODE, MULTICLASS_MODE, MULTILABEL_MODE)
 
 
+_UNSIGNED_WIDE = (torch.uint16, torch.uint32, torch.uint64)
+
+
+def as_labels(target: torch.Tensor) -> torch.Tensor:
+    """``target`` with a dtype torch's arithmetic takes: uint16/32/64 labels (``torch.from_numpy`` of a
+    16-bit mask gives uint16, which most torch operations refuse) become int64; others pass as they are."""
+    return target.long() if target.dtype in _UNSIGNED_WIDE else target
+
+
 def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}.")
@@ -53,6 +62,8 @@ def class_mean(loss: torch.Tensor, weights: torch.Tensor | None, classes: torch.
     if weights is not None and weights.numel() != loss.numel():
         raise ValueError(f"class_weights has {weights.numel()} entries for {loss.numel()} classes.")
     if classes is not None:
+        if classes.numel() and not (0 <= int(classes.min()) and int(classes.max()) < loss.numel()):
+            raise ValueError(f"classes {classes.tolist()} must be channels 0..{loss.numel() - 1} of the prediction.")
         loss = loss[classes]
         weights = None if weights is None else weights[classes]
     if weights is None:

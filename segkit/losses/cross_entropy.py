@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segkit.losses._base import check_reduction, float_tensor
+from segkit.losses._base import as_labels, check_reduction, float_tensor
 from segkit.losses.weight_map import UNetWeightMap, unet_weight_map
 
 __all__ = ["BCEWithLogitsLoss", "CrossEntropyLoss", "WeightMapCrossEntropyLoss"]
@@ -16,6 +16,12 @@ __all__ = ["BCEWithLogitsLoss", "CrossEntropyLoss", "WeightMapCrossEntropyLoss"]
 
 class CrossEntropyLoss(nn.CrossEntropyLoss):
     """torch's cross-entropy for logits ``(N, C, H, W)`` and labels ``(N, H, W)``, segkit's defaults.
+
+    Labels of any integer dtype (uint16 included) or float dtype are taken as ``.long()``;
+    class-probability targets ``(N, C, H, W)`` (floats, torch's second form) pass through as they
+    are. One difference from torch: with reduction "mean", a batch whose every pixel is ignored
+    gives 0, not NaN (0/0), as the other segkit losses and MMSegmentation's do: one NaN step would
+    spoil every weight of a run without mixed precision.
 
     Args:
         class_weights: one weight per class (torch's ``weight``); with reduction "mean" the loss
@@ -40,7 +46,24 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
         )
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002 (torch's name)
-        return super().forward(input, target.long())
+        weight = self.weight
+        if weight is not None and input.dim() > 1 and weight.numel() != input.size(1):
+            raise ValueError(f"class_weights has {weight.numel()} entries for {input.size(1)} classes; give one per class.")
+        if target.is_floating_point() and target.shape == input.shape:
+            # class probabilities (torch refuses ignore_index with them: there is no label to compare)
+            return F.cross_entropy(input, target, weight=weight, reduction=self.reduction, label_smoothing=self.label_smoothing)
+        target = target.long()  # float labels of the label shape are truncated, as before (torch refuses them)
+        if self.reduction != "mean":
+            return super().forward(input, target)
+        total = F.cross_entropy(input, target, weight=weight, ignore_index=self.ignore_index, reduction="sum",
+                                label_smoothing=self.label_smoothing)
+        counted = target != self.ignore_index
+        if weight is None:
+            denominator = counted.sum().to(total.dtype)
+        else:
+            safe = torch.where(counted, target, torch.zeros_like(target))  # ignored labels may be out of range
+            denominator = (weight.to(total.dtype)[safe] * counted).sum()
+        return total / denominator.clamp_min(torch.finfo(total.dtype).tiny)
 
 
 class BCEWithLogitsLoss(nn.Module):
@@ -78,6 +101,9 @@ class BCEWithLogitsLoss(nn.Module):
         pos_weight = self.pos_weight
         if pos_weight is not None:
             pos_weight = pos_weight.view(-1, *([1] * (y_pred.dim() - 2)))
+        if pos_weight is not None and pos_weight.numel() not in (1, y_pred.size(1)):
+            raise ValueError(f"pos_weight has {pos_weight.numel()} entries for {y_pred.size(1)} channels; give one number or one per channel.")
+        y_true = as_labels(y_true)
         valid = None if self.ignore_index is None else y_true != self.ignore_index
         target = y_true if valid is None else y_true * valid
         loss = F.binary_cross_entropy_with_logits(y_pred, target.to(y_pred.dtype), pos_weight=pos_weight, reduction="none")
@@ -87,7 +113,7 @@ class BCEWithLogitsLoss(nn.Module):
             return loss
         if self.reduction == "sum":
             return loss.sum()
-        return loss.sum() / (valid.sum() if valid is not None else loss.numel())
+        return loss.sum() / (valid.sum().clamp_min(1) if valid is not None else loss.numel())  # all ignored: 0, not NaN
 
 
 class WeightMapCrossEntropyLoss(nn.Module):

@@ -11,6 +11,7 @@ from torch import nn
 from segkit.losses._base import (
     BINARY_MODE,
     MULTICLASS_MODE,
+    as_labels,
     check_batch,
     check_mode,
     check_reduction,
@@ -104,6 +105,7 @@ class FocalLoss(nn.Module):
 
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         check_batch(y_pred, y_true, self.mode)
+        y_true = as_labels(y_true)
         out_shape = y_pred.shape
         if not self.from_logits:
             y_pred = torch.clamp(y_pred, self.eps, 1 - self.eps)
@@ -132,8 +134,18 @@ class FocalLoss(nn.Module):
         if self.reduction == "none":
             return loss.reshape(out_shape)
         per_class = loss.sum(dims)
+        if self.reduction == "mean" and valid is not None:
+            # A class channel with no counted pixel (all of a multilabel channel ignored, or the whole
+            # batch) is left out of the class mean instead of dividing 0 by 0: NaN would spoil the step.
+            counted = valid.sum(dims)
+            present = (counted > 0).to(per_class.dtype)
+            if self.class_weights is not None:
+                if self.class_weights.numel() != present.numel():
+                    raise ValueError(f"class_weights has {self.class_weights.numel()} entries for {present.numel()} classes.")
+                present = present * self.class_weights.to(per_class.device, per_class.dtype)
+            return (per_class / counted.clamp_min(1) * present).sum() / present.sum().clamp_min(1e-12)
         if self.reduction == "mean":
-            per_class = per_class / (valid.sum(dims) if valid is not None else loss.size(0) * loss.size(2))
+            per_class = per_class / (loss.size(0) * loss.size(2))
         elif self.reduction == "batchwise_mean" and self.mode != BINARY_MODE and valid is None:
             per_class = per_class / loss.size(2)  # smp: summed over the batch, averaged over the pixels
         return class_mean(per_class, self.class_weights)

@@ -12,14 +12,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segkit.losses._base import MULTICLASS_MODE, check_batch, check_mode
+from segkit.losses._base import MULTICLASS_MODE, as_labels, check_batch, check_mode
 
 __all__ = ["LovaszLoss", "lovasz_grad"]
 
 
 def lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
     """Gradient of the Lovász extension of the Jaccard loss w.r.t. errors sorted in decreasing
-    order (Alg. 1 of the paper), along the last dimension of ``gt_sorted`` (0/1 floats)."""
+    order (Alg. 1 of the paper), along the last dimension of ``gt_sorted`` (0/1 floats).
+
+    Computed in float32 at least: in float16 a running count stops growing past 2048 (bfloat16:
+    256), which made the gradients of half-precision logits wrong by more than their size."""
+    if gt_sorted.dtype in (torch.float16, torch.bfloat16):
+        gt_sorted = gt_sorted.float()
     gts = gt_sorted.sum(-1, keepdim=True)
     intersection = gts - gt_sorted.cumsum(-1)
     union = gts + (1 - gt_sorted).cumsum(-1)
@@ -65,6 +70,9 @@ class LovaszLoss(nn.Module):
 
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         check_batch(y_pred, y_true, self.mode)
+        y_true = as_labels(y_true)
+        if y_pred.dtype in (torch.float16, torch.bfloat16):
+            y_pred = y_pred.float()  # the sorted cumulative sums need float32 (lovasz_grad), as smp computes them
         rows = y_pred.size(0) if self.per_image else 1
         if self.mode == MULTICLASS_MODE:
             num_classes = y_pred.size(1)

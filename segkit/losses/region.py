@@ -18,6 +18,7 @@ from torch import nn
 from segkit.losses._base import (
     MULTICLASS_MODE,
     MULTILABEL_MODE,
+    as_labels,
     check_batch,
     check_mode,
     class_index,
@@ -74,6 +75,7 @@ def flatten_region_inputs(
     """Probabilities and targets as ``(N, C, H*W)`` tensors of the prediction's dtype, ignored pixels
     zeroed in both (smp's preprocessing for Dice, Jaccard and Tversky)."""
     check_batch(y_pred, y_true, mode)
+    y_true = as_labels(y_true)
     if from_logits:
         # log-then-exp as smp does: better behaved gradients at saturated logits.
         y_pred = y_pred.log_softmax(dim=1).exp() if mode == MULTICLASS_MODE else F.logsigmoid(y_pred).exp()
