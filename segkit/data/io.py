@@ -147,18 +147,25 @@ def _read_tiff(path: Path, kind: str) -> np.ndarray:
 def _read_pil(path: Path, keep_palette: bool) -> np.ndarray:
     with Image.open(path) as im:
         im.load()
-        mode = im.mode
-        if mode in ("P", "PA") and keep_palette:
-            return np.array(im.convert("P") if mode == "PA" else im)
-        if mode == "1" and keep_palette:
-            return np.array(im)  # bool: a 1-bit mask holds 0/1 (as a 1-bit TIFF's), not Pillow's 0/255
-        if mode == "1" or mode == "LA":
-            im = im.convert("L")
-        elif mode.startswith("I;16"):
-            return np.array(im).astype(np.uint16, copy=False)
-        elif mode not in _GRAY_MODES and mode != "RGB":
-            im = im.convert("RGB")
-        return np.array(im)
+        return pil_pixels(im, keep_palette)
+
+
+def pil_pixels(im: Image.Image, keep_palette: bool = False) -> np.ndarray:
+    """A Pillow image's pixels as segkit reads them: grey (H, W) in its own dtype, colour modes as
+    RGB (H, W, 3) (alpha dropped, CMYK converted); with ``keep_palette`` (masks) palette indices
+    and 1-bit 0/1, else a palette expanded to RGB and 1-bit 0/255."""
+    mode = im.mode
+    if mode in ("P", "PA") and keep_palette:
+        return np.array(im.convert("P") if mode == "PA" else im)
+    if mode == "1" and keep_palette:
+        return np.array(im)  # bool: a 1-bit mask holds 0/1 (as a 1-bit TIFF's), not Pillow's 0/255
+    if mode == "1" or mode == "LA":
+        im = im.convert("L")
+    elif mode.startswith("I;16"):
+        return np.array(im).astype(np.uint16, copy=False)
+    elif mode not in _GRAY_MODES and mode != "RGB":
+        im = im.convert("RGB")
+    return np.array(im)
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -176,8 +178,12 @@ def gaussian_weights(tile: Sequence[int], sigma_scale: float = 0.125, device: to
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
+    """``(height, width)`` from one positive integer (numpy's too) or two."""
+    try:
+        pair = [operator.index(v) for v in ((value, value) if not isinstance(value, (Sequence, np.ndarray)) else value)]
+    except TypeError:
+        pair = []
+    if len(pair) != 2 or not all(v >= 1 for v in pair):
         raise SegkitError(f"{name} must be a positive integer or [height, width]; got {value!r}.")
     return pair[0], pair[1]
 
@@ -294,7 +300,21 @@ def flip_tta(forward: Forward, flips: Sequence[str] = ("h", "v", "hv")) -> Forwa
     return tta
 
 
-@torch.inference_mode()
+def _check_images(images: Any, model: nn.Module | Forward) -> Tensor:
+    """``images`` as the float tensor ``(N, C, H, W)`` the model takes, or a SegkitError saying what to pass."""
+    if not isinstance(images, Tensor):
+        raise SegkitError(f"predict_logits takes a float tensor (N, C, H, W) of standardised images; got {type(images).__name__}. "
+                          "For image files or arrays use segkit.engine.predict.predict_image, which prepares them as the checkpoint's config says.")
+    if not images.is_floating_point() or images.dim() != 4:
+        raise SegkitError(f"predict_logits takes a float tensor (N, C, H, W) of standardised images; got a {images.dtype} tensor "
+                          f"of shape {tuple(images.shape)}. For images as stored use segkit.engine.predict.predict_image.")
+    parameter = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    if parameter is not None and images.dtype != parameter.dtype:
+        images = images.to(parameter.dtype)  # float64 or half images for a float32 model (autocast handles mixed precision)
+    return images
+
+
+@torch.no_grad()
 def predict_logits(
     model: nn.Module | Forward,
     images: Tensor,
@@ -310,16 +330,27 @@ def predict_logits(
     """Logits ``(N, K, H, W)`` float32 of ``images (N, C, H, W)`` (already normalised).
 
     ``tile=None``: one forward pass over the whole images; else sliding window (see
-    :func:`sliding_window`). ``tta``: flips to average over (``True`` = h, v and hv). ``amp``:
-    autocast when the images are on CUDA.
+    :func:`sliding_window`). ``tta``: flips to average over (``True`` = h, v and hv; a name such
+    as ``"hv"`` or a list of names). ``amp``: autocast when the images are on CUDA. A model left in
+    training mode runs in eval mode here and is put back after (its BatchNorm statistics are not
+    touched). For image files or arrays as stored, :func:`segkit.engine.predict.predict_image`
+    prepares them as the checkpoint's config says.
     """
+    images = _check_images(images, model)
     forward = model_forward(model, amp) if isinstance(model, nn.Module) else model
-    flips = tuple(FLIPS) if tta is True else tuple(tta or ())
+    flips = tuple(FLIPS) if tta is True else (tta,) if isinstance(tta, str) else tuple(tta or ())
     if flips:
         forward = flip_tta(forward, flips)
-    if tile is None:
-        return forward(images)
-    return sliding_window(forward, images, tile, overlap, blend=blend, sigma_scale=sigma_scale, batch_size=batch_size)
+    training = isinstance(model, nn.Module) and model.training
+    if training:
+        model.eval()  # type: ignore[union-attr]
+    try:
+        if tile is None:
+            return forward(images)
+        return sliding_window(forward, images, tile, overlap, blend=blend, sigma_scale=sigma_scale, batch_size=batch_size)
+    finally:
+        if training:
+            model.train()  # type: ignore[union-attr]
 
 
 def resize_logits(logits: Tensor, size: Sequence[int]) -> Tensor:

@@ -15,7 +15,6 @@ read back as labels with ``segkit.data`` and score with ``segkit evaluate --pred
 from __future__ import annotations
 
 import math
-
 import os
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from PIL import Image
 
 from segkit.errors import SegkitError
 
-__all__ = ["predict_folder", "save_index_png"]
+__all__ = ["predict_folder", "predict_image", "save_index_png"]
 
 
 def save_index_png(labels: np.ndarray, num_classes: int, path: Path) -> None:
@@ -122,6 +121,61 @@ def predict_folder(
             shown_path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(picture).save(shown_path)
     return written
+
+
+def predict_image(
+    model: Any,
+    cfg: Any,
+    image: str | os.PathLike[str] | np.ndarray | Image.Image,
+    *,
+    tile: int | None = None,
+    overlap: float = 0.25,
+    tta: bool = False,
+    amp: bool = True,
+    logits: bool = False,
+) -> Any:
+    """One image's labels ``(H, W)`` (int64 numpy), prepared exactly as ``segkit predict`` prepares a file.
+
+    ``model, cfg`` are :func:`segkit.engine.inference.load_model`'s pair. ``image`` is a file path,
+    pixels ``(H, W)`` or ``(H, W, C)`` as stored (uint8, uint16 or float, as
+    :func:`segkit.data.io.read_image` gives them), or a Pillow image: the checkpoint's config
+    scales them (8-bit by 1/255, 16-bit by percentiles), repeats grey for an RGB model,
+    standardises with its mean/std and applies its validation transforms, so the result equals
+    ``segkit predict``'s mask for the same pixels. ``tile``, ``overlap``, ``tta`` and ``amp`` as
+    for ``segkit predict``. ``logits=True`` returns the float32 logits ``(K, H, W)`` (a tensor on
+    the model's device) instead.
+    """
+    from omegaconf import OmegaConf
+
+    from segkit.data.io import pil_pixels
+    from segkit.engine.builders import transform_steps
+    from segkit.engine.inference import check_tile_options
+    from segkit.engine.inputs import ImageFiles, InferenceItems, InputPipeline, checkpoint_amp, iterate_logits, normalisation_options
+
+    check_tile_options(tile, overlap)
+    if isinstance(image, Image.Image):
+        image = pil_pixels(image)
+    if isinstance(image, np.ndarray):
+        if image.ndim not in (2, 3) or image.size == 0:
+            raise SegkitError(f"predict_image takes pixels (H, W) or (H, W, C); got an array of shape {image.shape}.")
+        pixels = image[:, :, None] if image.ndim == 2 else image
+        path = Path("<array>")
+    elif isinstance(image, (str, os.PathLike)):
+        pixels, path = None, Path(image)
+        if not path.is_file():
+            raise SegkitError(f"image {path} is not a file; pass an image file, a numpy array or a Pillow image.")
+    else:
+        raise SegkitError(f"predict_image takes a file path, a numpy array or a Pillow image; got {type(image).__name__}.")
+    options: dict[str, Any] = OmegaConf.to_container(cfg.data.options, resolve=True)  # type: ignore[assignment]
+    dataset = ImageFiles([path], cfg.model.in_channels, **normalisation_options(options))
+    if pixels is not None:
+        dataset.read_raw_image = lambda index: pixels  # type: ignore[method-assign]
+    pipeline = InputPipeline(transform_steps(cfg, train=False), cfg.data.ignore_index, cfg.trainer.seed)
+    items = InferenceItems(dataset, pipeline, masks=False)
+    device = next(model.parameters()).device
+    [(_, output)] = iterate_logits(model, items, device, batch_size=1, tile=tile, overlap=overlap, tta=tta,
+                                   amp=checkpoint_amp(cfg, amp, device), channels_last=device.type == "cuda" and cfg.trainer.channels_last)
+    return output[0] if logits else output[0].argmax(0).cpu().numpy()
 
 
 def _predict_striped(model: Any, cfg: Any, dataset: Any, names: list[str], output: Path, dev: Any, *, tile: int, overlap: float,
