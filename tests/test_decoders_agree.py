@@ -210,3 +210,18 @@ def test_grey_tiff_with_alpha_reads_as_grey(tmp_path):
     tifffile.imwrite(tmp_path / "ga.tif", grey_alpha, photometric="minisblack", extrasamples=["assocalpha"])
     np.testing.assert_array_equal(read_image(tmp_path / "ga.tif"), grey_alpha[..., :1])
     np.testing.assert_array_equal(read_mask_pixels(tmp_path / "ga.tif"), grey_alpha[..., 0])
+
+
+@pytest.mark.parametrize("decoder", FAST)
+def test_16_bit_rgb_pngs_keep_their_16_bits(tmp_path, monkeypatch, decoder):
+    """Pillow keeps the high byte of a 16-bit RGB PNG (12-bit data 0-4095 became 0-15); segkit reads
+    all 16 bits, as it reads the same pixels from a TIFF."""
+    import imagecodecs
+    import tifffile
+
+    written = RNG.integers(0, 4096, (H, W, 3)).astype(np.uint16)
+    (tmp_path / "deep.png").write_bytes(imagecodecs.png_encode(written))
+    tifffile.imwrite(tmp_path / "deep.tif", written, photometric="rgb")
+    _only(monkeypatch, decoder)
+    np.testing.assert_array_equal(read_image(tmp_path / "deep.png"), written)
+    np.testing.assert_array_equal(read_image(tmp_path / "deep.png"), read_image(tmp_path / "deep.tif"))

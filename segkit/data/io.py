@@ -169,11 +169,11 @@ def pil_pixels(im: Image.Image, keep_palette: bool = False) -> np.ndarray:
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# IHDR (bit depth, colour type) that the fast decoders decode to Pillow's pixels: 8-bit grayscale,
-# 8-bit RGB, 16-bit grayscale. Not 16-bit RGB (Pillow reduces it to 8 bits, and changing what
-# segkit reads is not a decoder's business), palette (both expand it), alpha, or 1/2/4-bit
-# grayscale (Pillow scales those to 0-255; left to it).
-_FAST_PNG = {(8, 0): 2, (16, 0): 2, (8, 2): 3}  # -> the array's ndim (2) or channel count (3)
+# IHDR (bit depth, colour type) the fast decoders take: 8-bit grayscale, 8-bit RGB and 16-bit
+# grayscale, where they give Pillow's pixels, and 16-bit RGB, which they keep at 16 bits (Pillow
+# keeps the high byte only: 12-bit data 0-4095 became 0-15), as a 16-bit RGB TIFF is read. Not
+# palette (both expand it), alpha, or 1/2/4-bit grayscale (Pillow scales those to 0-255; left to it).
+_FAST_PNG = {(8, 0): 2, (16, 0): 2, (8, 2): 3, (16, 2): 3}  # -> the array's ndim (2) or channel count (3)
 _opencv: Any = None
 _codecs: Any = None
 
@@ -204,7 +204,8 @@ def _imagecodecs() -> Any:
 
 
 def _read_png_fast(path: str | os.PathLike, grey_only: bool = False) -> np.ndarray | None:
-    """The pixels Pillow would give for a PNG that a faster decoder decodes alike, else None (Pillow reads it).
+    """The pixels Pillow would give for a PNG that a faster decoder decodes alike (a 16-bit RGB PNG
+    at its 16 bits, which Pillow cuts to 8), else None (Pillow reads it).
 
     The file is read whole and its IHDR checked; then imagecodecs' libpng decodes the bytes (with
     zlib-ng: 0.6x the time of OpenCV's ``imdecode`` on 512x512 masks here, both releasing the GIL),
@@ -237,7 +238,7 @@ def _read_png_fast(path: str | os.PathLike, grey_only: bool = False) -> np.ndarr
         try:
             # Pillow leaves an EXIF orientation tag alone (masks and annotations are drawn on the stored
             # grid), and so must OpenCV, which would otherwise rotate colour PNGs.
-            flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION if layout == 3 else cv2.IMREAD_UNCHANGED
+            flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION if layout == 3 else cv2.IMREAD_UNCHANGED
             pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
         except cv2.error:
             return None
