@@ -308,4 +308,5 @@ def to_dict(cfg: DictConfig) -> dict[str, Any]:
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike[str]) -> None:
+    """Write ``cfg`` as YAML to ``path`` (a run's ``config.yaml``; ``load_config`` reads it back)."""
     Path(path).write_text(OmegaConf.to_yaml(cfg))

@@ -29,6 +29,7 @@ from segkit.decoders.upsample import check_choice, fit_to
 from segkit.encoders import (
     CLASSIFIERS,
     Encoder,
+    build_with_options,
     check_in_channels,
     create_encoder,
     finish_pretrained,
@@ -38,7 +39,7 @@ from segkit.encoders import (
     read_checkpoint,
     resolve_weights,
 )
-from segkit.errors import SegkitError
+from segkit.errors import SegkitError, positive_int
 from segkit.heads import ClassificationHead, SegmentationHead
 
 __all__ = ["MODELS", "SegmentationModel", "create_classifier", "create_model", "list_models", "register_model"]
@@ -67,14 +68,11 @@ def create_classifier(
     """
     factory = lookup(CLASSIFIERS, name, "classifier")
     if in_channels is not None:
-        check_in_channels(in_channels)
-        kwargs["in_channels"] = in_channels
+        kwargs["in_channels"] = check_in_channels(in_channels)
     if num_classes is not None:
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise SegkitError(f"num_classes must be a positive integer; got {num_classes!r}.")
-        kwargs["num_classes"] = num_classes
+        kwargs["num_classes"] = _check_count("num_classes", num_classes)
     transform_input = kwargs.pop("transform_input", None)
-    model = factory(**kwargs)
+    model = build_with_options(factory, f"classifier {name!r}", **kwargs)
     weights = resolve_weights(name, weights)
     if weights is not None:
         load_weights(model, weights, first_conv=model.first_conv, head_prefixes=model.head_prefixes,
@@ -189,9 +187,8 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-def _check_count(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise SegkitError(f"{name} must be a positive integer; got {value!r}.")
+def _check_count(name: str, value: object) -> int:
+    return positive_int(value, f"{name} must be a positive integer; got {value!r}.")
 
 
 def create_model(
@@ -236,10 +233,10 @@ def create_model(
     conv-BN-ReLU layers He (fan_in, ReLU) with BatchNorm 1/0, up-convs as interpolation, heads Xavier.
     """
     check_choice(arch, list_models(), "model architecture")
-    check_in_channels(in_channels)
-    _check_count("num_classes", num_classes)
+    in_channels = check_in_channels(in_channels)
+    num_classes = _check_count("num_classes", num_classes)
     if aux_classes is not None:
-        _check_count("aux_classes", aux_classes)
+        aux_classes = _check_count("aux_classes", aux_classes)
     if upsampling is None:
         upsampling = DEFAULT_UPSAMPLING.get(arch, "transposed")
     if upsampling is not None:

@@ -44,7 +44,7 @@ def test_yaml_errors_give_the_line_and_a_directory_is_named_as_one(tmp_path):
 
 @pytest.mark.parametrize(("loss", "message"), [
     ([{"name": "dice", "mode": "binary"}], r"loss\[0\] \(dice\) does not fit a model of 3 classes \(mode='binary'"),
-    ([{"name": "ce"}, {"name": "ce", "class_weights": [1, 2]}], r"loss\[1\] \(ce_1\) does not fit a model of 3 classes \(weight tensor"),
+    ([{"name": "ce"}, {"name": "ce", "class_weights": [1, 2]}], r"loss\[1\] \(ce_1\) does not fit a model of 3 classes \(class_weights has 2 entries for 3 classes"),
     ([{"name": "dice", "mode": "multiclass", "classes": [5]}], r"loss\[0\] \(dice\) does not fit a model of 3 classes"),
     ([{"name": "bce"}], r"loss\[0\] \(bce\) does not fit a model of 3 classes"),
     ([{"name": "ce", "label_smoothing": 2}], r"loss\[0\] \(ce\) does not fit a model of 3 classes"),
@@ -141,7 +141,7 @@ def test_load_model_takes_the_devices_the_cli_takes(tmp_path):
     model, _ = load_model(ckpt, device="auto")
     assert next(model.parameters()).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(SegkitError, match="--device cuda was asked for but PyTorch sees no CUDA GPU"):
+        with pytest.raises(SegkitError, match="device cuda was asked for but PyTorch sees no CUDA GPU"):
             load_model(ckpt, device="cuda")
 
 

@@ -66,6 +66,15 @@ def _per_channel(value: float | Sequence[float], channels: int, name: str) -> to
     return torch.tensor(values, dtype=torch.float32).view(-1, 1, 1)
 
 
+def checked_transforms(transforms: Any) -> Any:
+    """``transforms`` if it is None or callable, else a SegkitError (a spec such as ``"hflip"`` failed
+    only at the first item, as "'str' object is not callable")."""
+    if transforms is None or callable(transforms):
+        return transforms
+    raise SegkitError(f"transforms is {transforms!r}; give a callable such as segkit.data.build_transforms(['hflip']) "
+                      "(an albumentations pipeline) or None")
+
+
 def channels_for(found: int, wanted: int | None, images: str) -> int:
     """The channel count a dataset gives its items: its images' own (``found``), or ``wanted`` (a
     model's) when the images fit it: equal, or grayscale repeated to RGB as among RGB images."""

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segkit.data.base import SegmentationDataset, channels_for
+from segkit.data.base import SegmentationDataset, channels_for, checked_transforms
 from segkit.data.coco_format import checked_segmentation, duplicate_names, load_coco
 from segkit.data.io import read_header
 from segkit.errors import SegkitError
@@ -92,6 +92,8 @@ class CocoDataset(SegmentationDataset):
         cats = self.coco.cats
         if categories is None:
             chosen = sorted(cats)
+        elif isinstance(categories, (str, int)):
+            raise SegkitError(f"categories is {categories!r}; give a list of category ids or names, e.g. [{categories!r}]")
         else:
             shared = duplicate_names(cats)
             by_name = {c["name"]: cid for cid, c in cats.items()}
@@ -133,7 +135,7 @@ class CocoDataset(SegmentationDataset):
         self._check_images()
         self.in_channels = channels_for(self.in_channels, in_channels, f"the images in {self.image_dir}")
         self._setup_intensity(mean, std, scaling, percentiles)
-        self.transforms = transforms
+        self.transforms = checked_transforms(transforms)
 
         self.cache_dir: Path | None = None
         if cache_dir is not None:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from segkit.data.base import SegmentationDataset, channels_for
+from segkit.data.base import SegmentationDataset, channels_for, checked_transforms
 from segkit.data.io import read_image, read_mask_pixels
 from segkit.data.layout import list_splits, scan_folder
 from segkit.data.masks import Color, MaskDecoder, bad_value_message, ignored_foreground_hint, label_hints
@@ -162,7 +162,7 @@ class FolderDataset(SegmentationDataset):
         self.in_channels = channels_for(int(scan.in_channels), in_channels,
                                        f"the images under {self.root}" + (f" (split {split})" if split else ""))  # type: ignore[arg-type]
         self._setup_intensity(mean, std, scaling, percentiles)
-        self.transforms = transforms
+        self.transforms = checked_transforms(transforms)
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -43,6 +43,8 @@ class FolderScan:
 
 
 def default_dirs(root: Path, image_dir: str | None, mask_dir: str | None) -> tuple[Path, Path]:
+    """The image and mask folders under ``root``: the given names, else ``images/`` + ``masks/``, or
+    MMSegmentation's ``img_dir/`` + ``ann_dir/`` where only those exist."""
     if image_dir is None and mask_dir is None and not (root / "images").is_dir() and (root / "img_dir").is_dir():
         image_dir, mask_dir = "img_dir", "ann_dir"  # MMSegmentation
     return root / (image_dir or "images"), root / (mask_dir or "masks")

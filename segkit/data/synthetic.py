@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segkit.errors import SegkitError
+from segkit.errors import SegkitError, positive_int
 
 __all__ = ["SYNTHETIC_CLASSES", "make_synthetic"]
 
@@ -124,12 +124,14 @@ def make_synthetic(
     grayscale) and ``masks/{train,val}/NNNN.png`` (values 0, 1, 2; see ``SYNTHETIC_CLASSES``).
     Existing files of the same names are overwritten.
     """
-    if isinstance(size, int):
-        height = width = size
-    else:
-        height, width = (int(s) for s in size)
-    if n < 1 or height < 16 or width < 16:
-        raise SegkitError(f"make_synthetic needs n >= 1 and a size of at least 16 pixels, got n={n}, size={size}")
+    message = f"make_synthetic needs n >= 1 and a size of at least 16 pixels (an int or (height, width)), got n={n!r}, size={size!r}"
+    sizes = [size, size] if not isinstance(size, (list, tuple)) else list(size)
+    if len(sizes) != 2:
+        raise SegkitError(message)
+    n = positive_int(n, message)
+    height, width = (positive_int(s, message) for s in sizes)
+    if height < 16 or width < 16:
+        raise SegkitError(message)
     if not 0.0 <= val_fraction < 1.0:
         raise SegkitError(f"val_fraction is {val_fraction}; it must lie in [0, 1)")
     root = Path(root)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from typing import Any
 
 from torch import nn
@@ -18,7 +19,7 @@ from segkit.encoders.base import CLASSIFIERS, ENCODERS, Encoder, register_classi
 from segkit.encoders.resnet import OUTPUT_STRIDES, check_output_stride
 from segkit.encoders.timm_encoder import create_timm_encoder  # imports timm only when called
 from segkit.encoders.weights import adapt_first_conv, load_weights, read_checkpoint, resolve_weights
-from segkit.errors import SegkitError
+from segkit.errors import SegkitError, positive_int
 
 __all__ = [
     "Encoder",
@@ -54,9 +55,21 @@ def lookup(registry: dict[str, Any], name: str, what: str) -> Any:
     raise SegkitError(f"unknown {what} {name!r}; {hint}")
 
 
-def check_in_channels(in_channels: int) -> None:
-    if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
-        raise SegkitError(f"in_channels must be a positive integer (the image's channel count); got {in_channels!r}.")
+def check_in_channels(in_channels: int) -> int:
+    """``in_channels`` as a plain int, or a SegkitError."""
+    return positive_int(in_channels, f"in_channels must be a positive integer (the image's channel count); got {in_channels!r}.")
+
+
+def build_with_options(factory: Any, what: str, **options: Any) -> Any:
+    """``factory(**options)``, with a keyword it does not take named in a SegkitError (not a TypeError)."""
+    try:
+        return factory(**options)
+    except TypeError as err:
+        match = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if match is None:
+            raise
+        raise SegkitError(f"{what} has no option {match.group(1)!r}; see its factory's keywords (e.g. zero_init_residual for "
+                          "the ResNets), or leave it out.") from None
 
 
 def finish_pretrained(model: nn.Module, weights: str | os.PathLike[str] | None, transform_input: bool | None) -> None:
@@ -94,12 +107,12 @@ def create_encoder(
     """
     output_stride = check_output_stride(kwargs.pop("output_stride", 32))
     if isinstance(name, str) and name.startswith("tu-"):
-        check_in_channels(in_channels)
+        in_channels = check_in_channels(in_channels)
         if output_stride != 32:
             kwargs["output_stride"] = output_stride
         return create_timm_encoder(name, in_channels=in_channels, weights=weights, **kwargs)
     factory = lookup(ENCODERS, name, "encoder")
-    check_in_channels(in_channels)
+    in_channels = check_in_channels(in_channels)
     if output_stride != 32:
         if output_stride not in getattr(factory, "output_strides", ()):
             raise SegkitError(
@@ -108,7 +121,7 @@ def create_encoder(
             )
         kwargs["output_stride"] = output_stride
     transform_input = kwargs.pop("transform_input", None)
-    encoder = factory(in_channels=in_channels, **kwargs)
+    encoder = build_with_options(factory, f"encoder {name!r}", in_channels=in_channels, **kwargs)
     weights = resolve_weights(name, weights)
     if weights is not None:
         load_weights(encoder, weights, first_conv=encoder.first_conv, ignore_prefixes=encoder.checkpoint_ignore)

@@ -58,11 +58,13 @@ def init_distributed(device_type: str) -> DistInfo:
 
 
 def cleanup_distributed() -> None:
+    """Destroy the process group if one is initialised (a no-op in a single process)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def is_main_process() -> bool:
+    """True in rank 0 of an initialised process group, and in a single process."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 

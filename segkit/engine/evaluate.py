@@ -108,7 +108,7 @@ def evaluate_checkpoint(
     from segkit.engine.train import resolve_device
     from segkit.metrics import ConfusionMatrix
 
-    check_tile_options(tile, overlap)
+    check_tile_options(tile, overlap, batch_size)
     dev = resolve_device(device)
     model, cfg = load_model(checkpoint, dev)
     dataset, source = _eval_dataset(cfg, data, split)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segkit.errors import SegkitError
+from segkit.errors import SegkitError, positive_int
 
 __all__ = [
     "BLENDS",
@@ -360,8 +360,12 @@ def resize_logits(logits: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def check_tile_options(tile: int | None, overlap: float) -> None:
-    """SegkitErrors for command-line values the sliding window cannot take."""
+def check_tile_options(tile: int | None, overlap: float, batch_size: int | None = None) -> None:
+    """SegkitErrors for inference values (``--tile``, ``--overlap``, ``--batch-size``) that cannot work."""
+    if batch_size is not None:
+        positive_int(batch_size, f"--batch-size (batch_size) must be a positive integer; got {batch_size!r}.")
+    if tile is not None and not isinstance(tile, int):
+        tile = positive_int(tile, f"--tile (tile) must be a positive number of pixels; got {tile!r}.")
     if tile is not None and tile < 1:
         raise SegkitError(f"--tile must be a positive number of pixels; got {tile}.")
     if not 0.0 <= overlap < 1.0 or math.isnan(overlap):

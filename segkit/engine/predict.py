@@ -86,7 +86,7 @@ def predict_folder(
     from segkit.engine.plots import overlay
     from segkit.engine.train import resolve_device
 
-    check_tile_options(tile, overlap)
+    check_tile_options(tile, overlap, batch_size)
     source, output = Path(source), Path(output)
     paths, names = _list_images(source, output)
     dev = resolve_device(device)

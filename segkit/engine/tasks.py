@@ -72,6 +72,8 @@ class Task:
 
 
 class SegmentationTask(Task):
+    """Semantic segmentation: the config's pixel losses on (N, K, H, W) logits, scored by the validation mIoU."""
+
     score_key, score_name = "miou", "mIoU"
     val_keys = ("miou", "mdice", "pixel_accuracy", "mean_accuracy", "fwiou", "per_image_miou", "iou")  # iou: per class, for segkit report
     line_keys = (("val_miou", "miou"), ("val_mdice", "mdice"), ("val_pixel_accuracy", "pixel_accuracy"))
@@ -131,6 +133,8 @@ class SegmentationTask(Task):
 
 
 class ClassificationTask(Task):
+    """Image classification: cross-entropy on (N, K) logits, scored by top-1 accuracy (top-5 and mean class accuracy logged)."""
+
     score_key, score_name = "top1", "top-1 accuracy"
     val_keys = ("top1", "top5", "top1_error", "top5_error", "mean_class_accuracy")
     line_keys = (("train_top1_error", "train top-1 err"), ("val_top1_error", "top-1 err"), ("val_top5_error", "top-5 err"))
@@ -168,6 +172,7 @@ class ClassificationTask(Task):
 
 
 def make_task(cfg: DictConfig) -> Task:
+    """The task ``cfg.task`` names: segmentation (default) or classification."""
     return ClassificationTask(cfg) if cfg.task == "classification" else SegmentationTask(cfg)
 
 

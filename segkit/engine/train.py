@@ -94,9 +94,15 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a user error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SegkitError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu.")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise SegkitError(f"device {name!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SegkitError(f"device {name} was asked for but PyTorch sees no CUDA GPU; use device cpu (--device cpu).")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SegkitError(f"device {name} was asked for but PyTorch sees {torch.cuda.device_count()} CUDA GPU(s); use cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+    return device
 
 
 def _use_channels_last(cfg: DictConfig, device: torch.device) -> bool:
