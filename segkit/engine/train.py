@@ -314,7 +314,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     task = make_task(cfg)
     train_set, val_set = build_datasets(cfg, info)
     if info.is_main:
-        _warn_about_labels(train_set.dataset)
+        _warn_about_labels(getattr(train_set, "dataset", train_set))  # segmentation sets are wrapped (SeededDataset)
     model = build_model_from_config(cfg).to(device)
     if cfg.trainer.sync_bn and info.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
