@@ -50,8 +50,9 @@ class AuxLogitsModel(SegmentationModel):
     does; in eval mode (evaluate, predict, export) the output is as without the head.
     """
 
-    def __init__(self, encoder: Encoder, decoder: nn.Module, head: nn.Module, aux_head: nn.Module | None, aux_classifier: nn.Module) -> None:
-        super().__init__(encoder, decoder, head, aux_head)
+    def __init__(self, encoder: Encoder, decoder: nn.Module, head: nn.Module, aux_head: nn.Module | None, aux_classifier: nn.Module,
+                 pad_to_stride: bool = True) -> None:
+        super().__init__(encoder, decoder, head, aux_head, pad_to_stride=pad_to_stride)
         self.aux_classifier = aux_classifier
 
     def forward(self, x: Tensor) -> Union[Tensor, Tuple[Tensor, Tensor], Tuple[Tensor, Tensor, Tensor]]:
@@ -87,15 +88,16 @@ def _encoder(arch: str, name: str | None, in_channels: int, weights: Weights, ou
     return enc
 
 
-def _model(arch: str, enc: Encoder, decoder: nn.Module, num_classes: int, aux_classes: int | None, aux_head: str | None) -> nn.Module:
+def _model(arch: str, enc: Encoder, decoder: nn.Module, num_classes: int, aux_classes: int | None, aux_head: str | None,
+           pad_to_stride: bool = True) -> nn.Module:
     image_level = ClassificationHead(enc.out_channels[-1], aux_classes) if aux_classes is not None else None
     if aux_head is None:
-        return SegmentationModel(enc, decoder, nn.Identity(), image_level)
+        return SegmentationModel(enc, decoder, nn.Identity(), image_level, pad_to_stride=pad_to_stride)
     if aux_head not in AUX_HEADS:
         raise SegkitError(f"aux_head must be None or 'fcn' (torchvision's auxiliary FCN head); got {aux_head!r}.")
     if len(enc.out_channels) < 2:
         raise SegkitError(f"aux_head='fcn' reads the encoder's second-deepest level; encoder of {arch} has one level: leave aux_head out.")
-    return AuxLogitsModel(enc, decoder, nn.Identity(), image_level, FCNHead(enc.out_channels[-2], num_classes))
+    return AuxLogitsModel(enc, decoder, nn.Identity(), image_level, FCNHead(enc.out_channels[-2], num_classes), pad_to_stride)
 
 
 @register_model("deeplabv3")
@@ -106,7 +108,8 @@ def _deeplabv3(encoder: str | None, num_classes: int, in_channels: int, upsampli
     enc = _encoder("deeplabv3", encoder, in_channels, encoder_weights, output_stride)
     decoder = DeepLabV3Decoder(enc.out_channels, num_classes, output_stride, upsampling, atrous_rates, aspp_channels,
                                bool(aspp_conv), bool(separable), dropout)
-    return _model("deeplabv3", enc, decoder, num_classes, aux_classes, aux_head)
+    # bilinear (torchvision's, the default) resizes the logits to the image: any size as it is, no padding
+    return _model("deeplabv3", enc, decoder, num_classes, aux_classes, aux_head, pad_to_stride=upsampling != "bilinear")
 
 
 @register_model("deeplabv3plus")
@@ -129,7 +132,7 @@ def _fcn_head(encoder: str | None, num_classes: int, in_channels: int, upsamplin
     """fcn_head: torchvision's FCN (fcn_resnet50/101): a 3x3 conv-BN-ReLU head on a dilated encoder."""
     enc = _encoder("fcn_head", encoder, in_channels, encoder_weights, output_stride)
     decoder = FCNHeadDecoder(enc.out_channels, num_classes, output_stride, upsampling, dropout)
-    return _model("fcn_head", enc, decoder, num_classes, aux_classes, aux_head)
+    return _model("fcn_head", enc, decoder, num_classes, aux_classes, aux_head, pad_to_stride=upsampling != "bilinear")
 
 
 @register_model("fpn")

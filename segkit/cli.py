@@ -13,14 +13,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segkit import __version__
 from segkit.errors import SegkitError
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from segkit.engine.report import EvalReport
 
 # name -> (help, function that adds the subcommand's arguments, function that runs it).
@@ -195,10 +194,9 @@ def _add_evaluate_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     _check_counts(args)
-    check_output_file(args.out, "--out")  # before the evaluation, not after it
+    check_output_file(args.out, "--out", replaces=(lambda p: p.suffix.lower() == ".json", "a JSON report"),  # before the work
+                      inputs=[args.pred, args.gt, args.images, _file(args.checkpoint)])
     check_output_file(args.html, "--html", "report.html")
     if args.out and args.html and Path(args.out).resolve() == Path(args.html).resolve():
         raise SegkitError(f"--out and --html are both {args.out}; give the JSON report and the web page two names.")
@@ -271,8 +269,6 @@ def _add_report_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from segkit.engine.html import write_page
     from segkit.engine.runs import run_page
 
@@ -343,7 +339,10 @@ def _add_export_args(parser: argparse.ArgumentParser) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     from segkit.engine.export import export_model
 
-    check_output_file(args.out, "--out")
+    example = "model.onnx" if args.format == "onnx" else "model.torchscript.pt"
+    check_output_file(args.out, "--out", example, inputs=[_file(args.checkpoint)],
+                      replaces=(lambda p: p.suffix.lower() == ".onnx", "an ONNX model") if args.format == "onnx"
+                      else (_is_torchscript, "a TorchScript model"))
     result = export_model(args.checkpoint, args.format, args.out, size=args.size, opset=args.opset)
     print(result.summary())
     if not result.ok:
@@ -442,15 +441,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def check_output_file(value: str | None, flag: str, example: str = "report.json") -> None:
+def check_output_file(value: str | None, flag: str, example: str = "report.json", *,
+                      replaces: tuple[Callable[[Path], bool], str] | None = None, inputs: Sequence[str | None] = ()) -> None:
     """A SegkitError when the file ``value`` cannot be written: it is a directory, or a file stands
-    where a folder must. ``--html`` also refuses to replace a file that is not a web page (a run's
-    metrics.jsonl, a compared report, a mask): an easy slip that would destroy an input."""
-    from pathlib import Path
-
+    where a folder must. Reports and exports never replace an input: ``--html`` refuses a file that
+    is not a web page (a run's metrics.jsonl, a compared report, a mask), ``replaces`` (a test and
+    what it accepts) says which existing files another flag may overwrite (``--out``: a JSON
+    report, an exported model), and
+    ``value`` may neither be one of ``inputs`` nor lie inside one of those folders (the figures
+    written beside a report would join the masks being scored)."""
     if not value:
         return
     path = Path(value)
+    for given in filter(None, inputs):
+        source = Path(given).resolve()
+        if path.resolve() == source or (source.is_dir() and source in path.resolve().parents):
+            raise SegkitError(f"{flag} {path} is {'inside ' if source.is_dir() else ''}the input {given}; write it elsewhere.")
+    if replaces is not None and path.is_file() and not replaces[0](path):
+        raise SegkitError(f"{flag} {path} would replace a file that is not {replaces[1]}; give a new file name (e.g. {example}).")
     if path.is_dir():
         raise SegkitError(f"{flag} {path} is a directory; give a file name (e.g. {path / example}).")
     for parent in path.parents:
@@ -460,6 +468,22 @@ def check_output_file(value: str | None, flag: str, example: str = "report.json"
             break
     if flag == "--html" and path.exists() and path.suffix.lower() not in (".html", ".htm"):
         raise SegkitError(f"--html {path} would replace a file that is not a web page; give a new .html file name.")
+
+
+def _file(value: str | None) -> str | None:
+    """``value`` when it names a file (a checkpoint), None for a run directory: a report may go inside a run."""
+    return value if value and Path(value).is_file() else None
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip holding ``code/``), not a checkpoint or another file."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/", 2)[1:2] == ["code"] for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def user_message(err: SegkitError) -> str:

@@ -86,7 +86,8 @@ class SegmentationModel(nn.Module):
 
     The image is zero-padded on the bottom/right to a multiple of the encoder's deepest stride (and
     at least to the encoder's minimum input size) and the logits cropped back (see the module
-    docstring). With an ``aux_head`` the forward returns
+    docstring); with ``pad_to_stride=False`` (a decoder that resizes its logits to the image, as
+    DeepLab's bilinear one does) only to the minimum size. With an ``aux_head`` the forward returns
     ``(logits, class_logits)``, the class logits ``(N, aux_classes)`` from the head on the
     encoder's deepest features.
 
@@ -101,7 +102,7 @@ class SegmentationModel(nn.Module):
     """
 
     def __init__(self, encoder: Encoder, decoder: nn.Module, head: nn.Module, aux_head: nn.Module | None = None,
-                 side_heads: nn.ModuleList | None = None) -> None:
+                 side_heads: nn.ModuleList | None = None, pad_to_stride: bool = True) -> None:
         super().__init__()
         if side_heads is not None and not hasattr(decoder, "forward_levels"):
             raise ValueError(f"side heads need a decoder with forward_levels; {type(decoder).__name__} has none")
@@ -110,7 +111,10 @@ class SegmentationModel(nn.Module):
         self.head = head
         self.aux_head = aux_head
         self.side_heads = side_heads
-        self.multiple = max(encoder.reductions)
+        # A decoder that resizes its logits to the image (bilinear DeepLab, torchvision's FCN head) takes
+        # any size as it is, as torchvision's models do: padding would change their logits (the image
+        # pooling averages the padded zeros too). The others line every level up by padding.
+        self.multiple = max(encoder.reductions) if pad_to_stride else 1
         self.min_size = -(-encoder.min_input_size // self.multiple) * self.multiple
         self.use_switches = getattr(decoder, "upsampling", None) == "max_unpool"
 

@@ -173,6 +173,24 @@ def test_onnx_export_round_trip(tmp_path, capsys):
             torch.testing.assert_close(torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), model(x), rtol=1e-4, atol=1e-5)
 
 
+def test_unpadded_deeplab_exports_take_any_size(tmp_path, capsys):
+    """DeepLabV3's bilinear logits are not padded (torchvision's behaviour), so its traced graphs
+    are right at sizes off any stride grid too, and the summary says so."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    ckpt = write_checkpoint(tmp_path / "best.pt", arch="deeplabv3", decoder={"aspp_channels": 16})
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--size", "64", "64"]) == 0
+    assert "any H and W of at least" in capsys.readouterr().out
+    session = ort.InferenceSession(str(tmp_path / "best.onnx"), providers=["CPUExecutionProvider"])
+    from segkit.engine.inference import load_model
+
+    model, _ = load_model(ckpt)
+    for shape in ((1, 1, 97, 131), (2, 1, 40, 75)):
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), model(x), rtol=1e-4, atol=1e-5)
+
+
 def test_onnx_without_the_package_is_a_clear_error(tmp_path, monkeypatch, capsys):
     import builtins
 

@@ -112,3 +112,30 @@ def _config(run):
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
+
+
+def test_out_never_replaces_an_input_or_lands_among_the_masks(folders, tmp_path, capsys):
+    """evaluate --out wrote JSON over any file (a checkpoint, a mask) and its figures into the
+    prediction folder; export --out wrote a model over the checkpoint it read."""
+    base = ["evaluate", "--pred", str(folders / "pred"), "--gt", str(folders / "gt"), "--num-classes", "3"]
+    mask = sorted((folders / "pred").iterdir())[0]
+    before = mask.read_bytes()
+    assert main([*base, "--out", str(mask)]) == 2
+    assert main([*base, "--out", str(folders / "gt" / "report.json")]) == 2
+    assert mask.read_bytes() == before and not (folders / "gt" / "report.json").exists()
+    assert capsys.readouterr().err.count("is inside the input") == 2
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main([*base, "--out", str(tmp_path / "notes.txt")]) == 2
+    assert "would replace a file that is not a JSON report" in capsys.readouterr().err
+    (tmp_path / "old.json").write_text("{}")
+    assert main([*base, "--out", str(tmp_path / "old.json")]) == 0  # a report replaces a report
+    assert json.loads((tmp_path / "old.json").read_text())["num_classes"] == 3
+
+    checkpoint = tmp_path / "best.pt"
+    save_checkpoint({"model": {}, "config": {}}, checkpoint)
+    saved = checkpoint.read_bytes()
+    for fmt, out in (("onnx", checkpoint), ("torchscript", checkpoint), ("torchscript", tmp_path / "old.json")):
+        assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("is the input") == 2 and "would replace a file that is not a TorchScript model" in err
+    assert checkpoint.read_bytes() == saved

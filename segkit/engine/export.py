@@ -10,9 +10,10 @@ image-level auxiliary head is dropped).
   of 32, like the ONNX export.
 - ONNX (TorchScript-based exporter, ``dynamo=False``, needs the ``onnx`` package): batch, height
   and width are dynamic axes, but the padding arithmetic is traced as constants, so the ONNX
-  model takes heights and widths that are multiples of the model's deepest stride (32; 16 or 8
-  for a dilated DeepLab, 16 for the original U-Net with same padding; other sizes run but give
-  wrong logits, which the printed summary says): pad images bottom/right and crop the logits back. Its outputs are compared with PyTorch's by
+  model takes heights and widths that are multiples of the model's deepest stride (32; 16 for
+  the original U-Net with same padding; any size for DeepLabV3 and the FCN head with their
+  bilinear logits, which are not padded; other sizes run but give wrong logits, which the printed
+  summary says): pad images bottom/right and crop the logits back. Its outputs are compared with PyTorch's by
   onnxruntime when that is installed, and the check is skipped (and said so) when it is not.
 """
 
@@ -152,6 +153,8 @@ def size_rule(model: nn.Module) -> str:
     if getattr(model, "valid", False):  # the paper's U-Net with valid convolutions: no padding at all
         return "H and W must be sizes the valid-convolution U-Net takes (e.g. 572, as in the paper)"
     multiple = getattr(model, "multiple", None) or (16 if hasattr(model, "valid") else None)  # unet_original, padding same: 16
+    if multiple == 1:  # bilinear DeepLab / FCN head: no padding but up to the encoder's smallest input
+        return f"any H and W of at least {getattr(model, 'min_size', 1)} (smaller ones give wrong logits: pad them bottom/right)"
     return f"H and W must be multiples of {multiple} (other sizes give wrong logits: pad images bottom/right)" if multiple else ""
 
 
