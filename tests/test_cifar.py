@@ -130,7 +130,10 @@ def test_truncated_and_missing_files(tmp_path):
     (tmp_path / "test_batch").write_bytes(data[: len(data) // 2])
     with pytest.raises(SegkitError, match="test_batch is not a readable pickle.*truncated"):
         CifarDataset(tmp_path, "test")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(SegkitError, match="holds no CIFAR batch files"):
+        CifarDataset(tmp_path / "empty", "train")
+    with pytest.raises(SegkitError, match="CIFAR folder .*nothing_here does not exist"):
         CifarDataset(tmp_path / "nothing_here", "train")
     with pytest.raises(SegkitError, match="does not exist"):
         read_cifar_batch(tmp_path / "data_batch_9")

@@ -83,6 +83,23 @@ def test_bad_inputs_get_clear_errors():
         encoder(torch.randn(1, 1, 16, 64))
     with pytest.raises(SegkitError, match=r"\(N, C, H, W\)"):
         encoder(torch.randn(1, 64, 64))
+    vgg = segkit.create_classifier("vgg11", num_classes=3).eval()  # five poolings: a raw max_pool error before
+    assert vgg(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+    with pytest.raises(SegkitError, match="VGG needs images of at least 32x32 pixels; got 31x31"):
+        vgg(torch.randn(1, 3, 31, 31))
+
+
+def test_errors_name_what_to_do_instead(tmp_path):
+    with pytest.raises(SegkitError, match=r"does not exist; pass the path of a checkpoint file you have, or a published name such as weights='imagenet'"):
+        segkit.create_classifier("vgg16", weights=tmp_path / "vgg16-397923af.pth")
+    with pytest.raises(SegkitError, match=r"pass no weights \(weights=None; encoder_weights in create_model"):
+        segkit.create_encoder("resnet34_a", weights="imagenet")
+
+
+def test_an_fcn_the_encoder_cannot_feed_names_those_it_can():
+    pytest.importorskip("timm")
+    with pytest.raises(SegkitError, match="choose fcn32s/fcn16s/fcn8s/fcn4s or another encoder"):  # not "fcn32s/fcn16s" alone
+        segkit.create_model("fcn2s", encoder="tu-convnext_atto")
 
 
 def test_bad_shortcut_option():

@@ -21,6 +21,10 @@ def test_a_weights_file_of_another_model_is_refused_and_the_right_one_loads(tmp_
     with pytest.raises(SegkitError, match=r"resnet18\.pth holds no values for \d+ of the \d+ weight tensors of timm's resnet34 .*"
                                           r"which would stay random"):
         segkit.create_encoder("tu-resnet34", weights=other)
+    deeper = tmp_path / "resnet34.pth"  # every tensor of resnet18 is there, and a third block per stage more
+    torch.save(timm.create_model("resnet34").state_dict(), deeper)
+    with pytest.raises(SegkitError, match=r"resnet34\.pth holds tensors that timm's resnet18 does not have \(layer1\.2\."):
+        segkit.create_encoder("tu-resnet18", weights=deeper)
     junk = tmp_path / "junk.pth"
     torch.save({"foo.weight": torch.zeros(3, 3)}, junk)
     with pytest.raises(SegkitError, match="junk.pth holds no values for"):

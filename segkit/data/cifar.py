@@ -89,6 +89,9 @@ def read_cifar_batch(path: str | os.PathLike[str]) -> dict[str, Any]:
 def find_cifar(root: str | os.PathLike[str]) -> tuple[Path, str]:
     """The folder holding the batches (``root`` or its cifar-10-batches-py / cifar-100-python) and "cifar10" or "cifar100"."""
     root = Path(root).expanduser()
+    if not root.is_dir():
+        raise SegkitError(f"CIFAR folder {root} does not exist; set data.root to the folder the 'python version' archive "
+                          "extracts to (cifar-10-batches-py or cifar-100-python, or their parent).")
     for folder in (root, root / "cifar-10-batches-py", root / "cifar-100-python"):
         if (folder / "data_batch_1").is_file():
             return folder, "cifar10"

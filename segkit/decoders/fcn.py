@@ -185,9 +185,12 @@ class FCNDecoder(nn.Module):
         steps = check_reductions(reductions, levels, f"FCN-{stride}s")
         needed = [s for s in FCN_STRIDES if s >= stride]
         if reductions[-1] != 32 or any(s not in reductions for s in needed):
+            # the FCNs this encoder can feed: every stride from 32 down to theirs present
+            fits = [f"fcn{s}s" for s in FCN_STRIDES if reductions[-1] == 32 and all(t in reductions for t in FCN_STRIDES if t >= s)]
+            choice = f"choose {'/'.join(fits)} or another encoder" if fits else "choose an encoder whose deepest stride is 32"
             raise SegkitError(
                 f"fcn{stride}s needs encoder features at strides {_and(sorted(needed))} (32 the deepest); "
-                f"this encoder's are {reductions}: choose fcn32s/fcn16s or another encoder, or use unet."
+                f"this encoder's are {reductions}: {choice}, or use unet."
             )
         if upsampling == "max_unpool" and (switch_channels is None or len(switch_channels) != steps):
             raise SegkitError(f"the max_unpool FCN decoder needs the channel count of each of the encoder's {steps} switch tensors.")

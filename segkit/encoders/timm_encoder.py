@@ -26,6 +26,7 @@ What comes from timm, and what segkit adds:
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -287,12 +288,19 @@ def _create_checking_file(timm: Any, model_name: str, options: dict[str, Any], f
     timm loads ``features_only`` weights non-strictly (the classifier head is not kept), so a file
     of another model loads what happens to match and leaves the rest random, silently. The model is
     built twice from one seed, with and without the file: a weight tensor equal to its random
-    initialisation was not in the file.
+    initialisation was not in the file. A file with tensors the model lacks (a deeper sibling:
+    timm's resnet34 for resnet18) is another model's too: timm only logs its "Unexpected keys".
     """
     seed = int(torch.randint(0, 2**31 - 1, (1,)))
+    unexpected = _UnexpectedKeys()
+    builder_log = logging.getLogger("timm.models._builder")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = timm.create_model(model_name, **options)
+        builder_log.addHandler(unexpected)
+        try:
+            model = timm.create_model(model_name, **options)
+        finally:
+            builder_log.removeHandler(unexpected)
         torch.manual_seed(seed)
         fresh = timm.create_model(model_name, **{**{k: v for k, v in options.items() if k != "pretrained_cfg_overlay"}, "pretrained": False})
     initial = fresh.state_dict()
@@ -301,7 +309,23 @@ def _create_checking_file(timm: Any, model_name: str, options: dict[str, Any], f
     if missing:
         raise SegkitError(f"{file} holds no values for {len(missing)} of the {len(weights)} weight tensors of timm's {arch} "
                           f"(e.g. {missing[0]}), which would stay random; pass a state dict of timm's {arch} (.pth or .safetensors).")
+    if unexpected.keys:
+        raise SegkitError(f"{file} holds tensors that timm's {arch} does not have ({unexpected.keys[:120]}...): it is another "
+                          f"model's state dict; pass one of timm's {arch} (.pth or .safetensors).")
     return model
+
+
+class _UnexpectedKeys(logging.Handler):
+    """Catches timm's "Unexpected keys (...)" log line while it loads a weights file."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.keys = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Unexpected keys"):
+            self.keys = message[message.find("(") + 1:].split(")")[0]
 
 
 def timm_mean_std(name: str, weights: object, in_channels: int) -> tuple[list[float], list[float]] | None:

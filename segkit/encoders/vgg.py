@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segkit.encoders.base import Classifier, Encoder, kaiming_init, register_classifier, register_encoder
+from segkit.encoders.base import Classifier, Encoder, check_input, kaiming_init, register_classifier, register_encoder
 
 __all__ = ["VGG", "VGGEncoder", "CONFIGS"]
 
@@ -112,7 +112,10 @@ class VGG(_VGGBody, Classifier):
         )
         kaiming_init(self.classifier)
 
+    min_input_size = 32  # five 2x2 poolings
+
     def forward(self, x: Tensor) -> Tensor:
+        check_input(self, x, self.min_input_size)
         x = self.avgpool(self.features(x))
         return self.classifier(torch.flatten(x, 1))
 

@@ -96,7 +96,8 @@ def _read_checkpoint(path: Path) -> dict[str, Tensor]:
 
 def _load_object(path: Path) -> object:
     if not path.exists():
-        raise SegkitError(f"weights file {path} does not exist; pass the path of a checkpoint file you have locally (segkit never downloads).")
+        raise SegkitError(f"weights file {path} does not exist; pass the path of a checkpoint file you have, or a published "
+                          "name such as weights='imagenet' (downloaded once into torch's hub cache).")
     if not path.is_file():
         raise SegkitError(f"weights path {path} is not a file; pass the checkpoint file itself, e.g. resnet50-0676ba61.pth.")
     try:
@@ -302,7 +303,8 @@ def published_weights(arch: str) -> list[PublishedWeights]:
     from torchvision.models import get_model_weights
 
     if arch not in _PUBLISHED and arch not in _PUBLISHED_MODELS.values():
-        raise SegkitError(f"{_why_unpublished(arch)}; pass encoder_weights=None or the path of a checkpoint file.")
+        raise SegkitError(f"{_why_unpublished(arch)}; pass no weights (weights=None; encoder_weights in create_model and "
+                          "configs) or the path of a checkpoint file.")
     enum = get_model_weights(arch)
     found = []
     for weights in enum:
