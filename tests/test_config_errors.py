@@ -83,7 +83,7 @@ def test_output_paths_that_cannot_be_written_are_named_first(tmp_path, data_root
     config.write_text(json.dumps(tiny_config(data_root, epochs=1)))
     assert main(["train", str(config), "--out", str(blocker), "--quiet"]) == 2
     assert "--out" in capsys.readouterr().err
-    assert main(["evaluate", "--pred", str(tmp_path), "--gt", str(tmp_path), "--num-classes", "3",
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", "3",
                  "--out", str(blocker / "r.json")]) == 2
     err = capsys.readouterr().err
     assert f"--out {blocker / 'r.json'} lies under {blocker}, which is a file" in err and err.count("\n") == 1
