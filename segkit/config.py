@@ -234,6 +234,8 @@ def check_config(cfg: DictConfig, source: str) -> None:
     betas = OmegaConf.select(cfg, "optimizer.betas")
     if betas is not None and (len(betas) != 2 or not all(0 <= b < 1 for b in betas)):
         raise SegkitError(f"{source}: config key 'optimizer.betas' must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {list(betas)}.")
+    if cfg.task == "segmentation":
+        _check_segmentation_data(cfg, source)
     if cfg.task == "segmentation" and cfg.model.num_classes == 1:
         raise SegkitError(f"{source}: config key 'model.num_classes' is 1; segkit trains and scores binary segmentation as 2 classes "
                           "(background, foreground): set model.num_classes: 2 (and data.options.binary: true for 0/255 masks).")
@@ -247,6 +249,21 @@ def check_config(cfg: DictConfig, source: str) -> None:
     for i, term in enumerate(cfg.loss):
         if not isinstance(term, DictConfig) or "name" not in term:
             raise SegkitError(f"{source}: config key 'loss[{i}]' needs a 'name' (e.g. ce, dice, focal).")
+
+
+def _check_segmentation_data(cfg: DictConfig, source: str) -> None:
+    """The classification-only data keys (which a segmentation run would silently ignore) and an
+    ignore_index no mask pixel can hold."""
+    defaults = DataConfig()
+    for key in ("augment", "crop_size", "resize_size", "crop_padding", "hflip"):
+        if cfg.data.get(key) != getattr(defaults, key):
+            raise SegkitError(f"{source}: config key 'data.{key}' is for task: classification, and segmentation ignores it; "
+                              "segmentation augments with data.train_transforms, a list of steps (e.g. [{name: random_crop, "
+                              "size: 256}, hflip]): remove the key and give the steps there.")
+    if cfg.data.ignore_index < 0:
+        raise SegkitError(f"{source}: config key 'data.ignore_index' is {cfg.data.ignore_index}; masks hold labels >= 0, so no pixel "
+                          "can carry it (and augmentation fills new mask pixels with it): use the value your masks use for "
+                          "unlabelled pixels, 255 by default.")
 
 
 def _check_deep_supervision_weights(cfg: DictConfig, source: str) -> None:

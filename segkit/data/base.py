@@ -18,7 +18,7 @@ The result is ``(image float32 (C, H, W), mask int64 (H, W))``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +189,9 @@ class SegmentationDataset(Dataset):
         if self.transforms is not None:
             reseed_for_worker(self.transforms)
             out = self.transforms(image=image, mask=mask)
+            if not isinstance(out, Mapping) or "image" not in out or "mask" not in out:
+                raise SegkitError(f"the transforms returned {type(out).__name__} for {self.image_path(index)}; a transform "
+                                  "callable takes image= and mask= and returns a dict with both (as albumentations does)")
             image, mask = out["image"], out["mask"]
         image_t = (
             image
@@ -198,11 +201,30 @@ class SegmentationDataset(Dataset):
         mask_t = mask if isinstance(mask, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(mask))
         if image_t.ndim == 2:
             image_t = image_t.unsqueeze(0)
+        if self.transforms is not None:
+            self._check_transformed(index, image_t, mask_t)
         if self.device_scaling:  # uint8 or [0, 1] float32; the engine scales and standardises on the device
             # 8-bit masks stay uint8 too (8x fewer bytes through the loader); the step makes them int64
             return image_t, mask_t if mask_t.dtype == torch.uint8 else mask_t.long()
         image_t = (image_t.float() - self.mean) / self.std
         return image_t, mask_t.long()
+
+    def _check_transformed(self, index: int, image: torch.Tensor, mask: torch.Tensor) -> None:
+        """What the transforms returned still pairs up: a mask of the image's size holding labels."""
+        where = self.mask_source(index)
+        if mask.shape != image.shape[-2:]:
+            raise SegkitError(f"after the transforms, the mask of {where} is {tuple(mask.shape)} but its image "
+                              f"{tuple(image.shape[-2:])}; every transform must move image and mask alike")
+        if mask.is_floating_point():
+            raise SegkitError(f"after the transforms, the mask of {where} is {mask.dtype}; masks hold integer labels, "
+                              "so a transform must not interpolate or convert them")
+        if self.num_classes is not None and mask.numel():
+            top = int(mask.max())
+            if top >= self.num_classes and top != self.ignore_index or int(mask.min()) < 0:
+                bad = top if top >= self.num_classes and top != self.ignore_index else int(mask.min())
+                raise SegkitError(f"after the transforms, the mask of {where} holds {bad}, outside [0, {self.num_classes}) and "
+                                  f"not ignore_index {self.ignore_index}: a transform filled new pixels with it (its fill_mask, or "
+                                  "an ignore_index an 8-bit mask cannot hold); use ignore_index or a class for fill_mask")
 
     def __len__(self) -> int:
         raise NotImplementedError

@@ -82,6 +82,11 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+_NEAREST_EXACT = 6  # cv2.INTER_NEAREST_EXACT (OpenCV is not imported to build a spec)
+_NEAREST = (0, _NEAREST_EXACT)
+_RESIZING = ("random_resized_crop", "resize", "smallest_max_size")  # steps that resample at another scale
+
+
 def list_transforms() -> list[str]:
     """The step names a spec may use."""
     return sorted(TRANSFORMS)
@@ -155,10 +160,17 @@ def _step(step: Any, index: int, ignore_index: int) -> Any:
         raise SegkitError(
             f"{where} has no option {', '.join(map(repr, unknown))}; valid options: {', '.join(sorted(accepted | set(extra)))}"
         )
-    if options.get("mask_interpolation", 0) != 0:
+    if options.get("mask_interpolation", 0) not in _NEAREST:
         raise SegkitError(
-            f"{where} sets mask_interpolation; masks must use nearest interpolation (0), remove the option"
+            f"{where} sets mask_interpolation; masks must use nearest interpolation (0, or 6: exact), remove the option"
         )
+    if options.get("area_for_downscale") == "image_mask":
+        raise SegkitError(f"{where} sets area_for_downscale: image_mask, which averages mask labels; use 'image' or leave it out")
+    if name in _RESIZING and "mask_interpolation" in accepted:
+        # OpenCV's INTER_NEAREST takes each output pixel's top-left source pixel: a mask downscaled by
+        # 4 sat 2 source pixels up-left of its bilinear image. The exact (centre) rule keeps them aligned;
+        # an image resampled by INTER_NEAREST itself keeps its mask on the same rule.
+        kwargs["mask_interpolation"] = 0 if options.get("interpolation") == 0 else _NEAREST_EXACT
     kwargs.update(options)
     if name == "pad" and kwargs.get("min_height") is None and kwargs.get("pad_height_divisor") is None:
         raise SegkitError(f"{where} needs size or divisor; e.g. {{'name': 'pad', 'divisor': 32}}")
@@ -216,7 +228,8 @@ def moves_pixels_only(pipeline: Any) -> bool:
         return True
     lossless = (A.HorizontalFlip, A.VerticalFlip, A.RandomRotate90, A.RandomCrop, A.CenterCrop, A.PadIfNeeded, ToTensorV2)
     steps = getattr(pipeline, "transforms", None)
-    return steps is not None and all(type(step) in lossless for step in steps)
+    # A padding fill is in [0, 1] units; on a uint8 image 0.5 would be 0.5 of 255: only a zero fill is the same both ways.
+    return steps is not None and all(type(step) in lossless and not np.any(np.asarray(getattr(step, "fill", 0) or 0)) for step in steps)
 
 
 def build_transforms(

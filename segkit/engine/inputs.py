@@ -83,6 +83,12 @@ class InputPipeline:
             _WARNED.add(self.note())
             logger.warning("%s", self.note())
         last_resize = max((i for i, step in enumerate(kept) if _step_name(step) in _RESIZES), default=-1)
+        early_pads = [i for i, step in enumerate(kept[:last_resize]) if _step_name(step) == "pad"]
+        if early_pads:
+            # The logits are resized back whole, so a pad before the resize would be stretched over the image.
+            raise SegkitError("data.val_transforms pads before it resizes (letterboxing); inference maps logits back by undoing "
+                              "pads after the last resize only, so put the pad after the resize, e.g. [{name: resize, size: 256}, "
+                              "{name: pad, divisor: 32}]")
         before, after = kept[: last_resize + 1], kept[last_resize + 1 :]
         self.before = build_transforms(before, train=False, seed=seed, ignore_index=ignore_index) if before else None
         self.after = build_transforms(after, train=False, seed=seed, ignore_index=ignore_index) if after else None
