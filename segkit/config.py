@@ -205,10 +205,14 @@ def _check_choice(cfg: DictConfig, key: str, choices: Sequence[str], source: str
         raise SegkitError(f"{source}: config key '{key}' is {value!r}; choose one of {', '.join(choices)}.")
 
 
-def _check_positive(cfg: DictConfig, key: str, source: str, allow_zero: bool = False) -> None:
+def _check_positive(cfg: DictConfig, key: str, source: str, allow_zero: bool = False, below: float | None = None) -> None:
+    """``key`` > 0 (or >= 0), finite, and under ``below`` if given."""
     value = OmegaConf.select(cfg, key)
-    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
-        raise SegkitError(f"{source}: config key '{key}' must be {'>= 0' if allow_zero else '> 0'}; got {value}.")
+    if value is None:
+        return
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero) or (below is not None and value >= below):
+        bounds = f"{'>= 0' if allow_zero else '> 0'}{f' and < {below:g}' if below is not None else ''}"
+        raise SegkitError(f"{source}: config key '{key}' must be {bounds}; got {value}.")
 
 
 def check_config(cfg: DictConfig, source: str) -> None:
@@ -226,11 +230,24 @@ def check_config(cfg: DictConfig, source: str) -> None:
                 "data.crop_size", "data.resize_size"):
         _check_positive(cfg, key, source)
     for key in ("trainer.val_batch_size", "data.num_workers", "optimizer.weight_decay", "schedule.warmup_iters", "model.encoder_lr_mult",
-                "data.crop_padding", "trainer.aux_weight", "trainer.checkpoint_interval", "optimizer.momentum", "output.num_vis"):
+                "data.crop_padding", "trainer.aux_weight", "trainer.checkpoint_interval", "output.num_vis"):
         _check_positive(cfg, key, source, allow_zero=True)
     # A negative clip norm or decay factor would flip the gradient's or the learning rate's sign: ascent, not descent.
-    for key in ("trainer.clip_grad_norm", "schedule.gamma", "schedule.warmup_factor", "optimizer.eps"):
+    for key in ("trainer.clip_grad_norm", "schedule.gamma", "schedule.warmup_factor", "optimizer.eps", "schedule.power"):
         _check_positive(cfg, key, source)
+    for key in ("schedule.min_lr", "schedule.decay"):  # a negative floor or decay gives negative rates: ascent
+        _check_positive(cfg, key, source, allow_zero=True)
+    for key in ("optimizer.momentum", "optimizer.alpha"):  # averages of past gradients: a factor of 1 or more diverges
+        _check_positive(cfg, key, source, allow_zero=True, below=1.0)
+    if cfg.schedule.warmup_factor > 1:
+        raise SegkitError(f"{source}: config key 'schedule.warmup_factor' is {cfg.schedule.warmup_factor}; the warm-up starts at "
+                          "this fraction of the learning rate and rises to it, so it must be in (0, 1], e.g. 0.001.")
+    if any(m < 1 for m in cfg.schedule.milestones):
+        raise SegkitError(f"{source}: config key 'schedule.milestones' holds {list(cfg.schedule.milestones)}; milestones are "
+                          "optimizer-step numbers >= 1.")
+    if cfg.optimizer.name == "sgd" and cfg.optimizer.nesterov and cfg.optimizer.momentum == 0:
+        raise SegkitError(f"{source}: config key 'optimizer.nesterov' is true with momentum 0; Nesterov momentum needs "
+                          "optimizer.momentum > 0 (e.g. 0.9).")
     betas = OmegaConf.select(cfg, "optimizer.betas")
     if betas is not None and (len(betas) != 2 or not all(0 <= b < 1 for b in betas)):
         raise SegkitError(f"{source}: config key 'optimizer.betas' must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {list(betas)}.")

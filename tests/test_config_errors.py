@@ -155,3 +155,23 @@ def test_onnx_of_max_location_unpooling_says_the_one_shape_it_is_right_for(tmp_p
     assert result.ok and "the graph is right for 1x1x64x96 inputs only" in result.summary()
     scripted = export_model(ckpt, "torchscript", tmp_path / "m.pt", size=(64, 96))
     assert scripted.ok and "1x1x64x96" not in scripted.summary()
+
+
+@pytest.mark.parametrize("override,match", [
+    ("schedule.warmup_factor=1.5", "'schedule.warmup_factor' is 1.5; the warm-up starts at this fraction"),
+    ("schedule.power=-1", "'schedule.power' must be > 0"),
+    ("schedule.decay=-0.5", "'schedule.decay' must be >= 0"),
+    ("schedule.min_lr=-0.05", "'schedule.min_lr' must be >= 0"),
+    ("optimizer.alpha=1.5", "'optimizer.alpha' must be >= 0 and < 1"),
+    ("optimizer.momentum=1.0", "'optimizer.momentum' must be >= 0 and < 1"),
+    ("optimizer.lr=.nan", "'optimizer.lr' must be > 0; got nan"),
+    ("optimizer.lr=.inf", "'optimizer.lr' must be > 0; got inf"),
+    ("schedule.milestones=[0,5]", "'schedule.milestones' holds \\[0, 5\\]"),
+    ("optimizer.nesterov=true", "'optimizer.nesterov' is true with momentum 0"),
+])
+def test_schedule_and_optimizer_values_that_cannot_work_are_named(override, match):
+    """Each trained uphill (a negative rate), crashed with a traceback mid-run, or stopped on a NaN loss."""
+    base = {"model": {"arch": "unet", "encoder": "resnet18", "num_classes": 2}, "data": {"kind": "folder", "root": "x"}}
+    extra = ["optimizer.momentum=0"] if "nesterov" in override else []
+    with pytest.raises(SegkitError, match=match):
+        config_from_dict(base, [override, *extra])

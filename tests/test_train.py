@@ -233,7 +233,8 @@ def test_misspelt_data_option_names_the_key_and_the_fix(tmp_path, data_root):
 
 def test_gradient_accumulation_matches_a_hand_written_loop(tmp_path, data_root):
     """grad_accum=2: windows of two batches, each batch's loss / 2, one step per window, the last
-    window of the epoch short (3 batches -> steps after batches 2 and 3); the same as by hand."""
+    window of the epoch short (3 batches -> steps after batches 2 and 3) and averaged over the one
+    batch it holds (it was divided by 2 as well: half the gradient); the same as by hand."""
     from torch.utils.data import default_collate
 
     from segkit.engine.builders import build_datasets, build_loss_fn, build_model_from_config
@@ -262,7 +263,7 @@ def test_gradient_accumulation_matches_a_hand_written_loop(tmp_path, data_root):
     for window in (batches[:2], batches[2:]):
         optimizer.zero_grad()
         for images, masks in window:
-            (loss_fn(model(scaling(images)), masks.long()) / 2).backward()
+            (loss_fn(model(scaling(images)), masks.long()) / len(window)).backward()
         optimizer.step()
     by_hand = model.state_dict()
     for key in engine:
@@ -272,3 +273,16 @@ def test_gradient_accumulation_matches_a_hand_written_loop(tmp_path, data_root):
     train(single, tmp_path / "single", progress=False)
     other = load_checkpoint(tmp_path / "single" / "last.pt")["model"]
     assert any(not torch.allclose(other[k], engine[k]) for k in engine if engine[k].is_floating_point())
+
+
+def test_the_logged_learning_rate_is_the_one_each_step_ran_at(tmp_path, data_root, caplog):
+    """metrics.jsonl logged the rate after the schedule had moved on (step 1 showed step 2's); a
+    warm-up longer than the run is cut, and said."""
+    overrides = ["optimizer.lr=0.01", "schedule.name=constant", "schedule.warmup_iters=2", "schedule.warmup_factor=0.1"]
+    train(config_from_dict(tiny_config(data_root, epochs=1), overrides), tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [row["lr"] for row in rows if row.get("kind") == "train"]
+    assert lrs == pytest.approx([0.001, 0.0055, 0.01])  # 3 steps: the ramp from 0.1 x lr, then the rate itself
+    with caplog.at_level("WARNING", logger="segkit"):
+        train(config_from_dict(tiny_config(data_root, epochs=1), ["schedule.warmup_iters=1000"]), tmp_path / "long", progress=False)
+    assert "schedule.warmup_iters is 1000 but the run has 3 optimizer steps: the warm-up is cut to 2" in caplog.text

@@ -212,7 +212,9 @@ def train_epoch(run: Run, epoch: int, batch_in_epoch: int, step: int, carried: d
             # step: the new gradients then reuse the freed ones' memory; clearing right after the
             # step cost 5-8 % of CPU throughput in allocations (scripts/benchmark.py training).
             run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss / accum).backward()
+        # The window's mean loss: its last window in an epoch may hold fewer than accum batches.
+        window_start = batch_in_epoch - batch_in_epoch % accum
+        run.scaler.scale(loss / min(accum, run.batches_per_epoch - window_start)).backward()
         batch_in_epoch += 1
         seen += images.shape[0]
         if not (batch_in_epoch % accum == 0 or batch_in_epoch == run.batches_per_epoch):
@@ -222,6 +224,7 @@ def train_epoch(run: Run, epoch: int, batch_in_epoch: int, step: int, carried: d
             nn.utils.clip_grad_norm_(run.model.parameters(), cfg.trainer.clip_grad_norm)
         run.scaler.step(run.optimizer)
         run.scaler.update()
+        step_lr = run.optimizer.param_groups[0]["lr"]  # the rate this step ran at (logged), before the schedule moves on
         run.scheduler.step()
         step += 1
         signalled = run.stop.signal is not None
@@ -243,7 +246,7 @@ def train_epoch(run: Run, epoch: int, batch_in_epoch: int, step: int, carried: d
                 f"{kept}; lower optimizer.lr or enable trainer.clip_grad_norm."
             )
         if log_point:
-            lr = run.optimizer.param_groups[0]["lr"]
+            lr = step_lr
             run.log.write({"kind": "train", "epoch": epoch + 1, "step": step, "loss": stats.window_loss, "lr": lr})
             if hasattr(bar, "set_postfix"):  # at log points only: the bar never reads a value back itself
                 bar.set_postfix(loss=f"{stats.window_loss:.4f}", lr=f"{lr:.2e}",

@@ -22,11 +22,20 @@ Below, ``t`` counts optimizer steps from 0 (the lr of step ``t + 1``), ``W = war
   two are torch's ``StepLR`` and ``MultiStepLR``.
 * the smooth schedules (``poly``, ``cosine``, ``exponential``, ``inverse_time``, ``constant``)
   start after the warm-up and run over the remaining ``T - W`` iterations (``t - W`` in the
-  formulas), so ``poly`` and ``cosine`` still end at their final value on the last iteration.
+  formulas): ``poly`` and ``cosine`` reach their final value after the last iteration, which
+  runs at the last rate before it (metrics.jsonl logs each step's own rate). Cosine's
+  ``min_lr`` is one floor for every parameter group (torch's ``eta_min``), so an encoder with
+  ``encoder_lr_mult`` below ``min_lr / lr`` rises towards it.
+
+With ``trainer.grad_accum = k`` each optimizer step averages the mean losses of its k batches
+(the last window of an epoch may hold fewer, and averages those); masks with ignored pixels or
+region losses therefore weigh each batch equally, not each counted pixel, unlike one batch of k
+times the size.
 """
 
 from __future__ import annotations
 
+import logging
 from bisect import bisect_right
 from typing import Any
 
@@ -38,6 +47,8 @@ from torch.optim import lr_scheduler
 from segkit.errors import SegkitError
 
 __all__ = ["build_optimizer", "build_scheduler", "encoder_parameters", "parameter_groups"]
+
+logger = logging.getLogger("segkit")
 
 
 def encoder_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -125,6 +136,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, total_ite
     """The schedule named by ``cfg.schedule.name`` over ``total_iters`` optimizer steps, with warm-up."""
     s = cfg.schedule
     warmup = min(s.warmup_iters, max(total_iters - 1, 0))
+    if warmup < s.warmup_iters:
+        logger.warning("schedule.warmup_iters is %d but the run has %d optimizer steps: the warm-up is cut to %d; set it "
+                       "below the run's length (a few per cent of it is usual).", s.warmup_iters, total_iters, warmup)
     main_iters = max(total_iters - warmup, 1)
     name = s.name
     if name in ("step", "multistep"):
