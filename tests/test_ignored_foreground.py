@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from segkit.data import FolderDataset
-from segkit.data.masks import ignored_foreground_hint
+from segkit.data.masks import binary_masks_hint, is_zero_255
 from segkit.engine.evaluate import evaluate_folders
 
 
@@ -37,12 +37,14 @@ def _folders(tmp_path: Path, gt_value: int, pred_value: int, n: int = 3, dtype=n
     return tmp_path / "pred", tmp_path / "gt"
 
 
-def test_the_hint_needs_ignored_pixels_and_no_other_label():
-    assert "set --binary" in ignored_foreground_hint([100, 0], 20, 255, "--binary")
-    assert "(20 pixels left out)" in ignored_foreground_hint([100, 0, 0], 20, 255, "--binary")
-    assert ignored_foreground_hint([100, 3], 20, 255, "--binary") is None  # a real class 1: 255 is a boundary
-    assert ignored_foreground_hint([100, 0], 0, 255, "--binary") is None  # nothing ignored
-    assert ignored_foreground_hint([100, 0], 20, 254, "--binary") is None  # not the 0/255 pattern
+def test_a_mask_is_flagged_when_it_has_ignored_pixels_and_no_other_label():
+    assert is_zero_255([100, 0], 20, 255) and is_zero_255([100, 0, 0], 20, 255)
+    assert not is_zero_255([100, 3], 20, 255)  # a real class 1: 255 is a boundary
+    assert not is_zero_255([100, 0], 0, 255)  # nothing ignored
+    assert not is_zero_255([100, 0], 20, 254)  # not the 0/255 pattern
+    assert binary_masks_hint([], 5, "--binary") is None
+    assert binary_masks_hint(["a.png"], 1, "--binary").startswith("every one of the 1 masks checked (e.g. a.png) hold")
+    assert binary_masks_hint(["a.png", "b.png"], 5, "--binary").startswith("2 of the 5 masks checked (e.g. a.png) hold only 0 and 255")
 
 
 @pytest.mark.parametrize("pred_value", [255, 1], ids=["pred 0-255", "pred 0-1"])  # the two counting branches
@@ -52,7 +54,7 @@ def test_prediction_folders_of_0_255_masks_get_the_warning(tmp_path, pred_value)
     if pred_value == 255:
         assert report.metrics["miou"] == 1.0  # what the warning is for: a perfect score of background alone
     [warning] = [w for w in report.warnings if "ignore_index" in w]
-    assert f"({3 * 16 * 20} pixels left out)" in warning and "set --binary" in warning
+    assert "every one of the 3 masks checked" in warning and "set --binary" in warning
 
     binary = evaluate_folders(pred, gt, 2, binary=True)
     assert not any("ignore_index" in w for w in binary.warnings)
@@ -88,7 +90,7 @@ def test_training_samples_the_masks_and_warns(tmp_path, caplog):
     masks = [_square(255) for _ in range(39)] + [np.zeros((32, 32), np.uint8)]
     dataset = _dataset(tmp_path / "plain", masks)
     hint = dataset.sampled_label_hint("data.options.binary: true")
-    assert hint.startswith("in 16 of the 40 masks checked,") and "set data.options.binary: true" in hint
+    assert hint.startswith("15 of the 16 masks checked (e.g. ") and "set data.options.binary: true" in hint
     with caplog.at_level(logging.WARNING, logger="segkit"):
         _warn_about_labels(dataset)
     assert "the training masks need a look" in caplog.text and "data.options.binary: true" in caplog.text
@@ -127,3 +129,17 @@ def test_1_bit_png_masks_hold_0_and_1_on_every_path(tmp_path):
     dataset = _dataset(tmp_path / "data", [square] * 2)
     assert dataset.sampled_label_hint() is None
     assert set(np.unique(dataset[0][1].numpy()).tolist()) == {0, 1}
+
+
+def test_masks_that_mix_1_bit_and_0_255_files_are_flagged_one_by_one(tmp_path):
+    """Half the masks 1-bit (0/1), half 8-bit 0/255: the summed histogram holds class 1, so a check
+    over all masks at once said nothing while half the foreground was ignored."""
+    masks = [_square(1).astype(bool) if i % 2 else _square(255) for i in range(6)]
+    dataset = _dataset(tmp_path / "data", masks)
+    assert dataset.sampled_label_hint().startswith("3 of the 6 masks checked")
+    assert "3 of the 6 masks checked" in "\n".join(dataset.check_files().hints)
+    for i, mask in enumerate(masks):
+        _write(tmp_path / "gt" / f"{i}.png", mask)
+        _write(tmp_path / "pred" / f"{i}.png", _square(1))
+    report = evaluate_folders(tmp_path / "pred", tmp_path / "gt", 2)
+    assert any(w.startswith("3 of the 6 masks checked") and "gt/0.png" in w for w in report.warnings)

@@ -36,7 +36,7 @@ import numpy as np
 from segkit.data.base import SegmentationDataset, channels_for, checked_transforms
 from segkit.data.io import read_image, read_mask_pixels
 from segkit.data.layout import list_splits, scan_folder
-from segkit.data.masks import Color, MaskDecoder, bad_value_message, ignored_foreground_hint, label_hints
+from segkit.data.masks import Color, MaskDecoder, bad_value_message, binary_masks_hint, is_zero_255, label_hints
 from segkit.errors import SegkitError
 
 __all__ = ["DataReport", "FolderDataset", "check_folder", "list_splits"]
@@ -182,29 +182,21 @@ class FolderDataset(SegmentationDataset):
         return check_folder(self.root, self.split, **self._label_options, **self._layout_options)
 
     def sampled_label_hint(self, option: str = "binary=True", samples: int = 16) -> str | None:
-        """:func:`~segkit.data.masks.ignored_foreground_hint` over up to ``samples`` masks spread
-        over the split: 0/255 binary masks read without ``binary`` lose their whole foreground to
+        """:func:`~segkit.data.masks.binary_masks_hint` over up to ``samples`` masks spread over
+        the split: 0/255 binary masks read without ``binary`` lose their whole foreground to
         ignore_index, which nothing else reports (the run trains and scores background alone). A
         cheap check for the start of training; decoding every mask is ``check_files``' job.
         ``option`` names how the caller's user sets binary."""
-        if not self.samples:
-            return None
-        label_pixels, ignored = np.zeros(256, np.int64), 0
-        chosen = sorted(set(np.linspace(0, len(self.samples) - 1, samples).astype(int).tolist()))
+        chosen = sorted(set(np.linspace(0, len(self.samples) - 1, samples).astype(int).tolist())) if self.samples else []
+        flagged = []
         for index in chosen:
             try:
                 mask = self.read_mask(index)
             except SegkitError:
                 continue  # the training loop names the file
-            counts = np.bincount(mask.ravel(), minlength=256)
-            if counts.size > 256:
-                return None  # 16-bit labels: not 0/255 masks
-            if 0 <= self.ignore_index < 256:
-                ignored += int(counts[self.ignore_index])
-                counts[self.ignore_index] = 0
-            label_pixels += counts
-        hint = ignored_foreground_hint(label_pixels, ignored, self.ignore_index, option)
-        return hint and f"in {len(chosen)} of the {len(self.samples)} masks checked, {hint}"
+            if _zero_255(np.bincount(mask.ravel()), self.ignore_index):
+                flagged.append(str(self.mask_source(index)))
+        return binary_masks_hint(flagged, len(chosen), option)
 
 
 @dataclass
@@ -256,6 +248,15 @@ class DataReport:
         return "\n".join(lines)
 
 
+def _zero_255(counts: np.ndarray, ignore_index: int) -> bool:
+    """:func:`~segkit.data.masks.is_zero_255` of one mask's label histogram ``counts``."""
+    ignored = int(counts[ignore_index]) if 0 <= ignore_index < counts.size else 0
+    labels = counts.copy()
+    if ignored:
+        labels[ignore_index] = 0
+    return is_zero_255(labels, ignored, ignore_index)
+
+
 def check_folder(
     root: str | os.PathLike,
     split: str | None = None,
@@ -294,6 +295,7 @@ def check_folder(
     histogram = np.zeros(256, dtype=np.int64)
     kinds: Counter[str] = Counter()
     jpeg_masks: list[Path] = []
+    zero_255: list[str] = []
     for _, image_path, mask_path in scan.pairs:
         try:
             image = read_image(image_path)
@@ -310,6 +312,8 @@ def check_folder(
         if mask_path.suffix.lower() in (".jpg", ".jpeg"):
             jpeg_masks.append(mask_path)
         counts = np.bincount(mask.ravel())
+        if _zero_255(counts, ignore_index):
+            zero_255.append(str(mask_path))
         if counts.size > histogram.size:
             histogram = np.pad(histogram, (0, counts.size - histogram.size))
         histogram[: counts.size] += counts
@@ -318,7 +322,7 @@ def check_folder(
             if bad:
                 counted = [int(counts[v]) for v in bad]
                 problems.append(bad_value_message(mask_path, bad, counted, num_classes, ignore_index, hint=False))
-    hints = label_hints(histogram, num_classes, ignore_index, binary, classes)
+    hints = label_hints(histogram, num_classes, ignore_index, binary, classes, (zero_255, len(scan.pairs)))
     if jpeg_masks:
         hints.append(
             f"{len(jpeg_masks)} mask(s) are JPEG (e.g. {jpeg_masks[0]}): lossy compression changes label values "

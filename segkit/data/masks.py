@@ -27,7 +27,7 @@ import numpy as np
 
 from segkit.errors import SegkitError
 
-__all__ = ["MaskDecoder", "bad_value_message", "ignored_foreground_hint", "label_hints"]
+__all__ = ["MaskDecoder", "bad_value_message", "binary_masks_hint", "is_zero_255", "label_hints"]
 
 Color = Sequence[int] | str
 
@@ -180,26 +180,34 @@ def bad_value_message(
     fix = "fix the mask, or set num_classes / ignore_index to match the data"
     if hint and list(values) == [num_classes]:
         fix = (
-            f"if the classes are 1..{num_classes} and 0 marks unlabelled pixels set reduce_zero_label=True, "
-            f"if 0 is a real class set num_classes={num_classes + 1}, otherwise fix the mask"
+            f"if the classes are 1..{num_classes} and 0 marks unlabelled pixels set reduce_zero_label=True "
+            f"(data.options.reduce_zero_label), if 0 is a real class set num_classes={num_classes + 1} (model.num_classes), "
+            "otherwise fix the mask"
         )
     return f"mask {path} holds value{plural} {listed}, outside [0, {num_classes}) and not ignore_index {ignore_index}; {fix}"
 
 
-def ignored_foreground_hint(label_pixels: Sequence[int] | np.ndarray, ignored: int, ignore_index: int, option: str) -> str | None:
-    """The warning for 0/255 binary masks read without ``binary``, else None.
+def is_zero_255(label_pixels: Sequence[int] | np.ndarray, ignored: int, ignore_index: int) -> bool:
+    """Whether one mask looks like a 0/255 binary mask read without ``binary``: 255 is
+    ``ignore_index``, some pixels hold it, and no counted pixel holds a label above 0
+    (``label_pixels[c]``: the mask's pixels of label c, ignored ones excluded)."""
+    return ignore_index == 255 and ignored > 0 and not np.asarray(label_pixels)[1:].any()
 
-    ``label_pixels[c]`` counts the ground-truth pixels of label c (ignored pixels excluded) and
-    ``ignored`` the pixels equal to ``ignore_index``. When that is 255 and every counted pixel is 0,
-    the masks are most likely 0/255 binary masks: their whole foreground is ignored, the model
-    learns (and the score covers) background alone, and the score can read a perfect 1.0.
-    ``option`` is how the caller's user sets binary (``--binary``, ``data.options.binary: true``).
+
+def binary_masks_hint(flagged: Sequence[str], checked: int, option: str) -> str | None:
+    """The warning for masks :func:`is_zero_255` flagged, else None.
+
+    Their whole foreground is ignored, so the model learns (and the score covers) background
+    alone there, and a score can read a perfect 1.0. A dataset may mix them with masks of 0/1
+    (1-bit PNGs beside 8-bit 0/255 ones), so masks are judged one by one. ``option`` is how the
+    caller's user sets binary (``--binary``, ``data.options.binary: true``).
     """
-    counted = np.asarray(label_pixels, dtype=np.int64)
-    if ignore_index != 255 or ignored <= 0 or counted[1:].any():
+    if not flagged:
         return None
-    return (f"every mask pixel is 0 or 255, and 255 is ignore_index ({ignored} pixels left out), so only class 0 "
-            f"counts: if 255 marks the foreground (0/255 masks), set {option}, which reads 255 as class 1")
+    which = "every one" if len(flagged) == checked else f"{len(flagged)}"
+    return (f"{which} of the {checked} masks checked (e.g. {flagged[0]}) hold{'s' if len(flagged) == 1 and checked > 1 else ''} only "
+            f"0 and 255, and 255 is ignore_index, so {'its' if len(flagged) == 1 else 'their'} foreground is left out of training and "
+            f"scoring: if 255 marks the foreground (0/255 masks), set {option}, which reads 255 as class 1")
 
 
 def label_hints(
@@ -208,18 +216,22 @@ def label_hints(
     ignore_index: int,
     binary: bool,
     classes: Sequence[str] | None = None,
+    zero_255: tuple[Sequence[str], int] | None = None,
 ) -> list[str]:
     """Advice on label values that usually end in a NaN or meaningless mIoU.
 
-    ``histogram[v]`` is the number of pixels with value v over the masks checked.
+    ``histogram[v]`` is the number of pixels with value v over the masks checked; ``zero_255``:
+    the masks :func:`is_zero_255` flagged among how many (default: the histogram judged as one mask).
     """
     hints: list[str] = []
     present = set(np.flatnonzero(histogram).tolist())
-    ignored = int(histogram[ignore_index]) if 0 <= ignore_index < len(histogram) else 0
-    labels_only = np.array(histogram, dtype=np.int64)
-    if ignored:
-        labels_only[ignore_index] = 0
-    hint = None if binary else ignored_foreground_hint(labels_only, ignored, ignore_index, "binary=True")
+    if zero_255 is None:
+        ignored = int(histogram[ignore_index]) if 0 <= ignore_index < len(histogram) else 0
+        labels_only = np.array(histogram, dtype=np.int64)
+        if ignored:
+            labels_only[ignore_index] = 0
+        zero_255 = (["the masks"] if is_zero_255(labels_only, ignored, ignore_index) else [], 1)
+    hint = None if binary else binary_masks_hint(zero_255[0], zero_255[1], "binary=True (--binary on the command line)")
     if hint:
         hints.append(hint)
     labels = present - {ignore_index}
@@ -236,8 +248,8 @@ def label_hints(
             names = [f"{c} ({classes[c]})" if classes and c < len(classes) else str(c) for c in missing]
             hints.append(
                 f"class{'es' if len(missing) > 1 else ''} {', '.join(names)} ha{'ve' if len(missing) > 1 else 's'} "
-                "no pixels here: its IoU is NaN where prediction and ground truth both lack it, "
-                "and mIoU leaves it out"
+                f"no pixels here: {'their' if len(missing) > 1 else 'its'} IoU is NaN where prediction and ground truth "
+                f"both lack {'them' if len(missing) > 1 else 'it'}, and mIoU leaves {'them' if len(missing) > 1 else 'it'} out"
             )
     if num_classes is None and labels and 0 not in labels:
         hints.append(

@@ -101,7 +101,7 @@ def evaluate_checkpoint(
     ``split`` defaults to the config's ``data.val_split`` when the folder has it, else the whole
     folder. Inference options as in :func:`segkit.engine.inference.predict_logits`.
     """
-    from segkit.data.masks import ignored_foreground_hint
+    from segkit.data.masks import binary_masks_hint, is_zero_255
     from segkit.engine.builders import transform_steps
     from segkit.engine.inference import check_tile_options, load_model
     from segkit.engine.inputs import InferenceItems, InputPipeline, checkpoint_amp, iterate_logits, loader_workers
@@ -126,23 +126,24 @@ def evaluate_checkpoint(
     images: list[tuple[str, float]] = []
     details: list[dict[str, Any]] = []  # each image's pixel accuracy and classes, for the HTML page
     before = matrix.matrix
-    ignored = 0  # ground-truth pixels equal to ignore_index, for the 0/255-masks warning
+    zero_255: list[str] = []  # ground truths holding only 0 and an ignored 255, for the 0/255-masks warning
     for item, logits in iterate_logits(model, items, dev, workers=loader_workers(workers, cfg.data.num_workers),
                                        progress="evaluate" if progress else None, **options):
         assert item.mask is not None
-        ignored += int((item.mask == ignore_index).sum())
+        ignored = int((item.mask == ignore_index).sum())
         matrix.update(logits, item.mask[None].to(dev))
         after = matrix.matrix
         counts = (after - before).cpu().numpy()
         (miou,), (detail,) = image_figures(counts[None])  # as evaluate --pred/--gt computes them
+        if is_zero_255(counts.sum(1), ignored, ignore_index):
+            zero_255.append(names[item.index])
         images.append((names[item.index], miou))
         details.append(detail)
         before = after
     classes = _class_names(cfg, dataset, num_classes)
     warnings = [pipeline.note()] if pipeline.dropped else []
     metrics = matrix.compute()
-    label_pixels = [sum(row) for row in metrics["confusion_matrix"]]
-    hint = ignored_foreground_hint(label_pixels, ignored, ignore_index, "data.options.binary: true in the config (then retrain)")
+    hint = binary_masks_hint(zero_255, len(images), "data.options.binary: true in the config (then retrain)")
     if hint:
         warnings.append(f"{hint}.")
     report = EvalReport(metrics, classes, ignore_index, images, warnings,

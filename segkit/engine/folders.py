@@ -25,7 +25,7 @@ import numpy as np
 
 from segkit.confusion import confusion_scores
 from segkit.data.io import MASK_EXTENSIONS, read_grey_png, read_mask_pixels
-from segkit.data.masks import MaskDecoder, bad_value_message, ignored_foreground_hint
+from segkit.data.masks import MaskDecoder, bad_value_message, binary_masks_hint, is_zero_255
 from segkit.engine.report import EvalReport, image_figures, plot_panels
 from segkit.errors import SegkitError
 
@@ -251,13 +251,16 @@ def evaluate_folders(
     def count(pair: tuple[str, Path, Path]) -> np.ndarray:
         """One pair's counts, computed in the decoding thread."""
         _, pred, gt, pred_path, gt_path = load(pair)
+        ignored: list[int] = []
         counts = _pair_counts(pred, gt, num_classes, ignore_index, ignored)
         if counts is None:
             raise SegkitError(_label_error(pred, gt, pred_path, gt_path, num_classes, ignore_index))
+        if ignored and is_zero_255(counts.sum(1), ignored[0], ignore_index):
+            zero_255.append(str(gt_path))  # list.append is atomic across the threads
         return counts
 
     total = np.zeros((num_classes, num_classes), np.int64)
-    ignored: list[int] = []  # each pair's ignored ground-truth pixels (list.append is atomic across the threads)
+    zero_255: list[str] = []  # ground truths holding only 0 and an ignored 255
     images: list[tuple[str, float]] = []
     details: list[dict[str, Any]] = []  # each image's pixel accuracy and classes, for the HTML page
     results = _ordered_map(count, pairs, workers or default_workers())
@@ -272,7 +275,7 @@ def evaluate_folders(
         details.extend(batch_details)
     scored = [value for _, value in images if not math.isnan(value)]
     metrics = confusion_scores(total, math.fsum(scored), len(scored))  # what ConfusionMatrix.compute() gives
-    hint = None if binary else ignored_foreground_hint(total.sum(1), sum(ignored), ignore_index, "--binary")
+    hint = None if binary else binary_masks_hint(sorted(zero_255), len(pairs), "--binary")
     if hint:
         warnings.append(f"{hint}.")
     report = EvalReport(metrics, classes, ignore_index, images, warnings,
