@@ -181,3 +181,11 @@ def test_synthetic_cifar_round_trips_through_the_reader(tmp_path):
     again = tmp_path / "again"
     make_synthetic_cifar(again, n=120, size=16, seed=3)
     assert (again / "data_batch_1").read_bytes() == (tmp_path / "data_batch_1").read_bytes()  # deterministic
+
+
+def test_coarse_labels_on_cifar10_and_a_holdout_of_everything_are_named(tmp_path):
+    cifar10(tmp_path)
+    with pytest.raises(SegkitError, match="holds CIFAR-10, which has one set of 10 labels"):
+        CifarDataset(tmp_path, "train", labels="coarse")
+    with pytest.raises(SegkitError, match=r"keeps back every one of the \d+ training images; use fewer \(e.g. \d+, a tenth\)"):
+        CifarDataset(tmp_path, "train", holdout=10**6)

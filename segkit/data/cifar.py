@@ -148,6 +148,9 @@ class CifarDataset(ClassificationDataset):
                               "the last N training images back (5000: the ResNet paper's 45k/5k split).")
         if labels not in ("fine", "coarse"):
             raise SegkitError(f"data.options.labels is {labels!r}; CIFAR-100 has 'fine' (100 classes) or 'coarse' (20) labels.")
+        if kind == "cifar10" and labels != "fine":
+            raise SegkitError(f"data.options.labels is {labels!r}, but {folder} holds CIFAR-10, which has one set of 10 labels; "
+                              "remove the option (coarse labels are CIFAR-100's).")
         if kind == "cifar10":
             label_key, meta_name, names_key = "labels", "batches.meta", "label_names"
             train_files = sorted(folder.glob("data_batch_*"), key=lambda p: (len(p.name), p.name))
@@ -160,7 +163,7 @@ class CifarDataset(ClassificationDataset):
         targets = np.concatenate([p[1] for p in parts])
         if split != "test" and holdout:
             if holdout >= len(images):
-                raise SegkitError(f"data.options.holdout={holdout} keeps back every one of the {len(images)} training images; use fewer (e.g. 5000).")
+                raise SegkitError(f"data.options.holdout={holdout} keeps back every one of the {len(images)} training images; use fewer (e.g. {max(1, len(images) // 10)}, a tenth).")
             keep = slice(len(images) - holdout, None) if split == "val" else slice(0, len(images) - holdout)
             images, targets = images[keep], targets[keep]
         self.classes = self._class_names(folder / meta_name, names_key, kind, labels)

@@ -182,6 +182,11 @@ class ClassificationTransform:
 
         image = self._resize(image)
         if self.size is not None and tuple(image.shape[-2:]) != (self.size, self.size):
+            height, width = image.shape[-2:]
+            if height < self.size or width < self.size:  # torchvision's center_crop would pad it with zeros
+                raise SegkitError(f"a centre crop of {self.size}x{self.size} does not fit in a {height}x{width} image"
+                                  f"{' after resizing' if self.resize_size is not None else ''}; lower data.crop_size or raise "
+                                  "data.resize_size (evaluation resizes the shorter side to it, then crops).")
             image = F.center_crop(image, [self.size, self.size])
         return image
 

@@ -99,7 +99,9 @@ def load_model(checkpoint: str | os.PathLike[str], device: torch.device | str = 
     # the checkpoint's weights replace everything: files named at training time need not exist here
     cfg = config_from_dict(config, ["model.encoder_weights=null", "model.weights=null"], source=f"the config in {checkpoint}")
     if cfg.task != "segmentation":
-        raise SegkitError(f"checkpoint {checkpoint} is a {cfg.task} model; evaluate, predict and export take segmentation checkpoints.")
+        raise SegkitError(f"checkpoint {checkpoint} is a {cfg.task} model; evaluate, predict and export take segmentation checkpoints "
+                          "(a classifier is scored on its validation split during training: see the run's metrics.jsonl and the "
+                          "metrics stored in best.pt).")
     model = build_model_from_config(cfg)
     try:
         model.load_state_dict(state["model"])
