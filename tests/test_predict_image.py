@@ -96,3 +96,21 @@ def test_predict_logits_keeps_a_training_model_untouched_and_names_its_input(che
     for tile in (1.5, "64", [32]):
         with pytest.raises(SegkitError, match="tile must be a positive integer"):
             predict_logits(model, images, tile=tile)
+
+
+def test_a_pillow_image_of_a_16_bit_rgb_png_keeps_its_bits(checkpoint, tmp_path):
+    """Pillow opens a 16-bit RGB PNG as 8-bit, its high byte only (12-bit data became 0-15, all
+    background): the image's own file is read instead, so the labels are segkit predict's."""
+    import imagecodecs
+
+    cfg_rgb = {"model": {"arch": "unet", "encoder": "resnet18", "num_classes": 3, "in_channels": 3,
+                         "decoder": {"decoder_channels": [8, 8, 8, 8, 8]}}, "data": {"kind": "folder", "root": "unused"}}
+    torch.manual_seed(1)
+    path = tmp_path / "rgb.pt"
+    save_checkpoint({"model": build_model_from_config(config_from_dict(cfg_rgb)).state_dict(), "config": cfg_rgb, "epoch": 1}, path)
+    model, cfg = load_model(path)
+    pixels = np.random.default_rng(2).integers(0, 4096, (40, 56, 3)).astype(np.uint16)
+    (tmp_path / "deep.png").write_bytes(imagecodecs.png_encode(pixels))
+    with Image.open(tmp_path / "deep.png") as opened:
+        assert np.asarray(opened).max() <= 15  # what Pillow gives
+        np.testing.assert_array_equal(predict_image(model, cfg, opened), predict_image(model, cfg, pixels))

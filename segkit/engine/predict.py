@@ -154,7 +154,7 @@ def predict_image(
 
     check_tile_options(tile, overlap)
     if isinstance(image, Image.Image):
-        image = pil_pixels(image)
+        image = _file_of_16_bit_rgb_png(image) or pil_pixels(image)
     if isinstance(image, np.ndarray):
         if image.ndim not in (2, 3) or image.size == 0:
             raise SegkitError(f"predict_image takes pixels (H, W) or (H, W, C); got an array of shape {image.shape}.")
@@ -176,6 +176,17 @@ def predict_image(
     [(_, output)] = iterate_logits(model, items, device, batch_size=1, tile=tile, overlap=overlap, tta=tta,
                                    amp=checkpoint_amp(cfg, amp, device), channels_last=device.type == "cuda" and cfg.trainer.channels_last)
     return output[0] if logits else output[0].argmax(0).cpu().numpy()
+
+
+def _file_of_16_bit_rgb_png(image: Image.Image) -> str | None:
+    """The file of a Pillow image opened from a 16-bit RGB PNG, as it was opened: Pillow keeps only
+    the high byte of its pixels (12-bit data became 0-15), segkit's reader keeps all 16 bits."""
+    source = getattr(image, "filename", "")
+    if not source or image.format != "PNG" or image.mode != "RGB" or not os.path.isfile(source):
+        return None
+    with open(source, "rb") as file:
+        header = file.read(26)
+    return source if len(header) == 26 and header[24] == 16 and header[25] == 2 else None
 
 
 def _predict_striped(model: Any, cfg: Any, dataset: Any, names: list[str], output: Path, dev: Any, *, tile: int, overlap: float,
