@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _model_helpers import fit_to_intensity_thirds
 from PIL import Image
 
 from segkit import SegkitError
@@ -19,22 +20,6 @@ from segkit.engine.plots import palette
 from segkit.engine.predict import predict_folder
 
 
-def fit_briefly(net: torch.nn.Module, in_channels: int, steps: int = 25) -> None:
-    """A few Adam steps towards 'class = intensity third', so predictions vary with the image."""
-    gen = torch.Generator().manual_seed(0)
-    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
-    net.train()
-    for _ in range(steps):
-        raw = torch.rand(4, in_channels, 32, 32, generator=gen)
-        target = (raw.mean(1) * 3).long().clamp(max=2)
-        logits = net((raw - 0.5) / 0.25)
-        loss = torch.nn.functional.cross_entropy(logits[0] if isinstance(logits, tuple) else logits, target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    net.eval()
-
-
 def write_checkpoint(path: Path, in_channels: int = 1, num_classes: int = 3, fit: bool = False, **model) -> Path:
     cfg = config_from_dict({
         "model": {"arch": "unet", "encoder": "resnet18", "num_classes": num_classes, "in_channels": in_channels,
@@ -45,7 +30,7 @@ def write_checkpoint(path: Path, in_channels: int = 1, num_classes: int = 3, fit
     torch.manual_seed(0)
     net = build_model_from_config(cfg)
     if fit:
-        fit_briefly(net, in_channels)
+        fit_to_intensity_thirds(net, in_channels, mean=0.5, std=0.25)  # the config's normalisation below
     save_checkpoint({"model": net.state_dict(), "config": to_dict(cfg), "epoch": 1}, path)
     return path
 
