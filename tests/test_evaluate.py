@@ -601,5 +601,5 @@ def test_checkpoint_on_0_255_masks_warns_that_the_foreground_is_ignored(tmp_path
         save(tmp_path / "binary" / "masks" / f"{i}.png", square)
     report = evaluate_checkpoint(ckpt, tmp_path / "binary", device="cpu")
     [warning] = [w for w in report.warnings if "ignore_index" in w]
-    assert "every one of the 2 masks checked" in warning and "data.options.binary: true" in warning
+    assert "all 2 masks checked" in warning and "data.options.binary: true" in warning
     assert not any("ignore_index" in w for w in evaluate_checkpoint(ckpt, synthetic, device="cpu").warnings)

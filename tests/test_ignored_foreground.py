@@ -43,7 +43,8 @@ def test_a_mask_is_flagged_when_it_has_ignored_pixels_and_no_other_label():
     assert not is_zero_255([100, 0], 0, 255)  # nothing ignored
     assert not is_zero_255([100, 0], 20, 254)  # not the 0/255 pattern
     assert binary_masks_hint([], 5, "--binary") is None
-    assert binary_masks_hint(["a.png"], 1, "--binary").startswith("every one of the 1 masks checked (e.g. a.png) hold")
+    assert binary_masks_hint(["a.png"], 1, "--binary").startswith("the mask checked (a.png) holds only 0 and 255")
+    assert binary_masks_hint(["a.png"], 4, "--binary").startswith("1 of the 4 masks checked (a.png) holds")
     assert binary_masks_hint(["a.png", "b.png"], 5, "--binary").startswith("2 of the 5 masks checked (e.g. a.png) hold only 0 and 255")
 
 
@@ -54,7 +55,7 @@ def test_prediction_folders_of_0_255_masks_get_the_warning(tmp_path, pred_value)
     if pred_value == 255:
         assert report.metrics["miou"] == 1.0  # what the warning is for: a perfect score of background alone
     [warning] = [w for w in report.warnings if "ignore_index" in w]
-    assert "every one of the 3 masks checked" in warning and "set --binary" in warning
+    assert "all 3 masks checked" in warning and "set --binary" in warning
 
     binary = evaluate_folders(pred, gt, 2, binary=True)
     assert not any("ignore_index" in w for w in binary.warnings)

@@ -204,10 +204,13 @@ def binary_masks_hint(flagged: Sequence[str], checked: int, option: str) -> str 
     """
     if not flagged:
         return None
-    which = "every one" if len(flagged) == checked else f"{len(flagged)}"
-    return (f"{which} of the {checked} masks checked (e.g. {flagged[0]}) hold{'s' if len(flagged) == 1 and checked > 1 else ''} only "
-            f"0 and 255, and 255 is ignore_index, so {'its' if len(flagged) == 1 else 'their'} foreground is left out of training and "
-            f"scoring: if 255 marks the foreground (0/255 masks), set {option}, which reads 255 as class 1")
+    one = len(flagged) == 1
+    if one:
+        which = f"the mask checked ({flagged[0]}) holds" if checked == 1 else f"1 of the {checked} masks checked ({flagged[0]}) holds"
+    else:
+        which = f"{'all' if len(flagged) == checked else len(flagged)} {'' if len(flagged) == checked else 'of the '}{checked} masks checked (e.g. {flagged[0]}) hold"
+    return (f"{which} only 0 and 255, and 255 is ignore_index, so {'its' if one else 'their'} foreground is left out of training "
+            f"and scoring: if 255 marks the foreground (0/255 masks), set {option}, which reads 255 as class 1")
 
 
 def label_hints(
