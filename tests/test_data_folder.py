@@ -374,3 +374,12 @@ def test_check_data_command(tmp_path, capsys):
     assert "d.png has no mask" in out and "holds value 2" in out
     assert main(["check-data", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_check_data_says_when_the_images_have_several_sizes(tmp_path):
+    """Training stops at the first batch of mixed sizes; check-data says so beforehand."""
+    for name, (h, w) in {"a": (40, 50), "b": (40, 50), "c": (33, 47)}.items():
+        write_png(tmp_path / "images" / f"{name}.png", np.zeros((h, w), np.uint8))
+        write_png(tmp_path / "masks" / f"{name}.png", np.zeros((h, w), np.uint8))
+    hints = check_folder(tmp_path, num_classes=2).hints
+    assert any("the images have 2 sizes (the commonest 50x40, 2 of 3)" in hint and "random_crop" in hint for hint in hints)

@@ -296,10 +296,12 @@ def check_folder(
     kinds: Counter[str] = Counter()
     jpeg_masks: list[Path] = []
     zero_255: list[str] = []
+    sizes: Counter[tuple[int, int]] = Counter()
     for _, image_path, mask_path in scan.pairs:
         try:
             image = read_image(image_path)
             kinds[f"{image.dtype} {image.shape[2]}-channel"] += 1
+            sizes[image.shape[:2]] += 1
             mask = decoder.decode(read_mask_pixels(mask_path), mask_path)
         except SegkitError as err:
             problems.append(str(err))
@@ -323,6 +325,13 @@ def check_folder(
                 counted = [int(counts[v]) for v in bad]
                 problems.append(bad_value_message(mask_path, bad, counted, num_classes, ignore_index, hint=False))
     hints = label_hints(histogram, num_classes, ignore_index, binary, classes, (zero_255, len(scan.pairs)))
+    if len(sizes) > 1:
+        (common, count), *_ = sizes.most_common()
+        hints.append(
+            f"the images have {len(sizes)} sizes (the commonest {common[1]}x{common[0]}, {count} of {sum(sizes.values())}): training "
+            "batches images of one size, so give data.train_transforms a crop or resize step (e.g. {name: random_crop, size: 256}); "
+            "validation and evaluation take each image at its own size"
+        )
     if jpeg_masks:
         hints.append(
             f"{len(jpeg_masks)} mask(s) are JPEG (e.g. {jpeg_masks[0]}): lossy compression changes label values "
