@@ -225,3 +225,27 @@ def test_16_bit_rgb_pngs_keep_their_16_bits(tmp_path, monkeypatch, decoder):
     _only(monkeypatch, decoder)
     np.testing.assert_array_equal(read_image(tmp_path / "deep.png"), written)
     np.testing.assert_array_equal(read_image(tmp_path / "deep.png"), read_image(tmp_path / "deep.tif"))
+
+
+def test_16_bit_colour_masks_decode_by_their_high_bytes(tmp_path):
+    """A colour mask saved at 16 bits (128 * 257 for 128) matches the 8-bit class colours, as it did
+    when Pillow cut it to 8 bits; a header claiming a huge image is a SegkitError naming the file."""
+    import imagecodecs
+
+    from segkit import SegkitError
+    from segkit.data.masks import MaskDecoder
+
+    labels = _blobs(3) % 3
+    colours = np.array([[0, 0, 0], [128, 0, 0], [0, 128, 255]], np.uint16)[labels] * 257
+    (tmp_path / "colour16.png").write_bytes(imagecodecs.png_encode(colours))
+    decoded = MaskDecoder(class_colors=[[0, 0, 0], [128, 0, 0], [0, 128, 255]]).decode(read_mask_pixels(tmp_path / "colour16.png"), "m")
+    np.testing.assert_array_equal(decoded, labels)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = io._PNG_SIGNATURE + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 3, 0, 0, 0)) + chunk(b"IEND", b"")
+    (tmp_path / "bomb.png").write_bytes(bomb)
+    for read in (read_image, read_mask_pixels):
+        with pytest.raises(SegkitError, match="bomb.png"):
+            read(tmp_path / "bomb.png")

@@ -144,3 +144,21 @@ def test_masks_that_mix_1_bit_and_0_255_files_are_flagged_one_by_one(tmp_path):
         _write(tmp_path / "pred" / f"{i}.png", _square(1))
     report = evaluate_folders(tmp_path / "pred", tmp_path / "gt", 2)
     assert any(w.startswith("3 of the 6 masks checked") and "gt/0.png" in w for w in report.warnings)
+
+
+def test_voc_style_void_only_masks_do_not_raise_the_binary_warning(tmp_path):
+    """Where other masks hold 255 beside real labels (VOC's void borders), 255 is void there, and a
+    mask whose only object is void ("difficult") is not a 0/255 binary mask."""
+    void_only = _square(255)
+    bordered = _square(2)
+    bordered[3, :] = 255
+    masks = [void_only, bordered, _square(1)]
+    for i, mask in enumerate(masks):
+        _write(tmp_path / "data" / "images" / f"{i}.png", np.full(mask.shape, 100, np.uint8))
+        _write(tmp_path / "data" / "masks" / f"{i}.png", mask)
+        _write(tmp_path / "pred" / f"{i}.png", _square(1))
+    dataset = FolderDataset(tmp_path / "data", num_classes=3)
+    assert dataset.sampled_label_hint() is None
+    assert not any("only 0 and 255" in hint for hint in dataset.check_files().hints)
+    report = evaluate_folders(tmp_path / "pred", tmp_path / "data" / "masks", 3)
+    assert not any("only 0 and 255" in w for w in report.warnings)

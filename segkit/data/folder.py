@@ -36,7 +36,7 @@ import numpy as np
 from segkit.data.base import SegmentationDataset, channels_for, checked_transforms
 from segkit.data.io import read_image, read_mask_pixels
 from segkit.data.layout import list_splits, scan_folder
-from segkit.data.masks import Color, MaskDecoder, bad_value_message, binary_masks_hint, is_zero_255, label_hints
+from segkit.data.masks import Color, MaskDecoder, bad_value_message, binary_masks_hint, has_void_beside_labels, is_zero_255, label_hints
 from segkit.errors import SegkitError
 
 __all__ = ["DataReport", "FolderDataset", "check_folder", "list_splits"]
@@ -188,15 +188,17 @@ class FolderDataset(SegmentationDataset):
         cheap check for the start of training; decoding every mask is ``check_files``' job.
         ``option`` names how the caller's user sets binary."""
         chosen = sorted(set(np.linspace(0, len(self.samples) - 1, samples).astype(int).tolist())) if self.samples else []
-        flagged = []
+        flagged, void_beside_labels = [], False
         for index in chosen:
             try:
                 mask = self.read_mask(index)
             except SegkitError:
                 continue  # the training loop names the file
-            if _zero_255(np.bincount(mask.ravel()), self.ignore_index):
+            zero_255, void = _zero_255(np.bincount(mask.ravel()), self.ignore_index)
+            void_beside_labels |= void
+            if zero_255:
                 flagged.append(str(self.mask_source(index)))
-        return binary_masks_hint(flagged, len(chosen), option)
+        return binary_masks_hint(flagged, len(chosen), option, void_beside_labels)
 
 
 @dataclass
@@ -248,13 +250,14 @@ class DataReport:
         return "\n".join(lines)
 
 
-def _zero_255(counts: np.ndarray, ignore_index: int) -> bool:
-    """:func:`~segkit.data.masks.is_zero_255` of one mask's label histogram ``counts``."""
+def _zero_255(counts: np.ndarray, ignore_index: int) -> tuple[bool, bool]:
+    """:func:`~segkit.data.masks.is_zero_255` and :func:`~segkit.data.masks.has_void_beside_labels`
+    of one mask's label histogram ``counts``."""
     ignored = int(counts[ignore_index]) if 0 <= ignore_index < counts.size else 0
     labels = counts.copy()
     if ignored:
         labels[ignore_index] = 0
-    return is_zero_255(labels, ignored, ignore_index)
+    return is_zero_255(labels, ignored, ignore_index), has_void_beside_labels(labels, ignored)
 
 
 def check_folder(
@@ -296,6 +299,7 @@ def check_folder(
     kinds: Counter[str] = Counter()
     jpeg_masks: list[Path] = []
     zero_255: list[str] = []
+    void_beside_labels = False
     sizes: Counter[tuple[int, int]] = Counter()
     for _, image_path, mask_path in scan.pairs:
         try:
@@ -314,7 +318,9 @@ def check_folder(
         if mask_path.suffix.lower() in (".jpg", ".jpeg"):
             jpeg_masks.append(mask_path)
         counts = np.bincount(mask.ravel())
-        if _zero_255(counts, ignore_index):
+        flagged, void = _zero_255(counts, ignore_index)
+        void_beside_labels |= void
+        if flagged:
             zero_255.append(str(mask_path))
         if counts.size > histogram.size:
             histogram = np.pad(histogram, (0, counts.size - histogram.size))
@@ -324,7 +330,7 @@ def check_folder(
             if bad:
                 counted = [int(counts[v]) for v in bad]
                 problems.append(bad_value_message(mask_path, bad, counted, num_classes, ignore_index, hint=False))
-    hints = label_hints(histogram, num_classes, ignore_index, binary, classes, (zero_255, len(scan.pairs)))
+    hints = label_hints(histogram, num_classes, ignore_index, binary, classes, (zero_255, len(scan.pairs)), void_beside_labels)
     if len(sizes) > 1:
         (common, count), *_ = sizes.most_common()
         hints.append(

@@ -123,7 +123,7 @@ def read_header(path: str | os.PathLike, kind: str = "image") -> ImageInfo:
         return ImageInfo(height, width, 1 if mode in _GRAY_MODES else 3, palette=mode in ("P", "PA"))
     except SegkitError:
         raise
-    except (OSError, UnidentifiedImageError, ValueError, IndexError, SyntaxError) as err:
+    except (OSError, UnidentifiedImageError, ValueError, IndexError, SyntaxError, Image.DecompressionBombError) as err:
         raise _unreadable(path, kind, err) from err
 
 
@@ -276,7 +276,7 @@ def _read_pixels(path: str | os.PathLike, kind: str) -> np.ndarray:
             arr = _read_pil(Path(path), keep_palette=kind == "mask")
     except SegkitError:
         raise
-    except (OSError, UnidentifiedImageError, ValueError, IndexError, SyntaxError) as err:
+    except (OSError, UnidentifiedImageError, ValueError, IndexError, SyntaxError, Image.DecompressionBombError) as err:
         raise _unreadable(Path(path), kind, err) from err
     if arr.dtype == np.bool_:  # 1-bit PNGs and TIFFs: images 0/255, masks 0/1
         arr = arr.astype(np.uint8) * np.uint8(255 if kind == "image" else 1)
@@ -295,8 +295,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def read_mask_pixels(path: str | os.PathLike) -> np.ndarray:
     """Mask pixels as stored: (H, W) integers (palette images give their palette indices, 1-bit
-    images 0/1, as ``numpy.array(Image.open(path))`` gives them), or (H, W, 3) uint8 for colour
-    masks (alpha dropped)."""
+    images 0/1, as ``numpy.array(Image.open(path))`` gives them), or (H, W, 3) for colour masks
+    (alpha dropped; uint16 for a 16-bit PNG or TIFF)."""
     arr = _read_pixels(path, "mask")
     return arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from segkit.errors import SegkitError
 
-__all__ = ["MaskDecoder", "bad_value_message", "binary_masks_hint", "is_zero_255", "label_hints"]
+__all__ = ["MaskDecoder", "bad_value_message", "binary_masks_hint", "has_void_beside_labels", "is_zero_255", "label_hints"]
 
 Color = Sequence[int] | str
 
@@ -144,6 +144,8 @@ class MaskDecoder:
 
             with Image.open(path) as im:
                 raw = np.array(im.convert("RGB")) if im.mode in ("P", "PA") else np.repeat(raw[:, :, None], 3, axis=2)
+        if raw.dtype == np.uint16:  # a 16-bit colour mask (PNG or TIFF): its colours are the high bytes (128 * 257 -> 128)
+            raw = (raw >> 8).astype(np.uint8)
         packed = _pack(raw[..., :3])
         values, inverse = np.unique(packed, return_inverse=True)
         table = np.empty(len(values), dtype=np.int64)
@@ -194,15 +196,22 @@ def is_zero_255(label_pixels: Sequence[int] | np.ndarray, ignored: int, ignore_i
     return ignore_index == 255 and ignored > 0 and not np.asarray(label_pixels)[1:].any()
 
 
-def binary_masks_hint(flagged: Sequence[str], checked: int, option: str) -> str | None:
+def has_void_beside_labels(label_pixels: Sequence[int] | np.ndarray, ignored: int) -> bool:
+    """Whether one mask holds ignored pixels beside labels above 0 (VOC's void borders around objects)."""
+    return ignored > 0 and bool(np.asarray(label_pixels)[1:].any())
+
+
+def binary_masks_hint(flagged: Sequence[str], checked: int, option: str, void_beside_labels: bool = False) -> str | None:
     """The warning for masks :func:`is_zero_255` flagged, else None.
 
     Their whole foreground is ignored, so the model learns (and the score covers) background
     alone there, and a score can read a perfect 1.0. A dataset may mix them with masks of 0/1
-    (1-bit PNGs beside 8-bit 0/255 ones), so masks are judged one by one. ``option`` is how the
-    caller's user sets binary (``--binary``, ``data.options.binary: true``).
+    (1-bit PNGs beside 8-bit 0/255 ones), so masks are judged one by one. Where other masks hold
+    255 beside real labels (``void_beside_labels``: :func:`has_void_beside_labels` of any mask),
+    255 is a void label there (VOC), and a flagged mask is one whose only object is void: no
+    warning. ``option`` is how the caller's user sets binary (``--binary``, ``data.options.binary: true``).
     """
-    if not flagged:
+    if not flagged or void_beside_labels:
         return None
     one = len(flagged) == 1
     if one:
@@ -220,6 +229,7 @@ def label_hints(
     binary: bool,
     classes: Sequence[str] | None = None,
     zero_255: tuple[Sequence[str], int] | None = None,
+    void_beside_labels: bool = False,
 ) -> list[str]:
     """Advice on label values that usually end in a NaN or meaningless mIoU.
 
@@ -234,7 +244,8 @@ def label_hints(
         if ignored:
             labels_only[ignore_index] = 0
         zero_255 = (["the masks"] if is_zero_255(labels_only, ignored, ignore_index) else [], 1)
-    hint = None if binary else binary_masks_hint(zero_255[0], zero_255[1], "binary=True (--binary on the command line)")
+    hint = None if binary else binary_masks_hint(zero_255[0], zero_255[1], "binary=True (--binary on the command line)",
+                                                 void_beside_labels)
     if hint:
         hints.append(hint)
     labels = present - {ignore_index}

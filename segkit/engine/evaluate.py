@@ -101,7 +101,7 @@ def evaluate_checkpoint(
     ``split`` defaults to the config's ``data.val_split`` when the folder has it, else the whole
     folder. Inference options as in :func:`segkit.engine.inference.predict_logits`.
     """
-    from segkit.data.masks import binary_masks_hint, is_zero_255
+    from segkit.data.masks import binary_masks_hint, has_void_beside_labels, is_zero_255
     from segkit.engine.builders import transform_steps
     from segkit.engine.inference import check_tile_options, load_model
     from segkit.engine.inputs import InferenceItems, InputPipeline, checkpoint_amp, iterate_logits, loader_workers
@@ -127,6 +127,7 @@ def evaluate_checkpoint(
     details: list[dict[str, Any]] = []  # each image's pixel accuracy and classes, for the HTML page
     before = matrix.matrix
     zero_255: list[str] = []  # ground truths holding only 0 and an ignored 255, for the 0/255-masks warning
+    void_beside_labels = False  # a ground truth holding 255 beside real labels: 255 is void there (VOC)
     for item, logits in iterate_logits(model, items, dev, workers=loader_workers(workers, cfg.data.num_workers),
                                        progress="evaluate" if progress else None, **options):
         assert item.mask is not None
@@ -137,13 +138,14 @@ def evaluate_checkpoint(
         (miou,), (detail,) = image_figures(counts[None])  # as evaluate --pred/--gt computes them
         if is_zero_255(counts.sum(1), ignored, ignore_index):
             zero_255.append(names[item.index])
+        void_beside_labels |= has_void_beside_labels(counts.sum(1), ignored)
         images.append((names[item.index], miou))
         details.append(detail)
         before = after
     classes = _class_names(cfg, dataset, num_classes)
     warnings = [pipeline.note()] if pipeline.dropped else []
     metrics = matrix.compute()
-    hint = binary_masks_hint(zero_255, len(images), "data.options.binary: true in the config (then retrain)")
+    hint = binary_masks_hint(zero_255, len(images), "data.options.binary: true in the config (then retrain)", void_beside_labels)
     if hint:
         warnings.append(f"{hint}.")
     report = EvalReport(metrics, classes, ignore_index, images, warnings,

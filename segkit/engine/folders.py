@@ -25,7 +25,7 @@ import numpy as np
 
 from segkit.confusion import confusion_scores
 from segkit.data.io import MASK_EXTENSIONS, read_grey_png, read_mask_pixels
-from segkit.data.masks import MaskDecoder, bad_value_message, binary_masks_hint, is_zero_255
+from segkit.data.masks import MaskDecoder, bad_value_message, binary_masks_hint, has_void_beside_labels, is_zero_255
 from segkit.engine.report import EvalReport, image_figures, plot_panels
 from segkit.errors import SegkitError
 
@@ -257,10 +257,13 @@ def evaluate_folders(
             raise SegkitError(_label_error(pred, gt, pred_path, gt_path, num_classes, ignore_index))
         if ignored and is_zero_255(counts.sum(1), ignored[0], ignore_index):
             zero_255.append(str(gt_path))  # list.append is atomic across the threads
+        elif ignored and has_void_beside_labels(counts.sum(1), ignored[0]):
+            void_beside_labels.append(True)
         return counts
 
     total = np.zeros((num_classes, num_classes), np.int64)
     zero_255: list[str] = []  # ground truths holding only 0 and an ignored 255
+    void_beside_labels: list[bool] = []  # one entry per ground truth holding 255 beside real labels (VOC's borders)
     images: list[tuple[str, float]] = []
     details: list[dict[str, Any]] = []  # each image's pixel accuracy and classes, for the HTML page
     results = _ordered_map(count, pairs, workers or default_workers())
@@ -275,7 +278,7 @@ def evaluate_folders(
         details.extend(batch_details)
     scored = [value for _, value in images if not math.isnan(value)]
     metrics = confusion_scores(total, math.fsum(scored), len(scored))  # what ConfusionMatrix.compute() gives
-    hint = None if binary else binary_masks_hint(sorted(zero_255), len(pairs), "--binary")
+    hint = None if binary else binary_masks_hint(sorted(zero_255), len(pairs), "--binary", bool(void_beside_labels))
     if hint:
         warnings.append(f"{hint}.")
     report = EvalReport(metrics, classes, ignore_index, images, warnings,
