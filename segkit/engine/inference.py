@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import operator
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -181,13 +180,11 @@ def gaussian_weights(tile: Sequence[int], sigma_scale: float = 0.125, device: to
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     """``(height, width)`` from one positive integer (numpy's too) or two."""
-    try:
-        pair = [operator.index(v) for v in ((value, value) if not isinstance(value, (Sequence, np.ndarray)) else value)]
-    except TypeError:
-        pair = []
-    if len(pair) != 2 or not all(v >= 1 for v in pair):
-        raise SegkitError(f"{name} must be a positive integer or [height, width]; got {value!r}.")
-    return pair[0], pair[1]
+    message = f"{name} must be a positive integer or [height, width]; got {value!r}."
+    items = list(value) if isinstance(value, (Sequence, np.ndarray)) else [value, value]
+    if len(items) != 2:
+        raise SegkitError(message)
+    return positive_int(items[0], message), positive_int(items[1], message)
 
 
 def _window_grid(height: int, width: int, tile: int | Sequence[int], overlap: float) -> tuple[int, int, list[int], list[int]]:
@@ -366,9 +363,7 @@ def check_tile_options(tile: int | None, overlap: float, batch_size: int | None 
     """SegkitErrors for inference values (``--tile``, ``--overlap``, ``--batch-size``) that cannot work."""
     if batch_size is not None:
         positive_int(batch_size, f"--batch-size (batch_size) must be a positive integer; got {batch_size!r}.")
-    if tile is not None and not isinstance(tile, int):
-        tile = positive_int(tile, f"--tile (tile) must be a positive number of pixels; got {tile!r}.")
-    if tile is not None and tile < 1:
-        raise SegkitError(f"--tile must be a positive number of pixels; got {tile}.")
+    if tile is not None:
+        positive_int(tile, f"--tile (tile) must be a positive number of pixels; got {tile!r}.")
     if not 0.0 <= overlap < 1.0 or math.isnan(overlap):
         raise SegkitError(f"--overlap must lie in [0, 1) (a fraction of the tile); got {overlap}.")
