@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     out = cv2.imread(str(files[0]), cv2.IMREAD_UNCHANGED)  # every generated mask has this size and type
 
-    def codecs() -> None:  # how segkit reads masks: one unbuffered read, libpng (with zlib-ng) from memory
+    def codecs() -> None:  # how segkit reads masks: one unbuffered read, imagecodecs' libpng from memory
         for path in files:
             with open(path, "rb", buffering=0) as file:
                 imagecodecs.png_decode(file.read())

@@ -207,8 +207,8 @@ def _read_png_fast(path: str | os.PathLike, grey_only: bool = False) -> np.ndarr
     """The pixels Pillow would give for a PNG that a faster decoder decodes alike (a 16-bit RGB PNG
     at its 16 bits, which Pillow cuts to 8), else None (Pillow reads it).
 
-    The file is read whole and its IHDR checked; then imagecodecs' libpng decodes the bytes (with
-    zlib-ng: 0.6x the time of OpenCV's ``imdecode`` on 512x512 masks here, both releasing the GIL),
+    The file is read whole and its IHDR checked; then imagecodecs' libpng decodes the bytes (0.6-0.8x
+    the time of OpenCV's ``imdecode`` on 512x512 masks here, both releasing the GIL),
     or OpenCV where imagecodecs is missing. Anything unexpected (no decoder, another colour type,
     or only grey wanted and this is RGB, an unreadable path, a broken file, an extra alpha channel
     from a tRNS chunk) returns None, so Pillow reads the file and a broken one gets Pillow's error
