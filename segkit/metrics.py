@@ -245,12 +245,14 @@ def _check_topk(topk: Sequence[int]) -> tuple[int, ...]:
     return ks
 
 
-def _topk_hits(logits: torch.Tensor, target: torch.Tensor, kmax: int) -> torch.Tensor:
-    """``(N, min(kmax, C))`` bool: column j is True where the label is the (j+1)-th highest logit."""
+def _topk_hits(logits: torch.Tensor, target: torch.Tensor, kmax: int, check_labels: bool = True) -> torch.Tensor:
+    """``(N, min(kmax, C))`` bool: column j is True where the label is the (j+1)-th highest logit.
+
+    ``check_labels``: labels outside ``[0, C)`` raise (two reads back from a GPU)."""
     if logits.dim() != 2 or target.shape != logits.shape[:1]:
         raise ValueError(f"top-k accuracy takes logits (N, C) and labels (N,); got {tuple(logits.shape)} and {tuple(target.shape)}.")
     num_classes = logits.size(1)
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
+    if check_labels and target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
         bad = int(target.max()) if int(target.max()) >= num_classes else int(target.min())
         raise ValueError(f"label {bad} is outside [0, {num_classes}).")
     # k >= C: every label is among the top k (timm's convention: k is clamped to C).
@@ -285,8 +287,12 @@ class TopKAccuracy(_Accumulator):
     and ``mean_class_accuracy`` (their nanmean).
     """
 
-    def __init__(self, topk: Sequence[int] = (1, 5), device: torch.device | str | None = None, num_classes: int | None = None) -> None:
+    def __init__(self, topk: Sequence[int] = (1, 5), device: torch.device | str | None = None, num_classes: int | None = None,
+                 check_labels: bool = True) -> None:
         self.topk = _check_topk(topk)
+        # False: no label range check, which reads back from the GPU in every update (for labels known
+        # to fit, as the training loop's: it reads back once per log interval)
+        self.check_labels = check_labels
         if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1):
             raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}.")
         self.num_classes = num_classes
@@ -295,7 +301,7 @@ class TopKAccuracy(_Accumulator):
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        hit = _topk_hits(logits, target, max(max(self.topk), 1))
+        hit = _topk_hits(logits, target, max(max(self.topk), 1), self.check_labels)
         correct = torch.stack([hit[:, :k].any(1).sum() for k in self.topk]).double()
         parts = [correct, correct.new_tensor([target.numel()])]
         if self.num_classes is not None:

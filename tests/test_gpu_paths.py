@@ -17,7 +17,7 @@ import torch
 from segkit import SegkitError
 from segkit.config import config_from_dict
 from segkit.engine import checkpoint
-from segkit.engine.amp import resolve_amp
+from segkit.engine.amp import native_bf16, resolve_amp
 from segkit.engine.checkpoint import capture_rng, load_checkpoint, restore_grad_scaler, restore_rng
 from segkit.engine.distributed import DistInfo, SeededSampler, resume_batch
 from segkit.engine.train import train
@@ -41,16 +41,26 @@ def tiny_config(root: Path, loss: list | None = None, **trainer) -> dict:
 
 # --- bfloat16 only where the GPU computes it natively ---------------------------------------------
 
-def test_this_torch_can_ask_for_native_bfloat16():
-    assert "including_emulation" in inspect.signature(torch.cuda.is_bf16_supported).parameters
+def fake_gpu(monkeypatch, native: bool, *others: bool) -> None:
+    """GPUs as torch.cuda describes them: GPU 0 an Ampere one (native bf16) or a V100/T4 (compute
+    capability 7: bf16 emulated only), then ``others`` (GPU 1, 2, ...); the current device is GPU 0."""
+    majors = [8 if n else 7 for n in (native, *others)]
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: type("Props", (), {"major": majors[index]})())
 
 
-def fake_gpu(monkeypatch, native: bool) -> None:
-    """A GPU as torch.cuda describes it: an Ampere one (native bf16) or a V100/T4 (bf16 emulated only)."""
-    def is_bf16_supported(including_emulation: bool = True) -> bool:
-        return native or including_emulation  # an older GPU answers True unless emulation is excluded
-
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+def test_native_bfloat16_is_asked_of_the_training_gpu_not_the_current_one(monkeypatch):
+    """On a machine mixing generations, trainer.device cuda:1 in one process (the current device
+    stays GPU 0) decides by GPU 1; under torchrun set_device makes them one."""
+    fake_gpu(monkeypatch, False, True)
+    assert not native_bf16("cuda") and not native_bf16("cuda:0") and native_bf16("cuda:1")
+    assert resolve_amp(True, "auto", torch.device("cuda:1")) == (True, torch.bfloat16, False)
+    assert resolve_amp(True, "auto", torch.device("cuda:0")) == (True, torch.float16, True)
+    fake_gpu(monkeypatch, True, False)
+    assert native_bf16("cuda") and not native_bf16(torch.device("cuda", 1)) and not native_bf16("cpu")
+    monkeypatch.setattr(torch.version, "hip", "6.2")  # ROCm: torch's rule, every AMD GPU it supports
+    assert native_bf16("cuda:1")
 
 
 @pytest.mark.parametrize(("native", "asked", "expected"), [
@@ -75,7 +85,7 @@ def test_resolve_amp_takes_bfloat16_only_where_native(monkeypatch, caplog, nativ
 
 
 def test_resolve_amp_is_off_off_cuda_and_checks_the_name(monkeypatch):
-    fake_gpu(monkeypatch, True)
+    fake_gpu(monkeypatch, True, True)
     for dtype in ("auto", "bfloat16", "float16"):
         assert resolve_amp(True, dtype, torch.device("cpu")) == (False, torch.float32, False)
         assert resolve_amp(False, dtype, CUDA) == (False, torch.float32, False)
@@ -131,6 +141,28 @@ def test_cuda_rng_states_of_two_gpus_restore_on_any_number(monkeypatch, visible)
     assert (note is None) == (visible == 2)
     if note:
         assert f"2 GPU(s) and {visible} are visible" in note
+
+
+def test_cuda_rng_state_is_the_training_gpu_s_and_goes_to_each_rank_s_own_gpu(monkeypatch):
+    """Under torchrun rank 0 writes last.pt: it saves the generator of the GPU it trains on (not its
+    view of every GPU: GPU r there is one rank r never drew from), and rank r, on GPU r, restores
+    that state into GPU r. Every rank seeds alike and draws alike, so rank 0's state is rank r's."""
+    generators = {0: 10, 1: 11, 2: 12}  # each GPU's generator, as this process sees it
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.full((16,), generators[torch.device(device).index], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.full((16,), generators[i], dtype=torch.uint8) for i in range(3)])
+    restored: list[tuple[int, int]] = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda new, device: restored.append((int(new[0]), torch.device(device).index)))
+    state = capture_rng(torch.device("cuda", 1))  # a process training on GPU 1
+    assert int(state["cuda_device"][0]) == 11
+    for rank in (0, 2):
+        restored.clear()
+        assert restore_rng(state, torch.device("cuda", rank)) is None
+        assert restored == [(11, rank)]  # the saved generator, into this rank's GPU only
+    restored.clear()
+    assert restore_rng(state, torch.device("cpu")) is None and restored == []  # resumed on the CPU: unused
+    assert "cuda_device" not in capture_rng(torch.device("cpu")) and "cuda_device" not in capture_rng()
 
 
 @pytest.mark.parametrize(("saved_world", "world", "accum"), [(2, 1, 1), (1, 2, 1), (2, 3, 1), (4, 2, 2), (3, 3, 1)])
@@ -248,6 +280,23 @@ def test_one_host_sync_per_log_interval(tmp_path, data_root, monkeypatch):
     # The epoch's loss is the mean of its 6 batch losses; the records' window means average to it.
     epoch_loss = next(r["train_loss"] for r in records if r["kind"] == "epoch")
     assert math.isclose(epoch_loss, sum(r["loss"] for r in train_records) / 2, rel_tol=1e-9)
+
+
+def test_classification_training_reads_back_once_per_log_interval_too(tmp_path, monkeypatch):
+    """The training top-1 error is counted on the device: no label range check per step (two
+    read-backs a step; the dataset's labels fit model.num_classes, checked when it is built)."""
+    from segkit.data import make_synthetic_cifar
+
+    root = make_synthetic_cifar(tmp_path / "cifar", n=24, size=16, seed=0)
+    calls = count_syncs(monkeypatch)
+    cfg = config_from_dict({
+        "task": "classification", "model": {"arch": "cifar_resnet20", "num_classes": 10},
+        "data": {"kind": "synthetic", "root": str(root), "val_split": "test", "synthetic": {"n": 24, "size": 16, "seed": 0}},
+        "schedule": {"name": "constant"}, "output": {"plots": False},
+        "trainer": {"epochs": 1, "batch_size": 4, "seed": 0, "log_interval": 3, "device": "cpu"}})
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.steps == 5  # 20 training images
+    assert len(calls) == 2, calls  # log points at steps 3 and 5 (the label check made 10 more)
 
 
 def _poison_loss_at(monkeypatch, batch: int) -> list[int]:

@@ -34,10 +34,12 @@ def native_bf16(device: torch.device | str) -> bool:
     device = torch.device(device)
     if device.type != "cuda":
         return False
-    try:
-        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
-    except TypeError:  # torch < 2.3 has no including_emulation; its check was the native one
-        return bool(torch.cuda.is_bf16_supported())
+    if torch.version.hip:  # ROCm: every AMD GPU torch supports computes bfloat16 (torch's own rule)
+        return True
+    # torch.cuda.is_bf16_supported() asks about the current device, which is not the training one
+    # for trainer.device cuda:1 in one process: a machine mixing GPU generations would pick wrongly.
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.cuda.get_device_properties(index).major >= 8  # Ampere and later: bfloat16 tensor cores
 
 
 def resolve_amp(amp: bool, amp_dtype: str, device: torch.device | str) -> tuple[bool, torch.dtype, bool]:

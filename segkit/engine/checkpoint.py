@@ -143,8 +143,14 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return state
 
 
-def capture_rng() -> dict[str, Any]:
-    """Every random generator training uses, as plain values (numpy's state as a tensor)."""
+def capture_rng(device: torch.device | str | None = None) -> dict[str, Any]:
+    """Every random generator training on ``device`` uses, as plain values (numpy's state as a tensor).
+
+    On a GPU that is the training GPU's generator (``cuda_device``), not every GPU's as this
+    process sees them: under torchrun rank 0 writes the checkpoint, and its view of GPU r is a
+    generator rank r never drew from (rank r draws from its own process's). Every rank seeds
+    alike and draws alike, so rank 0's own state is every rank's.
+    """
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -152,23 +158,31 @@ def capture_rng() -> dict[str, Any]:
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                   "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng(state: dict[str, Any]) -> str | None:
-    """Inverse of :func:`capture_rng`, on any number of GPUs.
+def restore_rng(state: dict[str, Any], device: torch.device | str | None = None) -> str | None:
+    """Inverse of :func:`capture_rng`, training on ``device``.
 
-    The CUDA states are one per GPU the saving process saw. Resumed with fewer GPUs, the first ones
-    are restored; with more, the extra GPUs keep the states ``torch.manual_seed`` gave them; on the
-    CPU they are unused. Returns a line saying so when the counts differ (None when they match).
+    A state saved on a GPU (``cuda_device``) goes to the training GPU, whichever it is now; on the
+    CPU it is unused. Checkpoints before it held one state per GPU the saving process saw
+    (``cuda``): resumed with fewer GPUs, the first ones are restored; with more, the extra GPUs keep
+    the states ``torch.manual_seed`` gave them. Returns a line saying so when the counts differ
+    (None when they match).
     """
     torch.set_rng_state(state["torch"])
     py = state["python"]
     random.setstate((py[-2], tuple(py[:-2]), py[-1]))
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    device = torch.device(device) if device is not None else None
+    if "cuda_device" in state:
+        if device is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_device"], device)
+        return None
     saved = list(state.get("cuda") or [])
     # Per device, not torch.cuda.set_rng_state_all: that one indexes device i for every saved state
     # and fails on a machine with fewer GPUs than the one that saved.

@@ -149,7 +149,9 @@ class ClassificationTask(Task):
     def start_epoch(self, device: torch.device) -> None:
         from segkit.metrics import TopKAccuracy
 
-        self._train_accuracy = TopKAccuracy((1,), device=device)
+        # The dataset's labels fit model.num_classes (checked when it is built): no per-step range check,
+        # which would read back from the GPU twice a step.
+        self._train_accuracy = TopKAccuracy((1,), device=device, check_labels=False)
 
     def observe(self, logits: Tensor, target: Tensor) -> None:
         # The training error of the papers' curves: on the augmented batches, in training mode.

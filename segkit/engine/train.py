@@ -352,7 +352,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     carried: dict[str, Any] | None = None  # the counts of an epoch stopped midway, continued after the resume
     if resume:
         state = load_checkpoint(last_path)
-        start_epoch, batch_in_epoch, step, best = _resume(state, cfg, out_dir, info, log, model, optimizer, scheduler, scaler)
+        start_epoch, batch_in_epoch, step, best = _resume(state, cfg, out_dir, info, log, model, optimizer, scheduler, scaler, device)
         carried = state.get("epoch_progress") if batch_in_epoch else None
         saved_total, saved_world = state.get("total_steps"), int(state.get("world_size", info.world_size))
         if saved_total != total_steps and (saved_total is not None or saved_world != info.world_size):
@@ -381,7 +381,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
             "scaler": scaler.state_dict(), "epoch": epoch, "batch_in_epoch": batch, "step": step, "total_steps": total_steps,
             "epoch_progress": json_safe(progress or {}),
             "best_miou": best if task.score_key == "miou" else None, "best_score": best, "score_key": task.score_key,
-            "rng": capture_rng(), "config": to_dict(cfg), "metrics": json_safe(metrics or {}),
+            "rng": capture_rng(device), "config": to_dict(cfg), "metrics": json_safe(metrics or {}),
             "world_size": info.world_size, "segkit_checkpoint": 1, "kind": "last",
         }
 
@@ -470,7 +470,8 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
 
 
 def _resume(state: dict[str, Any], cfg: DictConfig, out_dir: Path, info: DistInfo, log: _Log, model: nn.Module,
-            optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler) -> tuple[int, int, int, float | None]:
+            optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
+            device: torch.device) -> tuple[int, int, int, float | None]:
     """Load ``last.pt`` into the run's objects; ``(epoch, batch in epoch, step, best score)`` to continue from.
 
     Settings that may differ from the saved run's (CPU or GPU, AMP dtype, number of GPUs or
@@ -492,7 +493,7 @@ def _resume(state: dict[str, Any], cfg: DictConfig, out_dir: Path, info: DistInf
         raise SegkitError(f"{out_dir}/last.pt does not fit the model or optimizer this config builds ({first}); "
                           f"resume with the run's own config ({out_dir}/config.yaml).") from err
     scheduler.load_state_dict(state["scheduler"])
-    notes = [restore_grad_scaler(scaler, state.get("scaler")), restore_rng(state["rng"]) if "rng" in state else None]
+    notes = [restore_grad_scaler(scaler, state.get("scaler")), restore_rng(state["rng"], device) if "rng" in state else None]
     epoch, batch, step = state["epoch"], state["batch_in_epoch"], state["step"]
     saved_world = int(state.get("world_size", info.world_size))
     moved = resume_batch(batch, cfg.trainer.batch_size, cfg.trainer.grad_accum, saved_world, info.world_size)
