@@ -359,6 +359,43 @@ def test_a_nan_loss_inside_a_log_window_names_its_step(tmp_path, data_root, monk
     assert [r["step"] for r in records if r["kind"] == "train"] == [5]  # nothing logged from the bad window
 
 
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_gradients_that_overflow_under_a_finite_loss_stop_the_run_before_last_pt_holds_them(tmp_path, data_root, monkeypatch, clip):
+    """No grad scaler (float32 here, bfloat16 AMP on a GPU): a step whose loss is finite but whose
+    gradients are not makes every weight NaN while its window's losses all look fine. At the last
+    step of epoch 2 the end-of-epoch last.pt used to take those weights; now the error names the
+    step and last.pt keeps epoch 1's state, finite (with clipping too: clip_grad_norm_ turns an
+    infinite norm into NaN gradients)."""
+    import segkit.engine.train as engine
+
+    real_build = engine.build_loss_fn
+    calls: list[int] = []
+
+    def build(cfg):
+        loss_fn = real_build(cfg)
+
+        class InfiniteGradient(torch.nn.Module):
+            def forward(self, logits, target, **extra):
+                calls.append(1)
+                value = loss_fn(logits, target, **extra)
+                if len(calls) == 12:  # + 0 * sqrt(0): the value stays, the gradient is 0 * inf = NaN
+                    total = logits.float().sum()
+                    value = value + 0.0 * torch.sqrt(total - total.detach())
+                return value
+
+        return InfiniteGradient()
+
+    monkeypatch.setattr(engine, "build_loss_fn", build)
+    cfg = config_from_dict(tiny_config(data_root, epochs=3, batch_size=1, log_interval=5, checkpoint_interval=0,
+                                       clip_grad_norm=clip))
+    with pytest.raises(SegkitError, match=r"gradients' norm became nan at step 12 \(epoch 2\) while the loss stayed finite.*"
+                                          r"last.pt keeps the last good state"):
+        train(cfg, tmp_path / "run", progress=False)
+    kept = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert kept["step"] == 6
+    assert all(torch.isfinite(value).all() for value in kept["model"].values() if value.is_floating_point())
+
+
 # --- U-Net weight maps from the data pipeline ------------------------------------------------------
 
 WEIGHT_MAP_LOSS = [{"name": "weight_map_ce", "weight": 1.0, "w0": 10.0, "sigma": 3.0},

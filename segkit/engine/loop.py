@@ -5,10 +5,13 @@ The loop reads back once per *log point*: every ``trainer.log_interval`` optimiz
 end of the epoch, and where it stops (``--max-steps``, a signal). In between, the loss of every
 batch is summed on the device and a non-finite loss is recorded there (its step and value, with
 ``torch.where``), so a run that diverges stops at the next log point naming the step where the
-loss first became non-finite. The steps after it (at most ``log_interval - 1``) train on NaN
-weights, which are never saved: checkpoints are written only after a log point found the
-window finite, and ``last.pt`` keeps the last good state. (A float16 grad scaler reads its
-inf/NaN check back in every step; that is GradScaler's own synchronisation.)
+loss first became non-finite. A step whose loss is finite but whose gradients are not (an
+overflow in the backward pass) is recorded the same way, from the gradients' norm: its update
+makes the weights NaN while every loss of the window was computed before it. The steps after
+it (at most ``log_interval - 1``) train on NaN weights, which are never saved: checkpoints are
+written only after a log point found the window finite, and ``last.pt`` keeps the last good
+state. (A float16 grad scaler reads its inf/NaN check back in every step and skips such steps;
+that is GradScaler's own synchronisation, and its steps are not checked again.)
 
 Stopping under torchrun: ranks must leave at the same step, or the ones still training hang in
 DDP's gradient all-reduce. At each log point the ranks exchange one small row of statistics (one
@@ -26,7 +29,7 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,16 +78,28 @@ class WindowStats:
     window_loss: float  # mean batch loss since the previous log point, over all ranks
     epoch_loss_sum: float  # summed batch losses of the epoch so far, over all ranks
     epoch_batches: int  # batches behind epoch_loss_sum, over all ranks
-    bad_step: int | None  # the first step with a non-finite loss (any rank), or None
-    bad_value: float  # that loss (nan, inf or -inf)
+    bad_step: int | None  # the first step with a non-finite loss or gradient norm (any rank), or None
+    bad_value: float  # that loss or norm (nan, inf or -inf)
+    bad_gradients: bool  # the loss of bad_step was finite, its gradients were not
     signal: bool  # SIGINT/SIGTERM arrived on some rank
+
+
+def gradient_norm(parameters: Iterable[nn.Parameter]) -> Tensor:
+    """The 2-norm of all gradients together, on their device (no read-back): what
+    ``clip_grad_norm_`` measures, for a step that does not clip."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    if hasattr(nn.utils, "get_total_norm"):  # torch >= 2.6: fused per device and dtype
+        return nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach()) for g in grads]))
 
 
 class LossWindow:
     """Batch losses summed, and the first non-finite one recorded, on the device: no read-back per step."""
 
     # Row layout of the per-rank statistics exchanged at a log point.
-    _FIELDS = 7  # window sum, window count, epoch sum, epoch count, first bad step, its value, signal
+    _FIELDS = 8  # window sum, window count, epoch sum, epoch count, first bad step, its value, signal, bad in gradients
 
     def __init__(self, device: torch.device) -> None:
         # float64: exact integer steps and counts, and sums of many losses without drift (CPU/CUDA).
@@ -96,6 +111,7 @@ class LossWindow:
         self.window_sum, self.window_count = self._zero.clone(), 0
         self.first_bad = torch.full_like(self._zero, float("inf"))  # inf: none yet (min-reduced across ranks)
         self.bad_value = self._zero.clone()
+        self.bad_gradients = self._zero.clone()
 
     def add(self, loss: Tensor, step: int) -> None:
         """Count one batch's loss, which belongs to optimizer step ``step`` (1-based)."""
@@ -108,10 +124,19 @@ class LossWindow:
         self.first_bad = torch.where(first, step, self.first_bad)
         self.bad_value = torch.where(first, value, self.bad_value)
 
+    def add_gradient_norm(self, norm: Tensor, step: int) -> None:
+        """Record step ``step`` (1-based) as the first bad one when its gradients' norm is not finite
+        (and no earlier step was bad); its loss, counted by :meth:`add` before, was finite."""
+        value = norm.detach().to(torch.float64)
+        first = ~torch.isfinite(value) & torch.isinf(self.first_bad)
+        self.first_bad = torch.where(first, step, self.first_bad)
+        self.bad_value = torch.where(first, value, self.bad_value)
+        self.bad_gradients = torch.where(first, 1.0, self.bad_gradients)
+
     def sync(self, info: DistInfo, signal: bool) -> WindowStats:
         """Read the window back (once; under DDP one all_gather of every rank's row first) and start a new window."""
         row = torch.stack([self.window_sum, self._zero + self.window_count, self.epoch_sum, self._zero + self.epoch_count,
-                           self.first_bad, self.bad_value, self._zero + int(signal)])
+                           self.first_bad, self.bad_value, self._zero + int(signal), self.bad_gradients])
         rows = row[None]
         if info.enabled:
             gathered = [torch.empty_like(row) for _ in range(info.world_size)]
@@ -125,7 +150,7 @@ class LossWindow:
         return WindowStats(
             window_loss=window_sum / max(window_count, 1), epoch_loss_sum=sum(r[2] for r in values),
             epoch_batches=int(sum(r[3] for r in values)), bad_step=None if bad[4] == float("inf") else int(bad[4]),
-            bad_value=bad[5], signal=any(r[6] for r in values),
+            bad_value=bad[5], bad_gradients=bool(bad[7]), signal=any(r[6] for r in values),
         )
 
 
@@ -219,9 +244,12 @@ def train_epoch(run: Run, epoch: int, batch_in_epoch: int, step: int, carried: d
         seen += images.shape[0]
         if not (batch_in_epoch % accum == 0 or batch_in_epoch == run.batches_per_epoch):
             continue  # stop only between optimizer steps, so no accumulated gradient is lost
+        norm = None
         if cfg.trainer.clip_grad_norm:
             run.scaler.unscale_(run.optimizer)
-            nn.utils.clip_grad_norm_(run.model.parameters(), cfg.trainer.clip_grad_norm)
+            norm = nn.utils.clip_grad_norm_(run.model.parameters(), cfg.trainer.clip_grad_norm)
+        if not run.scaler.is_enabled():  # (a float16 grad scaler skips a step with inf/NaN gradients itself)
+            window.add_gradient_norm(gradient_norm(run.model.parameters()) if norm is None else norm, step + 1)
         run.scaler.step(run.optimizer)
         run.scaler.update()
         step_lr = run.optimizer.param_groups[0]["lr"]  # the rate this step ran at (logged), before the schedule moves on
@@ -241,6 +269,12 @@ def train_epoch(run: Run, epoch: int, batch_in_epoch: int, step: int, carried: d
             run.writer.wait(run.last_path)  # a last.pt still being written in the background counts
             kept = (f"{run.last_path} keeps the last good state" if run.last_path.exists() else
                     f"no {run.last_path.name} was written yet (it is written every trainer.checkpoint_interval seconds)")
+            if stats.bad_gradients:
+                raise SegkitError(
+                    f"the gradients' norm became {stats.bad_value} at step {stats.bad_step} (epoch {epoch + 1}) while the loss "
+                    f"stayed finite; training stopped and {kept}; lower optimizer.lr, or check the loss for a term that is "
+                    "not differentiable everywhere (trainer.clip_grad_norm cannot mend an infinite gradient)."
+                )
             raise SegkitError(
                 f"the loss became {stats.bad_value} at step {stats.bad_step} (epoch {epoch + 1}); training stopped and "
                 f"{kept}; lower optimizer.lr or enable trainer.clip_grad_norm."
