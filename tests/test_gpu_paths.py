@@ -299,8 +299,8 @@ def test_classification_training_reads_back_once_per_log_interval_too(tmp_path, 
     assert len(calls) == 2, calls  # log points at steps 3 and 5 (the label check made 10 more)
 
 
-def _poison_loss_at(monkeypatch, batch: int) -> list[int]:
-    """Make the training loss NaN at its ``batch``-th call; the list of calls made."""
+def _poison_loss_at(monkeypatch, batch: int, poison=lambda value, logits: value * float("nan")) -> list[int]:
+    """Make the training loss ``poison(loss, logits)`` (NaN) at its ``batch``-th call; the list of calls made."""
     import segkit.engine.train as engine
 
     real_build = engine.build_loss_fn
@@ -313,7 +313,7 @@ def _poison_loss_at(monkeypatch, batch: int) -> list[int]:
             def forward(self, logits, target, **extra):
                 calls.append(1)
                 value = loss_fn(logits, target, **extra)
-                return value * float("nan") if len(calls) == batch else value
+                return poison(value, logits) if len(calls) == batch else value
 
         return Poisoned()
 
@@ -366,26 +366,11 @@ def test_gradients_that_overflow_under_a_finite_loss_stop_the_run_before_last_pt
     step of epoch 2 the end-of-epoch last.pt used to take those weights; now the error names the
     step and last.pt keeps epoch 1's state, finite (with clipping too: clip_grad_norm_ turns an
     infinite norm into NaN gradients)."""
-    import segkit.engine.train as engine
+    def infinite_gradient(value, logits):  # + 0 * sqrt(0): the value stays, the gradient is 0 * inf = NaN
+        total = logits.float().sum()
+        return value + 0.0 * torch.sqrt(total - total.detach())
 
-    real_build = engine.build_loss_fn
-    calls: list[int] = []
-
-    def build(cfg):
-        loss_fn = real_build(cfg)
-
-        class InfiniteGradient(torch.nn.Module):
-            def forward(self, logits, target, **extra):
-                calls.append(1)
-                value = loss_fn(logits, target, **extra)
-                if len(calls) == 12:  # + 0 * sqrt(0): the value stays, the gradient is 0 * inf = NaN
-                    total = logits.float().sum()
-                    value = value + 0.0 * torch.sqrt(total - total.detach())
-                return value
-
-        return InfiniteGradient()
-
-    monkeypatch.setattr(engine, "build_loss_fn", build)
+    _poison_loss_at(monkeypatch, 12, infinite_gradient)
     cfg = config_from_dict(tiny_config(data_root, epochs=3, batch_size=1, log_interval=5, checkpoint_interval=0,
                                        clip_grad_norm=clip))
     with pytest.raises(SegkitError, match=r"gradients' norm became nan at step 12 \(epoch 2\) while the loss stayed finite.*"
