@@ -93,27 +93,40 @@ def _run_check_data(args: argparse.Namespace) -> int:
             colors = json.loads(args.class_colors)
         except json.JSONDecodeError as err:
             raise SegkitError(f"--class-colors is not valid JSON ({err}); write e.g. [[0,0,0],[255,0,0]]") from err
+    root = Path(args.root)
+    if root.is_file():
+        raise SegkitError(f"{root} is a file; check-data reads a folder dataset (images/ and masks/ beside each other). "
+                          "A COCO annotation file is checked when segkit train or evaluate loads it.")
     splits = [args.split] if args.split else list_splits(args.root, args.image_dir, args.mask_dir) or [None]
-    reports = [
-        check_folder(
-            args.root,
-            split,
-            num_classes=args.num_classes,
-            ignore_index=args.ignore_index,
-            binary=args.binary,
-            reduce_zero_label=args.reduce_zero_label,
-            class_colors=colors,
-            unknown_color=args.unknown_color,
-            image_dir=args.image_dir,
-            mask_dir=args.mask_dir,
-            image_suffix=args.image_suffix,
-            mask_suffix=args.mask_suffix,
-            split_file=args.split_file,
-        )
-        for split in splits
-    ]
-    print("\n\n".join(report.format() for report in reports))
-    return 0 if all(report.ok for report in reports) else 1
+    texts, ok = [], True
+    for split in splits:
+        try:
+            report = check_folder(
+                args.root,
+                split,
+                num_classes=args.num_classes,
+                ignore_index=args.ignore_index,
+                binary=args.binary,
+                reduce_zero_label=args.reduce_zero_label,
+                class_colors=colors,
+                unknown_color=args.unknown_color,
+                image_dir=args.image_dir,
+                mask_dir=args.mask_dir,
+                image_suffix=args.image_suffix,
+                mask_suffix=args.mask_suffix,
+                split_file=args.split_file,
+            )
+        except SegkitError as err:
+            if len(splits) == 1:
+                raise
+            # One split that cannot be read (no mask folder) does not hide the others' reports.
+            texts.append(f"data check: {args.root} (split {split})\n  problem: {err}\n  NOT OK: fix the problem above")
+            ok = False
+            continue
+        texts.append(report.format())
+        ok = ok and report.ok
+    print("\n\n".join(texts))
+    return 0 if ok else 1
 
 
 COMMANDS["check-data"] = (

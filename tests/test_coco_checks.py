@@ -83,7 +83,13 @@ def test_a_name_two_categories_share_must_be_chosen_by_id(coco, tmp_path):
     (lambda d: d["annotations"][0].pop("id"), r"entry 0 of 'annotations' in .* has no id: .*'image_id': 10.*; add the field"),
     (lambda d: d["images"][2].update(height="20"), r"image 30 \(c\.png\) in .* has height '20'; height and width must be "
                                                    "positive whole numbers"),
-    (lambda d: d["images"][0].update(id=[10]), r"image id \[10\] in .* is not a number or string"),
+    (lambda d: d["images"][0].update(id=[10]), r"image id \[10\] in .* is not a whole number or a string"),
+    (lambda d: d["images"][0].update(id=10.0), r"image id 10\.0 in .* is not a whole number or a string; give each image an integer id"),
+    (lambda d: d["images"][1].update(file_name=None), r"image 20 in .* has file_name None; give the image file's path"),
+    (lambda d: d["images"][1].update(file_name=17), r"image 20 in .* has file_name 17; give the image file's path"),
+    # Truth-tested, "0" made the object a crowd region: ignored in silence.
+    (lambda d: d["annotations"][2].update(iscrowd="0"), r"annotation 3 in .* has iscrowd '0'; iscrowd is 0 \(an object\) or 1"),
+    (lambda d: d["annotations"][2].update(iscrowd=2), r"annotation 3 in .* has iscrowd 2"),
 ])
 def test_malformed_entries_are_named(coco, tmp_path, edit, message):
     images, _, data = coco
@@ -108,6 +114,9 @@ def test_null_annotations_mean_none(coco, tmp_path):
     ([[5, 5, 20, 5, 20, -300]], r"has a polygon reaching \(20, -300\), far outside its 40x30 image"),
     ([[5, 5], [5, 5, 20, 5, 20, 20], 3], r"has a polygon 3 that is not a list of coordinates"),
     ("polygon", r"has a segmentation of type str"),
+    # x, y pairs: four were dropped as a degenerate polygon (an empty mask), six named a NaN
+    ([[[5, 5], [20, 5], [20, 20], [5, 20]]], r"has a polygon of nested lists .*; COCO polygons are flat"),
+    ([[[5, 5], [20, 5], [20, 20], [5, 20], [3, 3], [4, 4]]], r"has a polygon of nested lists"),
 ])
 def test_bad_polygons_are_errors_naming_the_annotation(coco, tmp_path, segmentation, message):
     images, _, data = coco
@@ -172,3 +181,52 @@ def test_string_image_ids_cache_under_safe_names(coco, tmp_path):
         np.testing.assert_array_equal(cached[i][1].numpy(), cached[i][1].numpy())  # now from the cache
     names = sorted(p.name for p in cached.cache_dir.iterdir())
     assert len(names) == 4 and all(n.startswith("s-train_") and n.endswith(".png") for n in names)
+
+
+def _rle_of(mask: np.ndarray, compressed: bool) -> dict:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    if compressed:
+        return {"size": rle["size"], "counts": rle["counts"].decode()}
+    flat = mask.astype(np.uint8).flatten(order="F")  # column-major runs, starting with zeros
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return {"size": list(mask.shape), "counts": ([0] if flat[0] else []) + runs}
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_an_rle_whose_runs_do_not_cover_its_size_is_an_error_not_a_random_mask(coco, tmp_path, compressed):
+    """pycocotools leaves the pixels past short runs unwritten: whatever memory held, a different
+    mask on every read (and cached once with cache_dir). Runs that fit are drawn as pycocotools does."""
+    images, _, data = coco
+    disc = np.zeros((30, 40), bool)  # image 10 is 40x30
+    yy, xx = np.mgrid[:30, :40]
+    disc[(yy - 15) ** 2 + (xx - 20) ** 2 < 64] = True
+    good = _rle_of(disc, compressed)
+    data["annotations"][0].update(segmentation=good, iscrowd=1 if compressed else 0)
+    ds = CocoDataset(images, _write(tmp_path, data, "good.json"))
+    np.testing.assert_array_equal(ds[0][1].numpy(), expected_mask(_quiet_coco(tmp_path / "good.json"), 10, ds.label_of))
+    short = dict(good, counts=good["counts"][:-1]) if not compressed else _rle_of(disc[:20], True) | {"size": [30, 40]}
+    for rle, covered in ((short, 1200 - (good["counts"][-1] if not compressed else 400)), ({"size": [30, 40], "counts": []}, 0)):
+        data["annotations"][0]["segmentation"] = rle
+        ds = CocoDataset(images, _write(tmp_path, data, "short.json"))
+        with pytest.raises(SegkitError, match=rf"annotation 1 of image 10 in .*short\.json has an RLE whose runs cover {covered} "
+                                              r"pixels but its size 30x40 holds 1200; fix the annotation"):
+            ds[0]
+
+
+def test_compressed_rle_totals_follow_pycocotools_encoding():
+    from pycocotools import mask as mask_utils
+
+    from segkit.data.coco_format import rle_string_total
+
+    rng = np.random.default_rng(0)
+    for shape, share in [((1, 1), 1.0), ((7, 300), 0.5), ((64, 48), 0.02), ((200, 3), 0.98)]:
+        mask = np.asfortranarray((rng.random(shape) < share).astype(np.uint8))
+        counts = mask_utils.encode(mask)["counts"]
+        assert rle_string_total(counts) == rle_string_total(counts.decode()) == mask.size
+    assert rle_string_total(b"0") == 0 and rle_string_total(b"") == 0
+    assert rle_string_total(b"1Q") is None  # 'Q' (0x21) promises another group that never comes
+

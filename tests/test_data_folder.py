@@ -152,6 +152,22 @@ def test_rgb_colour_masks_with_a_class_colour_table(tmp_path):
     assert torch.equal(ds[0][1], torch.from_numpy(np.where(indices == 2, 255, indices)).long())
 
 
+@pytest.mark.parametrize(("colors", "message"), [
+    ({"background": [0, 0, 0], "cell": [255, 0, 0]}, r"class_colors has the key 'background'; .*keyed by index, not by name"),
+    ({-1: [0, 0, 0]}, r"class_colors has the key -1"),
+    (5, r"class_colors is 5; class_colors is a list of colours in class order"),
+    ("#ff0000", r"class_colors is '#ff0000'"),
+])
+def test_a_colour_table_of_another_shape_is_a_user_error(tmp_path, colors, message):
+    """Keys by class name (a ValueError traceback) and a bare value (a TypeError) are named."""
+    write_png(tmp_path / "images" / "a.png", rgb())
+    write_png(tmp_path / "masks" / "a.png", rgb())
+    with pytest.raises(SegkitError, match=message):
+        FolderDataset(tmp_path, class_colors=colors)
+    ds = FolderDataset(tmp_path, class_colors={"0": [0, 0, 0], "1": [255, 0, 0]}, unknown_color="ignore")  # JSON keys
+    assert ds.num_classes == 2
+
+
 def test_unknown_colour_is_an_error_naming_file_and_colour_or_ignore(tmp_path):
     indices = labels(num_classes=3)
     write_png(tmp_path / "images" / "a.png", rgb())
@@ -374,6 +390,16 @@ def test_check_data_command(tmp_path, capsys):
     assert "d.png has no mask" in out and "holds value 2" in out
     assert main(["check-data", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # A split whose mask folder is missing is that split's problem: the other splits are still reported.
+    make_folder(tmp_path / "three", ["a"], split="train")
+    write_png(tmp_path / "three" / "images" / "test" / "e.png", gray())
+    assert main(["check-data", str(tmp_path / "three"), "--num-classes", "3"]) == 1
+    out = capsys.readouterr().out
+    assert "(split train)" in out and "(split test)\n  problem: mask folder" in out and "masks/test does not exist" in out
+    # A COCO annotation file is not a folder dataset: said so, not "does not exist".
+    (tmp_path / "ann.json").write_text("{}")
+    assert main(["check-data", str(tmp_path / "ann.json")]) == 2
+    assert "ann.json is a file; check-data reads a folder dataset" in capsys.readouterr().err
 
 
 def test_check_data_says_when_the_images_have_several_sizes(tmp_path):

@@ -73,6 +73,9 @@ def _check_entries(dataset: dict[str, Any], path: Path) -> None:
                 raise SegkitError(f"entry {position} of '{key}' in {path} has no {', '.join(missing)}: "
                                   f"{_short(entry)}; add the field{'s' if len(missing) > 1 else ''}")
     for image in dataset["images"]:
+        if not isinstance(image["file_name"], str) or not image["file_name"]:
+            raise SegkitError(f"image {image['id']!r} in {path} has file_name {image['file_name']!r}; give the image file's "
+                              "path (relative to the image folder) as a string")
         for side in ("height", "width"):
             value = image[side]
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -80,6 +83,11 @@ def _check_entries(dataset: dict[str, Any], path: Path) -> None:
                                   "height and width must be positive whole numbers (pixels)")
     _check_unique(path, "images", ((image["id"], image["file_name"]) for image in dataset["images"]), "image")
     _check_unique(path, "categories", ((cat["id"], cat["name"]) for cat in dataset["categories"]), "category")
+    for ann in dataset["annotations"]:
+        crowd = ann.get("iscrowd", 0)
+        if crowd not in (0, 1) or isinstance(crowd, float):  # (True and False are 1 and 0)
+            raise SegkitError(f"annotation {ann['id']!r} in {path} has iscrowd {crowd!r}; iscrowd is 0 (an object) or 1 "
+                              "(a crowd region, ignored in training and scoring)")
     image_ids = {image["id"] for image in dataset["images"]}
     category_ids = {cat["id"] for cat in dataset["categories"]}
     for field, known, listed in (("image_id", image_ids, "images"), ("category_id", category_ids, "categories")):
@@ -99,7 +107,8 @@ def _check_unique(path: Path, key: str, entries: Iterable[tuple[Any, Any]], kind
     seen: dict[Any, Any] = {}
     for entry_id, name in entries:
         if not isinstance(entry_id, (int, str)) or isinstance(entry_id, bool):
-            raise SegkitError(f"{kind} id {entry_id!r} in {path} is not a number or string; give each {kind} a numeric id")
+            raise SegkitError(f"{kind} id {entry_id!r} in {path} is not a whole number or a string; give each {kind} an "
+                              "integer id")
         if entry_id in seen:
             raise SegkitError(f"{kind} id {entry_id!r} appears twice in '{key}' of {path} ({seen[entry_id]!r} and {name!r}); "
                               f"give each {kind} its own id")
@@ -136,10 +145,12 @@ def checked_segmentation(ann: dict[str, Any], height: int, width: int, where: st
     dropped. A polygon that is not a list of numbers, has an odd number of values, or has a
     coordinate that is not finite or lies further than the image's own size beyond its border
     raises a SegkitError naming ``where``: pycocotools would crash or allocate without bound on
-    it. RLE dicts pass through (pycocotools checks them).
+    it. An RLE's runs must cover its size exactly: pycocotools leaves the pixels past short runs
+    unwritten (whatever the memory held: a different mask on every read) and refuses long ones.
     """
     seg = ann["segmentation"]
     if isinstance(seg, dict):
+        _check_rle_length(seg, where)
         return ann
     if not isinstance(seg, list):
         raise SegkitError(f"{where} has a segmentation of type {type(seg).__name__}; give a list of polygons or an RLE object")
@@ -151,6 +162,9 @@ def checked_segmentation(ann: dict[str, Any], height: int, width: int, where: st
         if not isinstance(polygon, list):
             raise SegkitError(f"{where} has a polygon {_clip(polygon)} that is not a list of coordinates; "
                               "give each polygon as [x1, y1, x2, y2, ...]")
+        if any(isinstance(v, (list, tuple, dict)) for v in polygon):
+            raise SegkitError(f"{where} has a polygon of nested lists ({_clip(polygon)}); COCO polygons are flat: "
+                              "[x1, y1, x2, y2, ...], not [[x1, y1], [x2, y2], ...]")
         if len(polygon) < 6:
             continue
         if len(polygon) % 2:
@@ -159,7 +173,7 @@ def checked_segmentation(ann: dict[str, Any], height: int, width: int, where: st
             values = np.asarray(polygon, dtype=np.float64)  # None becomes NaN, caught below
         except (TypeError, ValueError):
             raise SegkitError(f"{where} has a polygon holding a non-number ({_clip(polygon)}); give numbers only") from None
-        if values.ndim != 1 or not np.isfinite(values).all():
+        if not np.isfinite(values).all():
             raise SegkitError(f"{where} has a polygon holding a null, NaN or infinite value ({_clip(polygon)}); fix the annotation")
         xs, ys = values[0::2], values[1::2]
         if xs.min() < -width or xs.max() > 2 * width or ys.min() < -height or ys.max() > 2 * height:
@@ -169,6 +183,54 @@ def checked_segmentation(ann: dict[str, Any], height: int, width: int, where: st
     if not polygons:
         return None
     return ann if len(polygons) == len(seg) else {**ann, "segmentation": polygons}
+
+
+def _check_rle_length(rle: dict[str, Any], where: str) -> None:
+    """A SegkitError when an RLE's runs do not add up to its ``size`` (height x width). A malformed
+    size or counts is left to pycocotools, whose error the caller names."""
+    size, counts = rle.get("size"), rle.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
+        return
+    if isinstance(counts, list):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
+            return
+        total = sum(counts)
+    elif isinstance(counts, (str, bytes)):
+        total = rle_string_total(counts)
+        if total is None:
+            raise SegkitError(f"{where} has an RLE whose counts string ends inside a number; it is cut short or not "
+                              "COCO's compressed RLE (fix the annotation)")
+    else:
+        return
+    if total != size[0] * size[1]:
+        raise SegkitError(f"{where} has an RLE whose runs cover {total} pixels but its size {size[0]}x{size[1]} holds "
+                          f"{size[0] * size[1]}; fix the annotation (was it encoded for another image size?)")
+
+
+def rle_string_total(counts: str | bytes) -> int | None:
+    """The pixels a compressed COCO RLE string covers (the sum of its runs), or None when it ends
+    inside a number. The format is pycocotools' ``rleFrString``: each run in 5-bit groups (ASCII
+    48 + the group, 0x20 set while more follow, 0x10 the sign of the last), and every run after the
+    second stored as its difference from the run two before it."""
+    data = counts.encode() if isinstance(counts, str) else bytes(counts)
+    runs: list[int] = []
+    position = 0
+    while position < len(data):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(data):
+                return None
+            group = data[position] - 48
+            value |= (group & 0x1F) << shift
+            more = bool(group & 0x20)
+            position += 1
+            shift += 5
+            if not more and group & 0x10:
+                value |= -1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return sum(runs)
 
 
 def _clip(value: Any) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,7 +79,7 @@ class MaskDecoder:
         self.reduce_zero_label = reduce_zero_label
         self.colors: dict[int, int] | None = None  # packed colour -> class
         if class_colors is not None:
-            items = class_colors.items() if isinstance(class_colors, Mapping) else enumerate(class_colors)
+            items = _color_items(class_colors)
             colors: dict[int, int] = {}
             for cls, color in items:
                 packed = int(_pack(np.array(_parse_color(color, f"for class {cls}"))))
@@ -271,3 +272,25 @@ def label_hints(
             "or check that 0 is not meant as the unlabelled value"
         )
     return hints
+
+
+def _color_items(class_colors: Any) -> list[tuple[int, Any]]:
+    """``(class index, colour)`` pairs of ``class_colors``: a list of colours in class order, or a
+    mapping from class index (an int, or a string of one: YAML and JSON keys) to colour."""
+    shape = ("class_colors is a list of colours in class order ([[0, 0, 0], [255, 0, 0]]) or a mapping from "
+             "class index to colour ({0: [0, 0, 0], 1: [255, 0, 0]})")
+    if isinstance(class_colors, Mapping):
+        items = []
+        for key, color in class_colors.items():
+            try:
+                index = int(key) if not isinstance(key, (bool, float)) else None
+            except (TypeError, ValueError):
+                index = None
+            if index is None or index < 0:
+                raise SegkitError(f"class_colors has the key {key!r}; {shape}, keyed by index, not by name")
+            items.append((index, color))
+        return items
+    if isinstance(class_colors, (str, bytes)) or not isinstance(class_colors, Sequence):
+        raise SegkitError(f"class_colors is {class_colors!r}; {shape}")
+    return list(enumerate(class_colors))
+
