@@ -38,6 +38,23 @@ def test_a_weights_file_of_another_model_is_refused_and_the_right_one_loads(tmp_
             torch.testing.assert_close(ours, theirs)
 
 
+@pytest.mark.parametrize("arch", ["efficientnet_b0", "mobilenetv3_small_050", "hrnet_w18_small"])
+def test_a_weights_file_of_the_whole_timm_model_loads_where_features_only_drops_layers(tmp_path, arch, caplog):
+    """timm's own checkpoint of these families holds layers features_only drops (EfficientNet's
+    conv_head and bn2, HRNet's head), beside the classifier: they are the model's own, not another
+    model's, and the encoder then equals timm's features_only model loaded from the same file.
+    timm's "Unexpected keys" line is judged, not printed."""
+    path = tmp_path / f"{arch}.pth"
+    torch.save(timm.create_model(arch).state_dict(), path)
+    encoder = segkit.create_encoder(f"tu-{arch}", weights=path).eval()
+    assert "Unexpected keys" not in caplog.text
+    reference = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, features_only=True).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for ours, theirs in zip(encoder(x)[-len(reference.feature_info):], reference(x)):
+            torch.testing.assert_close(ours, theirs)
+
+
 @pytest.mark.parametrize(("encoder", "weights", "mean"), [
     ("tu-xception41", "imagenet", [0.5, 0.5, 0.5]),  # Inception-style weights: (x - 0.5) / 0.5
     ("tu-resnet18", "a1_in1k", [0.485, 0.456, 0.406]),

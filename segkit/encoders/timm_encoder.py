@@ -297,10 +297,12 @@ def _create_checking_file(timm: Any, model_name: str, options: dict[str, Any], f
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         builder_log.addHandler(unexpected)
+        propagate, builder_log.propagate = builder_log.propagate, False  # judged below, not printed
         try:
             model = timm.create_model(model_name, **options)
         finally:
             builder_log.removeHandler(unexpected)
+            builder_log.propagate = propagate
         torch.manual_seed(seed)
         fresh = timm.create_model(model_name, **{**{k: v for k, v in options.items() if k != "pretrained_cfg_overlay"}, "pretrained": False})
     initial = fresh.state_dict()
@@ -310,9 +312,22 @@ def _create_checking_file(timm: Any, model_name: str, options: dict[str, Any], f
         raise SegkitError(f"{file} holds no values for {len(missing)} of the {len(weights)} weight tensors of timm's {arch} "
                           f"(e.g. {missing[0]}), which would stay random; pass a state dict of timm's {arch} (.pth or .safetensors).")
     if unexpected.keys:
-        raise SegkitError(f"{file} holds tensors that timm's {arch} does not have ({unexpected.keys[:120]}...): it is another "
-                          f"model's state dict; pass one of timm's {arch} (.pth or .safetensors).")
+        # The layers features_only drops (EfficientNet's conv_head and bn2, a classifier) are timm's
+        # own model's: only tensors the whole model lacks make the file another model's.
+        whole = _whole_model_keys(timm, model_name, options)
+        foreign = [key for key in unexpected.keys.split(", ") if key not in whole]
+        if foreign:
+            raise SegkitError(f"{file} holds tensors that timm's {arch} does not have ({', '.join(foreign)[:120]}...): it is "
+                              f"another model's state dict; pass one of timm's {arch} (.pth or .safetensors).")
     return model
+
+
+def _whole_model_keys(timm: Any, model_name: str, options: dict[str, Any]) -> set[str]:
+    """The state-dict keys of timm's whole ``model_name`` (classifier included) with ``options``'
+    architecture settings, built on the meta device (no memory, no weights)."""
+    kept = {k: v for k, v in options.items() if k not in ("features_only", "out_indices", "pretrained", "pretrained_cfg_overlay")}
+    with torch.device("meta"):
+        return set(timm.create_model(model_name, pretrained=False, **kept).state_dict())
 
 
 class _UnexpectedKeys(logging.Handler):
