@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +119,28 @@ def test_predict_errors(tmp_path, ckpt, capsys):
     assert main(["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "rgb.png"), "--output", str(tmp_path / "o"),
                  "--overlap", "1.5"]) == 2
     assert "--overlap must lie in [0, 1)" in capsys.readouterr().err
+
+
+def test_predict_output_problems_are_one_line_errors_before_any_inference(tmp_path, ckpt, capsys, monkeypatch):
+    """An --output that is a file or cannot be created ended in a traceback after the first image's
+    forward pass; an input inside --output listed no image ("no images found") and would have filled
+    the output's masks/ folder, where a dataset keeps its ground truth."""
+    from segkit.engine import inference
+
+    images = tmp_path / "project" / "images"
+    images.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(images / "a.png")
+    monkeypatch.setattr(inference, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "result").write_text("not a folder")
+    for output, message in [(tmp_path / "result", r"--output .*result is a file; give a folder"),
+                            (tmp_path / "result" / "sub", r"--output .*sub cannot be created \(Not a directory\)"),
+                            (tmp_path / "project", r"the input .*images lies inside --output .*project, whose masks/ folder")]:
+        code = main(["predict", "--checkpoint", str(ckpt), "--input", str(images), "--output", str(output), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and re.search(message, err), err
+    monkeypatch.chdir(images.parent)  # the hunt's case: `cd project; segkit predict --input images --output .`
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", "images", "--output", ".", "--quiet"]) == 2
+    assert "lies inside --output ." in capsys.readouterr().err
 
 
 def test_run_directory_stands_for_its_best_checkpoint(tmp_path, ckpt):

@@ -69,7 +69,20 @@ class ImageInfo:
         return self.height, self.width
 
 
+# Pillow refuses an image of more than twice Image.MAX_IMAGE_PIXELS (179 M pixels by default), its
+# guard against decompression bombs, and warns above it. segkit reads its users' own data, where a
+# 13500 x 13500 JPEG slide is a real image (predict --tile reads it, then predicts tile by tile):
+# the guard is raised to 2**29 (a refusal above 2**30 pixels, 3 GiB as RGB), never lowered or removed.
+_PIL_MAX_PIXELS = 2**29
+if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < _PIL_MAX_PIXELS:
+    Image.MAX_IMAGE_PIXELS = _PIL_MAX_PIXELS
+
+
 def _unreadable(path: Path, kind: str, err: Exception) -> SegkitError:
+    if isinstance(err, Image.DecompressionBombError):
+        return SegkitError(f"{kind} {path} claims more pixels than segkit reads with Pillow ({err}); if it is genuine, save it as "
+                           "a TIFF, which segkit reads as a memory map (segkit predict --tile), or raise PIL.Image.MAX_IMAGE_PIXELS; "
+                           "else its header is corrupt")
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return SegkitError(f"cannot read {kind} {path} ({reason}); replace the file with a valid one or remove it")
 

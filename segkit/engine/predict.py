@@ -52,14 +52,28 @@ def _list_images(source: Path, output: Path) -> tuple[list[Path], list[str]]:
         raise SegkitError(f"input {source} does not exist; pass an image file or a folder of images.")
     if output.resolve() == source.resolve():
         raise SegkitError(f"--output {output} is the input folder; write the predictions to another folder.")
+    if output.resolve() in source.resolve().parents:
+        # Its masks/ would be written where a dataset keeps its ground truth (images/ beside masks/).
+        raise SegkitError(f"the input {source} lies inside --output {output}, whose masks/ folder predict would fill "
+                          "(a dataset's ground truth is often there); write the predictions to a folder outside it.")
     files, problems = find_files(source, IMAGE_EXTENSIONS, None, "image")
     if problems:
         raise SegkitError(problems[0] + "; predictions are named by stem, so rename one of them.")
-    inside = output.resolve()
+    inside = output.resolve()  # an output folder inside the input: its earlier predictions are not inputs
     names = [stem for stem, path in sorted(files.items()) if inside not in path.resolve().parents]
     if not names:
         raise SegkitError(f"no images found in {source} (looked for {'/'.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)}).")
     return [files[stem] for stem in names], names
+
+
+def _make_output_folder(output: Path) -> None:
+    """Create ``output`` before any inference, or say why it cannot be (a file there, no permission)."""
+    if output.exists() and not output.is_dir():
+        raise SegkitError(f"--output {output} is a file; give a folder for the masks (and overlays) to go in.")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SegkitError(f"--output {output} cannot be created ({err.strerror or err}); give a folder you can write to.") from err
 
 
 def predict_folder(
@@ -89,6 +103,7 @@ def predict_folder(
     check_tile_options(tile, overlap, batch_size)
     source, output = Path(source), Path(output)
     paths, names = _list_images(source, output)
+    _make_output_folder(output)
     dev = resolve_device(device)
     model, cfg = load_model(checkpoint, dev)
     options: dict[str, Any] = OmegaConf.to_container(cfg.data.options, resolve=True)  # type: ignore[assignment]
