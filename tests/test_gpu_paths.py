@@ -211,11 +211,30 @@ def test_resume_across_amp_settings_continues(tmp_path, data_root, monkeypatch, 
     assert result.steps == 6 and "grad-scaler state is not used" in caplog.text
 
 
-def test_resume_with_another_model_is_a_clear_error(tmp_path, data_root):
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.decoder.decoder_channels=[8,8,8,8,8]", r"model.decoder.decoder_channels is \[8, 8, 8, 8, 8\] here but the run in .* was "
+                                                   r"trained with \[16, 16, 16, 16, 16\]"),
+    # The optimizer's state held the old rate: the new one was ignored, yet written to config.yaml and the checkpoints.
+    ("optimizer.lr=0.3", r"optimizer.lr is 0.3 here but the run .* was trained with 0.01; a resumed run keeps its optimizer"),
+    # The position in the epoch counts batches of the saved size: another size skipped or repeated samples.
+    ("trainer.batch_size=1", r"trainer.batch_size is 1 here but .* trained with 2"),
+    ("trainer.grad_accum=2", r"trainer.grad_accum is 2 here"),
+    ("schedule.name=cosine", r"schedule.name is 'cosine' here .* \(and 1 more: schedule.min_lr\)|schedule.name is 'cosine'"),
+])
+def test_resume_with_another_model_or_optimizer_is_a_clear_error_and_keeps_the_run_s_config(tmp_path, data_root, override, message):
     train(config_from_dict(tiny_config(data_root)), tmp_path / "run", max_steps=1, progress=False)
-    other = config_from_dict(tiny_config(data_root), ["model.decoder.decoder_channels=[8,8,8,8,8]"])
-    with pytest.raises(SegkitError, match=r"last.pt does not fit the model or optimizer this config builds .*config.yaml"):
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    other = config_from_dict(tiny_config(data_root), [override])
+    with pytest.raises(SegkitError, match=message + r".*model.weights=.*best.pt"):
         train(other, tmp_path / "run", resume=True, progress=False)
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved  # was overwritten before the refusal
+
+
+def test_resume_may_change_the_length_and_the_logging(tmp_path, data_root):
+    train(config_from_dict(tiny_config(data_root)), tmp_path / "run", max_steps=1, progress=False)
+    longer = config_from_dict(tiny_config(data_root), ["trainer.epochs=3", "trainer.log_interval=2", "model.encoder_weights=null"])
+    assert train(longer, tmp_path / "run", resume=True, progress=False, max_steps=2).steps == 2
+    assert "epochs: 3" in (tmp_path / "run" / "config.yaml").read_text()
 
 
 # --- at most one host synchronisation per log interval ---------------------------------------------

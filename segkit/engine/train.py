@@ -255,7 +255,7 @@ def _check_trainable(model: nn.Module, batch: int) -> None:
 
 def _prepare_run_dir(cfg: DictConfig, out_dir: Path, last_path: Path, resume: bool, restarted: bool = False) -> None:
     """Rank 0: check --resume has a run to continue, create the run directory, refuse one that holds a
-    run (unless resuming), write config.yaml. ``restarted``: an elastic restart before the first
+    run (unless resuming), write config.yaml (a new run's; a resumed run writes it once it has loaded). ``restarted``: an elastic restart before the first
     last.pt starts the run over (its own partial metrics.jsonl is dropped)."""
     if resume and not last_path.is_file():
         raise SegkitError(f"--resume needs {last_path}, which does not exist; start the run without --resume.")
@@ -277,7 +277,7 @@ def _prepare_run_dir(cfg: DictConfig, out_dir: Path, last_path: Path, resume: bo
             # so it starts over rather than leave a directory that can be neither restarted nor resumed.
             logger.warning("%s holds the log of a run that stopped before its first checkpoint; starting it over.", out_dir)
             log_path.unlink()
-    save_config(cfg, out_dir / "config.yaml")
+        save_config(cfg, out_dir / "config.yaml")  # a resumed run's, once its checkpoint has loaded (_train)
 
 
 def trim_log(path: Path, step: int) -> None:
@@ -353,6 +353,8 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     if resume:
         state = load_checkpoint(last_path)
         start_epoch, batch_in_epoch, step, best = _resume(state, cfg, out_dir, info, log, model, optimizer, scheduler, scaler, device)
+        if info.is_main:  # not before: a resume refused for its config leaves the run's own config.yaml
+            save_config(cfg, out_dir / "config.yaml")
         carried = state.get("epoch_progress") if batch_in_epoch else None
         saved_total, saved_world = state.get("total_steps"), int(state.get("world_size", info.world_size))
         if saved_total != total_steps and (saved_total is not None or saved_world != info.world_size):
@@ -469,6 +471,45 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
                        interrupted=interrupted, best_score=best, score_key=task.score_key)
 
 
+# What a resumed run continues as it was: the optimizer's state holds its learning rates and
+# hyperparameters (a new optimizer.lr was ignored but recorded in config.yaml), the schedule counts
+# its steps, the position in the epoch counts batches of the saved size, the loss and the model
+# are the run's. trainer.epochs, devices, AMP, process counts, workers and intervals may change.
+_FIXED_ON_RESUME = ("optimizer", "schedule", "loss", "model", "trainer.batch_size", "trainer.grad_accum")
+_FREE_IN_FIXED = ("model.weights", "model.encoder_weights")  # initial weights: the checkpoint's replace them
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _check_resumed_settings(saved: dict[str, Any], now: dict[str, Any], out_dir: Path) -> None:
+    """A SegkitError naming the settings a resumed run cannot change (``_FIXED_ON_RESUME``) that differ
+    from the run's saved config; nothing when the checkpoint holds no config."""
+    if not saved:
+        return
+    old, new = _flat(saved), _flat(now)
+
+    def fixed(key: str) -> bool:
+        return any(key == k or key.startswith(k + ".") for k in _FIXED_ON_RESUME) and not any(
+            key == k or key.startswith(k + ".") for k in _FREE_IN_FIXED)
+
+    changed = sorted(k for k in set(old) | set(new) if fixed(k) and old.get(k) != new.get(k))
+    if changed:
+        key = changed[0]
+        more = f" (and {len(changed) - 1} more: {', '.join(changed[1:4])}{', ...' if len(changed) > 4 else ''})" if len(changed) > 1 else ""
+        raise SegkitError(
+            f"{key} is {new.get(key)!r} here but the run in {out_dir} was trained with {old.get(key)!r}{more}; a resumed run "
+            f"keeps its optimizer, schedule, loss, model and batches: drop the change (the run's config is {out_dir}/config.yaml), "
+            f"or train a new run (another --out) from its weights with model.weights={out_dir}/best.pt."
+        )
+
+
 def _resume(state: dict[str, Any], cfg: DictConfig, out_dir: Path, info: DistInfo, log: _Log, model: nn.Module,
             optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
             device: torch.device) -> tuple[int, int, int, float | None]:
@@ -481,10 +522,7 @@ def _resume(state: dict[str, Any], cfg: DictConfig, out_dir: Path, info: DistInf
     if state.get("kind") == "best" or "optimizer" not in state:
         raise SegkitError(f"{out_dir}/last.pt holds model weights only (a best.pt: no optimizer, schedule or RNG state), so --resume "
                           f"cannot continue it; restore the run's own last.pt, or fine-tune from it in a new run with model.weights=<that file>.")
-    trained_with = state.get("config", {}).get("optimizer", {}).get("name")
-    if trained_with != cfg.optimizer.name:
-        raise SegkitError(f"optimizer.name is {cfg.optimizer.name!r} but the run in {out_dir} was trained with "
-                          f"{trained_with!r}; resume with the run's own config ({out_dir}/config.yaml).")
+    _check_resumed_settings(state.get("config") or {}, to_dict(cfg), out_dir)
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
