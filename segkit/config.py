@@ -190,13 +190,56 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
         raise SegkitError(f"{source}: unknown config key '{err.full_key}'; {suggestion}") from None
     except ValidationError as err:
         key = err.full_key if err.full_key not in (None, "", "None") else err.key
+        if isinstance(key, (int, str)) and str(key).isdigit():  # an entry of a list, named by its index alone
+            key = _list_entry(other, int(key)) or key
         where = f"config key '{key}'" if key not in (None, "", "None") else "a config section"
         raise SegkitError(f"{source}: {where} has a value of the wrong type ({str(err).splitlines()[0]}).") from None
     except OmegaConfBaseException as err:
         raise SegkitError(f"{source}: invalid config ({str(err).splitlines()[0]}).") from None
-    except TypeError as err:  # OmegaConf merging a dotlist index (loss.0.name=dice) into a list
+    except TypeError as err:  # a list where a mapping belongs or the reverse, or a dotlist index (loss.0.name=dice)
+        mismatch = _container_mismatch(base, other)
+        if mismatch:
+            raise SegkitError(f"{source}: config key '{mismatch[0]}' is a {mismatch[1]} but must be a {mismatch[2]}.") from None
         raise SegkitError(f"{source}: cannot merge the config ({err}); set a list whole, e.g. "
                           "'loss=[{name: dice, weight: 1.0}]', not one entry by index.") from None
+
+
+def _list_entry(tree: Any, index: int, prefix: str = "") -> str | None:
+    """``key[index]`` for the first list in ``tree`` (dotted keys) whose entry ``index`` is not a mapping."""
+    if isinstance(tree, (list, ListConfig)):
+        if len(tree) > index and not isinstance(tree[index], (dict, DictConfig)):
+            return f"{prefix}[{index}]"
+        return None
+    if isinstance(tree, (dict, DictConfig)):
+        for key in tree:
+            found = _list_entry(tree[key], index, f"{prefix}.{key}" if prefix else str(key))
+            if found:
+                return found
+    return None
+
+
+def _container_mismatch(base: Any, other: Any, prefix: str = "") -> tuple[str, str, str] | None:
+    """The first key (dotted) where ``other`` gives a list for a mapping of ``base`` or the reverse:
+    ``(key, what other gives, what base wants)``."""
+    if not isinstance(other, (dict, DictConfig)) or not isinstance(base, DictConfig):
+        return None
+    for key in other:
+        if key not in base:
+            continue
+        want = base._get_node(key)
+        if want is None or OmegaConf.is_missing(base, key):
+            continue
+        given = other[key] if isinstance(other, dict) else other._get_node(key)
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        given_kind = "list" if isinstance(given, (list, ListConfig)) else "mapping" if isinstance(given, (dict, DictConfig)) else None
+        want_kind = "list" if isinstance(want, ListConfig) else "mapping" if isinstance(want, DictConfig) else None
+        if given_kind and want_kind and given_kind != want_kind:
+            return dotted, given_kind, want_kind
+        if given_kind == want_kind == "mapping":
+            found = _container_mismatch(want, given, dotted)
+            if found:
+                return found
+    return None
 
 
 def _check_choice(cfg: DictConfig, key: str, choices: Sequence[str], source: str) -> None:
@@ -306,6 +349,13 @@ def config_from_dict(data: dict[str, Any] | DictConfig, overrides: Sequence[str]
         raise SegkitError(f"override {bad[0]!r} is not of the form KEY=VALUE (e.g. trainer.epochs=5).")
     if overrides:
         cfg = _merge(cfg, OmegaConf.from_dotlist(list(overrides)), "command line")
+    try:
+        OmegaConf.resolve(cfg)  # ${...} interpolations, once, here: a key or environment variable that is not there is named
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        given = {o.split("=", 1)[0] for o in overrides}
+        raise SegkitError(f"{'command line' if key in given else source}: config key '{key}' cannot be resolved ({str(err).splitlines()[0]}); fix the ${{...}} "
+                          "reference it holds, or set the environment variable it reads.") from None
     try:
         check_config(cfg, source)
     except SegkitError as err:

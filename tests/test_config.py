@@ -79,6 +79,15 @@ def test_saved_config_reloads_identically(tmp_path):
         ({"loss": []}, [], "config key 'loss' is empty"),
         ({"loss": [{"weight": 1}]}, [], "config key 'loss\\[0\\]' needs a 'name'"),
         ({}, ["trainer.epochs"], "override 'trainer.epochs' is not of the form KEY=VALUE"),
+        # A list where a mapping belongs, or the reverse: the key, not "set a list whole ... by index".
+        ({"model": {"decoder": [64, 32, 16]}}, [], r"config: config key 'model.decoder' is a list but must be a mapping\.$"),
+        ({}, ["data.options=[0.2,0.15]"], r"command line: config key 'data.options' is a list but must be a mapping"),
+        ({"loss": ["ce"]}, [], r"config key 'loss\[0\]' has a value of the wrong type"),
+        # ${...} that cannot be resolved: a traceback from OmegaConf before.
+        ({"trainer": {"epochs": "${trainer.epoch}"}}, [], r"config: config key 'trainer.epochs' cannot be resolved "
+                                                         r"\(Interpolation key 'trainer.epoch' not found\)"),
+        ({}, ["data.root=${oc.env:SEGKIT_NO_SUCH_VARIABLE}/cells"], r"command line: config key 'data.root' cannot be resolved "
+                                                                   r".*SEGKIT_NO_SUCH_VARIABLE.*set the environment variable"),
     ],
 )
 def test_errors_name_the_key(data, overrides, message):
