@@ -452,6 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error as Python flushes stdout
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C in training ("stop at once"), or one in any other command
+        print("segkit: interrupted", file=sys.stderr)
+        return 130
 
 
 def check_output_file(value: str | None, flag: str, example: str = "report.json", *,

@@ -21,6 +21,17 @@ def test_round_trip_with_weights_only(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["metrics"]["iou"] == [0.4, None]
 
 
+def test_checkpoints_get_the_mode_any_new_file_gets(tmp_path):
+    """mkstemp made them 0600 whatever the umask, while config.yaml and metrics.jsonl were 0644:
+    another user of a shared run directory could read neither best.pt nor last.pt."""
+    import os
+    import stat
+
+    save_checkpoint({"model": {}}, tmp_path / "best.pt")
+    (tmp_path / "plain").write_text("x")
+    assert stat.S_IMODE(os.stat(tmp_path / "best.pt").st_mode) == stat.S_IMODE(os.stat(tmp_path / "plain").st_mode)
+
+
 def crash_torch_save(monkeypatch) -> None:
     """Make checkpoint's torch.save write half a file and fail, as a full disk does."""
 

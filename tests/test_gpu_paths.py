@@ -235,6 +235,10 @@ def test_resume_may_change_the_length_and_the_logging(tmp_path, data_root):
     longer = config_from_dict(tiny_config(data_root), ["trainer.epochs=3", "trainer.log_interval=2", "model.encoder_weights=null"])
     assert train(longer, tmp_path / "run", resume=True, progress=False, max_steps=2).steps == 2
     assert "epochs: 3" in (tmp_path / "run" / "config.yaml").read_text()
+    # --max-steps counts the run's steps: at or past it, nothing to do (it used to take one more step each time).
+    with pytest.raises(SegkitError, match=r"is at step 2 already, --max-steps 2 counts every step of the run"):
+        train(longer, tmp_path / "run", resume=True, progress=False, max_steps=2)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
 
 
 # --- at most one host synchronisation per log interval ---------------------------------------------

@@ -103,3 +103,16 @@ def test_a_split_file_with_a_byte_order_mark_lists_its_first_stem(tmp_path):
         write_png(tmp_path / "masks" / f"{stem}.png", labels(16, 16, 2))
     (tmp_path / "train.txt").write_bytes("\ufeffa\nb\n".encode())  # as Windows Notepad saves UTF-8
     assert FolderDataset(tmp_path, "train", num_classes=2).stems == ["a", "b"]
+
+
+def test_a_keyboard_interrupt_ends_a_command_without_a_traceback(monkeypatch, capsys):
+    """A second Ctrl-C while training writes last.pt ("stops at once") raised KeyboardInterrupt
+    through the CLI: 15 frames of traceback. It ends as a signal does: one line, exit 130."""
+    from segkit import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "list", (*cli.COMMANDS["list"][:2], interrupted))
+    assert cli.main(["list"]) == 130
+    assert capsys.readouterr().err == "segkit: interrupted\n"

@@ -37,12 +37,31 @@ __all__ = ["CheckpointWriter", "capture_rng", "cpu_copy", "load_checkpoint", "re
            "save_checkpoint"]
 
 
+def _process_umask() -> int:
+    """This process's umask, read without changing it where Linux tells it (os.umask sets it to read it)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # once, at import (in the main thread: no file is created meanwhile)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write ``state`` to ``path`` atomically (temp file + fsync + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600: give the mode any new file gets (0644 under umask 022)
+            os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()

@@ -353,6 +353,9 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     if resume:
         state = load_checkpoint(last_path)
         start_epoch, batch_in_epoch, step, best = _resume(state, cfg, out_dir, info, log, model, optimizer, scheduler, scaler, device)
+        if max_steps is not None and step >= max_steps:  # (the loop checks after a step: it would take one more)
+            raise SegkitError(f"the run in {out_dir} is at step {step} already, --max-steps {max_steps} counts every step of the "
+                              "run: pass a larger --max-steps, or leave it out to train to the end.")
         if info.is_main:  # not before: a resume refused for its config leaves the run's own config.yaml
             save_config(cfg, out_dir / "config.yaml")
         carried = state.get("epoch_progress") if batch_in_epoch else None
