@@ -1,8 +1,10 @@
 """FPN (issue 14): parameter counts and outputs against smp's ``FPN``, the upsampling modes, errors.
 
-smp is the oracle, as it is: its decoder's state dict loads into segkit's unchanged (its
-classifier, ``segmentation_head.0``, is segkit's ``decoder.classifier``), and both resize with
-``align_corners=True`` in the semantic branch and the head, so the logits are smp's.
+smp is the oracle. Its decoder's state dict loads into segkit's unchanged (its classifier,
+``segmentation_head.0``, is segkit's ``decoder.classifier``). smp resizes with
+``align_corners=True`` in the semantic branch and the head; segkit uses ``False`` (pixel
+centres, torchvision's convention), so the smp model's resizes are switched to ``False`` before
+outputs are compared.
 """
 
 from __future__ import annotations
@@ -28,17 +30,18 @@ X2_MODES = ["nearest", "bilinear", "bed_of_nails", "max_unpool", "transposed"]
 
 
 def _smp_fpn(monkeypatch, branch_mode: str, classes: int = 3, **kwargs) -> nn.Module:
-    """smp's FPN, its semantic branch's x2 steps in ``branch_mode`` ("bilinear": smp's own, untouched)."""
+    """smp's FPN with pixel-centre resizes (and the semantic branch in ``branch_mode``)."""
 
     def interpolate(x, scale_factor=None, mode="nearest", align_corners=None, **rest):
         if mode == "bilinear":  # the semantic branch's x2 steps
-            mode, align_corners = branch_mode, None
-        return F.interpolate(x, scale_factor=scale_factor, mode=mode, align_corners=align_corners, **rest)
+            mode = branch_mode
+        return F.interpolate(x, scale_factor=scale_factor, mode=mode, align_corners=False if mode == "bilinear" else None, **rest)
 
-    if branch_mode != "bilinear":
-        monkeypatch.setattr(fpn_decoder, "F", types.SimpleNamespace(interpolate=interpolate))
+    monkeypatch.setattr(fpn_decoder, "F", types.SimpleNamespace(interpolate=interpolate))
     torch.manual_seed(0)
-    return smp.FPN("resnet34", encoder_weights=None, classes=classes, **kwargs)
+    model = smp.FPN("resnet34", encoder_weights=None, classes=classes, **kwargs)
+    model.segmentation_head[1] = nn.Upsample(scale_factor=4, mode="bilinear", align_corners=False)
+    return model
 
 
 def _load_smp(ours: nn.Module, theirs: nn.Module) -> None:

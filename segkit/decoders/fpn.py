@@ -16,10 +16,7 @@ smp ``FPN`` decoder's state dict loads (the classifier is smp's ``segmentation_h
 parameter count is smp's for every mode but ``transposed``, which adds the up-convolutions.
 
 Upsampling. ``upsampling=None`` (the default of ``create_model("fpn")``) is the papers': nearest
-in the pyramid (Lin et al.), bilinear in the semantic branch (Kirillov et al.), as smp. FPN's
-bilinear steps (the branch's and the logits' x4) align corners, as smp's FPN does
-(``align_corners=True``; the other decoders' bilinear steps do not), so an smp ``FPN``'s weights
-give smp's logits. A mode
+in the pyramid (Lin et al.), bilinear in the semantic branch (Kirillov et al.), as smp. A mode
 (``transposed``, ``nearest``, ``bilinear``, ``bed_of_nails``, ``max_unpool``) sets every x2 step
 of both: the pyramid's three and the branch's six. Every one of them is followed by a convolution
 (or, in the pyramid, by a sum and then a convolution) that can fill what bed-of-nails and
@@ -55,8 +52,8 @@ MERGE_POLICIES = ("add", "cat")
 
 
 def _upsample(mode: str, channels: int) -> Upsample:
-    """One x2 step that keeps ``channels`` (see the module docstring; bilinear aligns corners, as smp's FPN)."""
-    return Upsample(mode, channels, channels, 2, reuse_switches=mode == "max_unpool", align_corners=True)
+    """One x2 step that keeps ``channels`` (see the module docstring)."""
+    return Upsample(mode, channels, channels, 2, reuse_switches=mode == "max_unpool")
 
 
 class FPNBlock(nn.Module):
@@ -175,8 +172,7 @@ class FPNDecoder(nn.Module):
         merged = segmentation_channels * (4 if merge == "cat" else 1)
         self.dropout = nn.Dropout2d(p=dropout, inplace=True)  # on the merged map, which nothing else reads (smp's)
         self.classifier = SegmentationHead(merged, num_classes, kernel_size=1)
-        self.up = Upsample(final_upsampling, num_classes, num_classes, self.finest, bilinear_init=final_upsampling == "transposed",
-                           align_corners=True)
+        self.up = Upsample(final_upsampling, num_classes, num_classes, self.finest, bilinear_init=final_upsampling == "transposed")
         self.out_channels = num_classes
 
     def forward(self, features: List[Tensor], switches: Optional[List[Tensor]] = None, size: Optional[List[int]] = None) -> Tensor:

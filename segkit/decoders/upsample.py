@@ -91,15 +91,15 @@ def nearest_upsample(x: Tensor, scale: int = 2) -> Tensor:
     return F.interpolate(x, scale_factor=float(scale), mode="nearest")
 
 
-def bilinear_upsample(x: Tensor, scale: int = 2, size: Optional[List[int]] = None, align_corners: bool = False) -> Tensor:
+def bilinear_upsample(x: Tensor, scale: int = 2, size: Optional[List[int]] = None) -> Tensor:
     """``(N, C, H, W)`` -> ``(N, C, scale*H, scale*W)`` (or ``size`` ``[H', W']``) by bilinear interpolation.
 
-    ``align_corners=False`` (default): pixel centres, as torchvision's segmentation models and the
-    papers' Caffe/TensorFlow code resize logits; True: corner pixels aligned, as smp's FPN.
+    ``align_corners=False``: pixel centres, as torchvision's segmentation models and the papers'
+    Caffe/TensorFlow code resize logits.
     """
     if size is not None:
-        return F.interpolate(x, size=[size[-2], size[-1]], mode="bilinear", align_corners=align_corners)
-    return F.interpolate(x, scale_factor=float(scale), mode="bilinear", align_corners=align_corners)
+        return F.interpolate(x, size=[size[-2], size[-1]], mode="bilinear", align_corners=False)
+    return F.interpolate(x, scale_factor=float(scale), mode="bilinear", align_corners=False)
 
 
 def bed_of_nails(x: Tensor, scale: int = 2) -> Tensor:
@@ -225,10 +225,9 @@ class Upsample(nn.Module):
     """
 
     def __init__(self, mode: str, in_channels: int, out_channels: int, scale: int = 2, *, bilinear_init: bool = False,
-                 reuse_switches: bool = False, align_corners: bool = False) -> None:
+                 reuse_switches: bool = False) -> None:
         super().__init__()
         self.mode = check_choice(mode, MODES, "upsampling mode")
-        self.align_corners = align_corners and mode == "bilinear"  # (bilinear only: see bilinear_upsample)
         if reuse_switches and mode != "max_unpool":
             raise SegkitError(f"reuse_switches applies to the 'max_unpool' mode only, not {mode!r}.")
         self.reuse_switches = reuse_switches
@@ -266,7 +265,7 @@ class Upsample(nn.Module):
                 indices = cycle_switches(indices, x.shape[1])
             return max_unpool(x, indices, output_size)
         if self.mode == "bilinear":
-            return bilinear_upsample(x, self.scale, output_size, self.align_corners)
+            return bilinear_upsample(x, self.scale, output_size)
         if self.mode == "nearest":
             x = nearest_upsample(x, self.scale)
         elif self.mode == "bed_of_nails":
@@ -276,8 +275,7 @@ class Upsample(nn.Module):
         return x
 
     def extra_repr(self) -> str:
-        corners = ", align_corners=True" if self.align_corners else ""
-        return f"mode={self.mode!r}, in_channels={self.in_channels}, out_channels={self.out_channels}, scale={self.scale}{corners}"
+        return f"mode={self.mode!r}, in_channels={self.in_channels}, out_channels={self.out_channels}, scale={self.scale}"
 
 
 def switch_channels(encoder: nn.Module) -> list[int]:
