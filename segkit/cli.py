@@ -125,6 +125,9 @@ def _run_check_data(args: argparse.Namespace) -> int:
             continue
         texts.append(report.format())
         ok = ok and report.ok
+    failed = {t for t in texts if "\n  problem: " in t}
+    if len(splits) > 1 and len(failed) == len(splits) and len({t.split("problem: ", 1)[1] for t in failed}) == 1:
+        raise SegkitError(next(iter(failed)).split("problem: ", 1)[1].split("\n", 1)[0])  # an option every split refuses
     print("\n\n".join(texts))
     return 0 if ok else 1
 

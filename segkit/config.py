@@ -233,6 +233,8 @@ def _container_mismatch(base: Any, other: Any, prefix: str = "") -> tuple[str, s
         dotted = f"{prefix}.{key}" if prefix else str(key)
         given_kind = "list" if isinstance(given, (list, ListConfig)) else "mapping" if isinstance(given, (dict, DictConfig)) else None
         want_kind = "list" if isinstance(want, ListConfig) else "mapping" if isinstance(want, DictConfig) else None
+        if given_kind == "mapping" and want_kind == "list" and all(str(k).isdigit() for k in given):
+            return None  # a dotlist index (loss.0.name=dice): the caller's message says to set the list whole
         if given_kind and want_kind and given_kind != want_kind:
             return dotted, given_kind, want_kind
         if given_kind == want_kind == "mapping":
@@ -350,7 +352,7 @@ def config_from_dict(data: dict[str, Any] | DictConfig, overrides: Sequence[str]
     if overrides:
         cfg = _merge(cfg, OmegaConf.from_dotlist(list(overrides)), "command line")
     try:
-        OmegaConf.resolve(cfg)  # ${...} interpolations, once, here: a key or environment variable that is not there is named
+        OmegaConf.to_container(cfg, resolve=True)  # ${...} resolve here, in a copy (escaped \${...} stay text): a missing key is named
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         given = {o.split("=", 1)[0] for o in overrides}

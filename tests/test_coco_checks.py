@@ -90,6 +90,7 @@ def test_a_name_two_categories_share_must_be_chosen_by_id(coco, tmp_path):
     # Truth-tested, "0" made the object a crowd region: ignored in silence.
     (lambda d: d["annotations"][2].update(iscrowd="0"), r"annotation 3 in .* has iscrowd '0'; iscrowd is 0 \(an object\) or 1"),
     (lambda d: d["annotations"][2].update(iscrowd=2), r"annotation 3 in .* has iscrowd 2"),
+    (lambda d: d["annotations"][2].update(iscrowd=0.5), r"annotation 3 in .* has iscrowd 0.5"),
 ])
 def test_malformed_entries_are_named(coco, tmp_path, edit, message):
     images, _, data = coco
@@ -229,4 +230,17 @@ def test_compressed_rle_totals_follow_pycocotools_encoding():
         assert rle_string_total(counts) == rle_string_total(counts.decode()) == mask.size
     assert rle_string_total(b"0") == 0 and rle_string_total(b"") == 0
     assert rle_string_total(b"1Q") is None  # 'Q' (0x21) promises another group that never comes
+
+
+def test_iscrowd_as_pycocotools_reads_it(coco, tmp_path):
+    """0.0, 1.0 and null are what some exporters write: read as pycocotools reads them."""
+    images, path, data = coco
+    reference = CocoDataset(images, path)
+    for value, like in ((0.0, 0), (None, 0), (1.0, 1), (True, 1)):
+        data["annotations"][0]["iscrowd"] = value
+        same = json.loads(json.dumps(data))
+        same["annotations"][0]["iscrowd"] = like
+        np.testing.assert_array_equal(CocoDataset(images, _write(tmp_path, data, "a.json"))[0][1].numpy(),
+                                      CocoDataset(images, _write(tmp_path, same, "b.json"))[0][1].numpy())
+    assert len(reference) > 0
 

@@ -86,6 +86,7 @@ def test_saved_config_reloads_identically(tmp_path):
         # ${...} that cannot be resolved: a traceback from OmegaConf before.
         ({"trainer": {"epochs": "${trainer.epoch}"}}, [], r"config: config key 'trainer.epochs' cannot be resolved "
                                                          r"\(Interpolation key 'trainer.epoch' not found\)"),
+        ({}, ["loss.0.name=dice"], r"set a list whole"),
         ({}, ["data.root=${oc.env:SEGKIT_NO_SUCH_VARIABLE}/cells"], r"command line: config key 'data.root' cannot be resolved "
                                                                    r".*SEGKIT_NO_SUCH_VARIABLE.*set the environment variable"),
     ],
@@ -106,3 +107,12 @@ def test_missing_and_malformed_files(tmp_path):
     listed.write_text("- a\n- b\n")
     with pytest.raises(SegkitError, match="must hold a mapping"):
         load_config(listed)
+
+
+def test_an_escaped_interpolation_stays_text_and_reloads(tmp_path):
+    """Interpolations are checked when the config loads, in a copy: an escaped one stays text."""
+    cfg = config_from_dict({"data": {"root": "\\${literal}/x"}})
+    assert cfg.data.root == "${literal}/x"
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml").data.root == "${literal}/x"
+

@@ -116,7 +116,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 def test_resume_with_another_optimizer_is_refused(tmp_path, data_root):
     train(config_from_dict(tiny_config(data_root, epochs=2)), tmp_path / "run", max_steps=1, progress=False)
-    with pytest.raises(SegkitError, match="optimizer.name is 'sgd' but the run in .* was trained with 'adamw'"):
+    with pytest.raises(SegkitError, match="optimizer.name is 'sgd' here but the run in .* was trained with 'adamw'"):
         train(config_from_dict(tiny_config(data_root, epochs=2), ["optimizer.name=sgd"]), tmp_path / "run", resume=True, progress=False)
 
 

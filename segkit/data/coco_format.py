@@ -85,7 +85,7 @@ def _check_entries(dataset: dict[str, Any], path: Path) -> None:
     _check_unique(path, "categories", ((cat["id"], cat["name"]) for cat in dataset["categories"]), "category")
     for ann in dataset["annotations"]:
         crowd = ann.get("iscrowd", 0)
-        if crowd not in (0, 1) or isinstance(crowd, float):  # (True and False are 1 and 0)
+        if crowd is not None and (isinstance(crowd, str) or crowd not in (0, 1)):  # 0/1, True/False, 0.0/1.0, null (pycocotools' reading)
             raise SegkitError(f"annotation {ann['id']!r} in {path} has iscrowd {crowd!r}; iscrowd is 0 (an object) or 1 "
                               "(a crowd region, ignored in training and scoring)")
     image_ids = {image["id"] for image in dataset["images"]}

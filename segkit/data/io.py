@@ -72,9 +72,10 @@ class ImageInfo:
 # Pillow refuses an image of more than twice Image.MAX_IMAGE_PIXELS (179 M pixels by default), its
 # guard against decompression bombs, and warns above it. segkit reads its users' own data, where a
 # 13500 x 13500 JPEG slide is a real image (predict --tile reads it, then predicts tile by tile):
-# the guard is raised to 2**29 (a refusal above 2**30 pixels, 3 GiB as RGB), never lowered or removed.
+# the guard is raised to 2**29 (a refusal above 2**30 pixels, 3 GiB as RGB) where it is still
+# Pillow's default: an application's own setting (stricter, or None) is left alone.
 _PIL_MAX_PIXELS = 2**29
-if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < _PIL_MAX_PIXELS:
+if Image.MAX_IMAGE_PIXELS == int(1024 * 1024 * 1024 // 4 // 3):
     Image.MAX_IMAGE_PIXELS = _PIL_MAX_PIXELS
 
 

@@ -46,12 +46,16 @@ def _process_umask() -> int:
                     return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
-    mask = os.umask(0o022)  # once, at import (in the main thread: no file is created meanwhile)
+    return _UMASK  # elsewhere: as it was at import (os.umask sets the mask to read it: not from a writer thread)
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-_UMASK = _process_umask()
+_UMASK = _read_umask()
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
@@ -61,7 +65,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         if hasattr(os, "fchmod"):  # mkstemp makes 0600: give the mode any new file gets (0644 under umask 022)
-            os.fchmod(fd, 0o666 & ~_UMASK)
+            os.fchmod(fd, 0o666 & ~_process_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()

@@ -146,7 +146,7 @@ class LossWindow:
         self._reset_window()
         window_sum = sum(r[0] for r in values)
         window_count = sum(r[1] for r in values)
-        bad = min(values, key=lambda r: r[4])  # the rank whose loss went bad first
+        bad = min(values, key=lambda r: (r[4], r[7]))  # the rank that went bad first; at one step, a bad loss before the NaN gradients it causes
         return WindowStats(
             window_loss=window_sum / max(window_count, 1), epoch_loss_sum=sum(r[2] for r in values),
             epoch_batches=int(sum(r[3] for r in values)), bad_step=None if bad[4] == float("inf") else int(bad[4]),

@@ -509,7 +509,8 @@ def _check_resumed_settings(saved: dict[str, Any], now: dict[str, Any], out_dir:
         raise SegkitError(
             f"{key} is {new.get(key)!r} here but the run in {out_dir} was trained with {old.get(key)!r}{more}; a resumed run "
             f"keeps its optimizer, schedule, loss, model and batches: drop the change (the run's config is {out_dir}/config.yaml), "
-            f"or train a new run (another --out) from its weights with model.weights={out_dir}/best.pt."
+            f"or train a new run (another --out) from its weights with model.weights={out_dir}/best.pt (written at its first "
+            "validation)."
         )
 
 
