@@ -98,7 +98,7 @@ def _run_check_data(args: argparse.Namespace) -> int:
         raise SegkitError(f"{root} is a file; check-data reads a folder dataset (images/ and masks/ beside each other). "
                           "A COCO annotation file is checked when segkit train or evaluate loads it.")
     splits = [args.split] if args.split else list_splits(args.root, args.image_dir, args.mask_dir) or [None]
-    texts, ok = [], True
+    texts, errors, ok = [], [], True
     for split in splits:
         try:
             report = check_folder(
@@ -121,13 +121,13 @@ def _run_check_data(args: argparse.Namespace) -> int:
                 raise
             # One split that cannot be read (no mask folder) does not hide the others' reports.
             texts.append(f"data check: {args.root} (split {split})\n  problem: {err}\n  NOT OK: fix the problem above")
+            errors.append(str(err))
             ok = False
             continue
         texts.append(report.format())
         ok = ok and report.ok
-    failed = {t for t in texts if "\n  problem: " in t}
-    if len(splits) > 1 and len(failed) == len(splits) and len({t.split("problem: ", 1)[1] for t in failed}) == 1:
-        raise SegkitError(next(iter(failed)).split("problem: ", 1)[1].split("\n", 1)[0])  # an option every split refuses
+    if len(errors) == len(splits) and len(set(errors)) == 1:  # an option every split refuses: one error, not a report per split
+        raise SegkitError(errors[0])
     print("\n\n".join(texts))
     return 0 if ok else 1
 

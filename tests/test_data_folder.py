@@ -396,6 +396,10 @@ def test_check_data_command(tmp_path, capsys):
     assert main(["check-data", str(tmp_path / "three"), "--num-classes", "3"]) == 1
     out = capsys.readouterr().out
     assert "(split train)" in out and "(split test)\n  problem: mask folder" in out and "masks/test does not exist" in out
+    # An option every split refuses is one error (exit 2), not a failed report per split.
+    assert main(["check-data", str(tmp_path / "three"), "--num-classes", "3", "--class-colors", "[[0, 0]]"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "class_colors entry for class 0" in err
     # A COCO annotation file is not a folder dataset: said so, not "does not exist".
     (tmp_path / "ann.json").write_text("{}")
     assert main(["check-data", str(tmp_path / "ann.json")]) == 2
