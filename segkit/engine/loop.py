@@ -120,18 +120,19 @@ class LossWindow:
         self.epoch_sum += value
         self.window_count += 1
         self.epoch_count += 1
-        first = ~torch.isfinite(value) & torch.isinf(self.first_bad)
-        self.first_bad = torch.where(first, step, self.first_bad)
-        self.bad_value = torch.where(first, value, self.bad_value)
+        self._record_if_first_bad(value, step, in_gradients=False)
 
     def add_gradient_norm(self, norm: Tensor, step: int) -> None:
         """Record step ``step`` (1-based) as the first bad one when its gradients' norm is not finite
         (and no earlier step was bad); its loss, counted by :meth:`add` before, was finite."""
-        value = norm.detach().to(torch.float64)
+        self._record_if_first_bad(norm.detach().to(torch.float64), step, in_gradients=True)
+
+    def _record_if_first_bad(self, value: Tensor, step: int, in_gradients: bool) -> None:
+        """On the device: ``step``, ``value`` and where it was bad, when ``value`` is the window's first non-finite one."""
         first = ~torch.isfinite(value) & torch.isinf(self.first_bad)
         self.first_bad = torch.where(first, step, self.first_bad)
         self.bad_value = torch.where(first, value, self.bad_value)
-        self.bad_gradients = torch.where(first, 1.0, self.bad_gradients)
+        self.bad_gradients = torch.where(first, float(in_gradients), self.bad_gradients)
 
     def sync(self, info: DistInfo, signal: bool) -> WindowStats:
         """Read the window back (once; under DDP one all_gather of every rank's row first) and start a new window."""
