@@ -82,3 +82,33 @@ def test_device_scaling_gives_the_model_its_layout_with_the_same_numbers(dtype):
     last = scaling(interleaved.contiguous(), torch.channels_last)
     assert last.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(last, plain)
+
+
+@pytest.mark.parametrize("image", [rgb, gray], ids=["rgb", "grey"])
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_batch_mixing_8_and_16_bit_images_reaches_the_model_on_one_scale(tmp_path, image, workers):
+    """8-bit items travel as uint8, 16-bit ones as float32 in [0, 1]: a batch of both must not
+    stack 0..255 beside 0..1 (the model saw 8-bit images 255x too bright and learnt nothing)."""
+    import tifffile
+
+    for i in range(4):
+        pixels = image(24, 32, i)
+        if i % 2:  # the odd items are 16-bit TIFFs holding the 8-bit pixels times 257 (same unit values)
+            tifffile.imwrite(tmp_path / "images" / "train" / f"{i}.tif", pixels.astype(np.uint16) * 257)
+        else:
+            write_png(tmp_path / "images" / "train" / f"{i}.png", pixels)
+        write_png(tmp_path / "masks" / "train" / f"{i}.png", labels(24, 32, 3, i))
+    mean = (0.3, 0.4, 0.5) if image is rgb else 0.4
+    dataset = FolderDataset(tmp_path, "train", num_classes=3, mean=mean, std=0.2, scaling="dtype")
+    # A step that moves pixels only (8-bit items stay uint8), and always fires: every path flips alike.
+    dataset.transforms = build_transforms([{"name": "hflip", "p": 1.0}], train=True)
+    dataset.device_scaling = True
+    assert {dataset[i][0].dtype for i in range(4)} == {torch.uint8, torch.float32}
+    scaling = DeviceScaling.of(dataset)
+    loader = DataLoader(dataset, batch_size=4, num_workers=workers, collate_fn=collate_interleaved)
+    (images, _), = list(loader)
+    assert images.dtype == torch.float32
+    # Each item's own scaling, one at a time, is the reference.
+    expected = torch.stack([scaling(dataset[i][0]) for i in range(4)])
+    torch.testing.assert_close(scaling(images), expected, rtol=0, atol=1e-6)
+    assert float(scaling(images).amax()) < 5  # (1 - 0.3) / 0.2 = 3.5 at most

@@ -198,6 +198,14 @@ class DeviceScaling:
         return torch.addcmul(shift, images, scale, out=out)
 
 
+_BYTE_SCALE = float(np.float32(1.0 / 255.0))  # to_unit_float's 8-bit factor, exact in float32
+
+
+def _unit_float(image: Tensor) -> Tensor:
+    """An item's image as float32 in [0, 1]: uint8 times float32(1/255), the numbers ``to_unit_float`` gives."""
+    return image if image.dtype != torch.uint8 else image.to(torch.float32).mul_(_BYTE_SCALE)
+
+
 def collate_interleaved(batch: Sequence[Sequence[Any]]) -> list[Any]:
     """``default_collate`` for ``(image, mask, ...)`` samples whose image is a ``(C, H, W)`` view of
     pixel-interleaved ``(H, W, C)`` memory, as a decoded or augmented image is.
@@ -219,6 +227,12 @@ def collate_interleaved(batch: Sequence[Sequence[Any]]) -> list[Any]:
             raise SegkitError(f"a training batch holds images of {first.shape[-1]}x{first.shape[-2]} and {other.shape[-1]}x"
                               f"{other.shape[-2]} pixels, which cannot be stacked; add a crop or resize step to "
                               "data.train_transforms (e.g. {name: random_crop, size: 256}), or set trainer.batch_size: 1.")
+        if any(sample[0].dtype != first.dtype for sample in batch):
+            # A folder mixing 8-bit and 16-bit images: the 8-bit items travel as stored (uint8) and the
+            # others as float32 in [0, 1], so a batch would stack 0..255 beside 0..1. Such a batch is
+            # scaled here, as to_unit_float scales an 8-bit image, and reaches DeviceScaling as float32.
+            batch = [(_unit_float(sample[0]), *sample[1:]) for sample in batch]
+            first = batch[0][0]
     if not (isinstance(first, Tensor) and first.dim() == 3 and first.shape[0] > 1 and not first.is_contiguous()
             and all(sample[0].stride() == first.stride() and sample[0].shape == first.shape for sample in batch)
             and first.permute(1, 2, 0).is_contiguous()):
