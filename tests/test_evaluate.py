@@ -155,6 +155,21 @@ def test_cli_folders_writes_report_png_and_worst(tmp_path, capsys):
         assert Image.open(out.parent / name).size[0] > 100
 
 
+def test_dollar_signs_in_file_and_class_names_are_text_in_the_pictures(tmp_path, capsys):
+    """matplotlib reads $...$ as maths: an unknown symbol raised mid-report (no JSON written)."""
+    rng = np.random.default_rng(0)
+    for stem in ("a", r"price_$\foo$"):
+        gt = rng.integers(0, 2, (17, 23)).astype(np.uint8)
+        save(tmp_path / "gt" / f"{stem}.png", gt)
+        save(tmp_path / "pred" / f"{stem}.png", 1 - gt)
+    out = tmp_path / "out" / "report.json"
+    code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", "2",
+                 "--class-names", "bg", r"cost $\foo$", "--out", str(out), "--worst", "2"])
+    assert code == 0, capsys.readouterr().err
+    for name in ("report.json", "report_confusion.png", "report_worst.png"):
+        assert (out.parent / name).stat().st_size
+
+
 def test_binary_and_reduce_zero_label(tmp_path):
     gt = np.array([[0, 255], [255, 0]], np.uint8)
     save(tmp_path / "b" / "gt" / "a.png", gt)

@@ -157,8 +157,9 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
     shown = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="share of the ground-truth class")
     ax.set(xticks=range(k), yticks=range(k), xlabel="prediction", ylabel="ground truth", title="confusion matrix")
-    ax.set_xticklabels(classes, rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center")
-    ax.set_yticklabels(classes)
+    # Names are text, not mathtext: a '$' in a class name would be drawn as maths or raise mid-report.
+    ax.set_xticklabels(classes, rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center", parse_math=False)
+    ax.set_yticklabels(classes, parse_math=False)
     if k <= 20:
         for i in range(k):
             for j in range(k):
@@ -186,7 +187,7 @@ def plot_panels(rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]], pa
                 step = -(-max(picture.shape[:2]) // 320)  # a panel is ~260 px wide: draw no more pixels than that
                 picture = picture[::step, ::step]
                 ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
-                ax.set_title(f"{title}\n{name}" if c == 0 else name, fontsize=8)
+                ax.set_title(f"{title}\n{name}" if c == 0 else name, fontsize=8, parse_math=False)  # file names: a '$' is text
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
