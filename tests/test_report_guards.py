@@ -76,6 +76,27 @@ def test_a_class_scored_on_one_side_is_not_a_tie(tmp_path):
     assert "within 0.0005 on 2; not comparable on c (scored by one side only, so the mIoUs average different classes)" in table
 
 
+def test_classes_absent_from_both_sides_are_no_tie_and_named_sides_must_agree_with_each_other(tmp_path):
+    def write(name, iou, classes):
+        (tmp_path / name).write_text(json.dumps({"iou": iou, "miou": 0.5, "classes": classes}))
+        return load_compared(tmp_path / name)
+
+    base = write("base.json", [0.8, 0.6, None, None], ["a", "b", "c", "d"])
+    other = write("other.json", [0.8, 0.7, None, None], ["a", "b", "c", "d"])
+    table = compare_table([base, other])
+    assert "better on 1 class (b +0.100); worse on no class; within 0.0005 on 1." in table  # c, d: absent from both
+    numbered = write("numbered.json", [0.5, 0.5], ["0", "1"])  # a run whose config names no classes
+    with pytest.raises(SegkitError, match=r"sky\.json scores classes \['sky', 'tree'\] but .*road\.json"):
+        compare_table([numbered, write("road.json", [0.5, 0.5], ["road", "car"]), write("sky.json", [0.5, 0.5], ["sky", "tree"])])
+
+
+def test_every_compared_run_has_its_own_colour():
+    from segkit.engine.runs import RUN_COLORS, run_colors
+
+    colors = run_colors(20)
+    assert len(set(colors)) == 20 and colors[:len(RUN_COLORS)] == RUN_COLORS and run_colors(2) == RUN_COLORS[:2]
+
+
 def test_a_run_without_validation_claims_no_best_epoch_and_flat_series_keep_their_scale(tmp_path):
     run = fake_run(tmp_path / "run", epochs=1)
     save_checkpoint({"model": {}, "config": json.loads(json.dumps(_config(run))), "epoch": 1, "world_size": 1},

@@ -215,10 +215,11 @@ def comparison(compared: list[Compared]) -> dict[str, Any]:
     if len(compared) < 2:
         raise SegkitError("segkit compare needs at least two reports or run directories.")
     base = compared[0]
-    for other in compared[1:]:
-        if not _same_classes(other.classes, base.classes):
-            raise SegkitError(f"{other.path} scores classes {other.classes} but {base.path} scores {base.classes}; "
-                              "compare evaluations of the same classes.")
+    for i, one in enumerate(compared):  # every pair: a side that only numbers its classes matches any names
+        for other in compared[i + 1:]:
+            if not _same_classes(other.classes, one.classes):
+                raise SegkitError(f"{other.path} scores classes {other.classes} but {one.path} scores {one.classes}; "
+                                  "compare evaluations of the same classes.")
     numbers = [str(c) for c in range(len(base.classes))]
     base_classes = next((x.classes for x in compared if x.classes != numbers), numbers)  # names where any side has them
     names = _unique_names(compared)
@@ -241,7 +242,7 @@ def comparison(compared: list[Compared]) -> dict[str, Any]:
         worse = [(r["name"], r["deltas"][i - 1]) for r in classes if (r["deltas"][i - 1] or 0) <= -EQUAL]
         miou = headline[0]["deltas"][i - 1]
         one_sided = [r["name"] for r in classes if (r["values"][0] is None) != (r["values"][i] is None)]
-        equal = len(classes) - len(better) - len(worse) - len(one_sided)
+        equal = sum(1 for r in classes if r["deltas"][i - 1] is not None and abs(r["deltas"][i - 1]) < EQUAL)  # absent from both: not counted
         apart = (f"; not comparable on {', '.join(one_sided)} (scored by one side only, so the mIoUs average different "
                  "classes)") if one_sided else ""
         verdicts.append(f"{names[i]} against {names[0]}: mIoU {signed(miou)}; better on {_listed(better)}; worse on {_listed(worse)}"
@@ -257,8 +258,17 @@ def comparison(compared: list[Compared]) -> dict[str, Any]:
             changed = sorted((row for row in common if abs(row[2] - row[1]) >= EQUAL), key=lambda row: -abs(row[2] - row[1]))
             moved.append({"name": names[i], "images": [(n, a, b, b - a) for n, a, b in changed[:CHANGED]],
                           "common": len(common), "changed": len(changed)})
-    return {"names": names, "runs": compared, "colors": RUN_COLORS * (len(compared) // len(RUN_COLORS) + 1),
+    return {"names": names, "runs": compared, "colors": run_colors(len(compared)),
             "classes": classes, "headline": headline, "verdicts": verdicts, "moved": moved}
+
+
+def run_colors(count: int) -> list[str]:
+    """``count`` distinct colours: RUN_COLORS, then hues spread by the golden ratio (a ninth run
+    took the first run's colour)."""
+    import colorsys
+
+    extra = [colorsys.hls_to_rgb((0.07 + 0.618034 * k) % 1.0, 0.42, 0.55) for k in range(max(0, count - len(RUN_COLORS)))]
+    return (RUN_COLORS + ["#%02x%02x%02x" % tuple(round(255 * v) for v in rgb) for rgb in extra])[:count]
 
 
 def _same_classes(a: list[str], b: list[str]) -> bool:
