@@ -241,6 +241,18 @@ def test_bad_folders_name_the_file(tmp_path, case):
         evaluate_folders(pred, tmp_path / "gt", 3, workers=2)
 
 
+def test_labels_one_past_the_classes_suggest_the_commands_options(tmp_path, capsys):
+    """ADE20K-style ground truth (1..K, 0 unlabelled) scored with --num-classes K: the fix is an
+    option of this command, not a config key."""
+    rng = np.random.default_rng(0)
+    gt = rng.integers(1, K + 1, (9, 13)).astype(np.uint8)
+    save(tmp_path / "gt" / "m.png", gt)
+    save(tmp_path / "pred" / "m.png", gt - 1)
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", str(K)]) == 2
+    err = capsys.readouterr().err
+    assert f"pass --reduce-zero-label, if 0 is a real class pass --num-classes {K + 1}" in err and "data.options" not in err
+
+
 def test_bad_folder_on_the_command_line_is_one_line(tmp_path, capsys):
     bad_case(tmp_path, "size")
     code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", "3"])

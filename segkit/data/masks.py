@@ -172,21 +172,24 @@ def bad_value_message(
     num_classes: int,
     ignore_index: int,
     hint: bool = True,
+    flags: bool = False,
 ) -> str:
     """One sentence naming the mask, its out-of-range values and their pixel counts.
 
     With ``hint``, a single bad value equal to num_classes suggests reduce_zero_label (0 may be
-    the unlabelled value) or num_classes + 1.
+    the unlabelled value) or num_classes + 1. The fixes name config keys, or with ``flags`` the
+    options of ``segkit evaluate --pred --gt``.
     """
     listed = ", ".join(f"{v} ({n} pixels)" for v, n in zip(values, counts))
     plural = "s" if len(values) > 1 else ""
-    fix = "fix the mask, or set num_classes / ignore_index to match the data"
+    if flags:
+        fix = "fix the mask, or pass the --num-classes / --ignore-index that match the data"
+    else:
+        fix = "fix the mask, or set num_classes / ignore_index to match the data"
     if hint and list(values) == [num_classes]:
-        fix = (
-            f"if the classes are 1..{num_classes} and 0 marks unlabelled pixels set reduce_zero_label=True "
-            f"(data.options.reduce_zero_label), if 0 is a real class set num_classes={num_classes + 1} (model.num_classes), "
-            "otherwise fix the mask"
-        )
+        zero, more = ("pass --reduce-zero-label", f"pass --num-classes {num_classes + 1}") if flags else (
+            "set reduce_zero_label=True (data.options.reduce_zero_label)", f"set num_classes={num_classes + 1} (model.num_classes)")
+        fix = f"if the classes are 1..{num_classes} and 0 marks unlabelled pixels {zero}, if 0 is a real class {more}, otherwise fix the mask"
     return f"mask {path} holds value{plural} {listed}, outside [0, {num_classes}) and not ignore_index {ignore_index}; {fix}"
 
 

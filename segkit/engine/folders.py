@@ -181,7 +181,7 @@ def _label_error(pred: np.ndarray, gt: np.ndarray, pred_path: Path, gt_path: Pat
     counts = np.bincount(gt.ravel().astype(np.int64))
     bad = [v for v in np.flatnonzero(counts).tolist() if v >= num_classes and v != ignore_index]
     if bad:
-        return bad_value_message(gt_path, bad, [int(counts[v]) for v in bad], num_classes, ignore_index)
+        return bad_value_message(gt_path, bad, [int(counts[v]) for v in bad], num_classes, ignore_index, flags=True)
     counted = pred[gt != ignore_index].astype(np.int64)
     values, numbers = np.unique(counted[(counted < 0) | (counted >= num_classes)], return_counts=True)
     listed = ", ".join(f"{v} ({n} pixels)" for v, n in zip(values.tolist(), numbers.tolist()))
