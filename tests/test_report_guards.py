@@ -160,3 +160,16 @@ def test_out_never_replaces_an_input_or_lands_among_the_masks(folders, tmp_path,
     err = capsys.readouterr().err
     assert err.count("is the input") == 2 and "would replace a file that is not a TorchScript model" in err
     assert checkpoint.read_bytes() == saved
+
+
+def test_a_capped_image_table_keeps_the_highest_scored_images_not_the_unscored(monkeypatch):
+    import math
+
+    from segkit.engine.report import EvalReport
+
+    monkeypatch.setattr(html, "TABLE_ROWS", 4)
+    images = [("a", 0.1), ("b", 0.2), ("c", 0.3), ("d", 0.8), ("e", 0.9), ("unscored", math.nan)]
+    report = EvalReport({}, ["0", "1"], 255, images, [], {"mode": "folders"}, [{"pixel_accuracy": None, "classes": []}] * 6)
+    rows, note = html._table_rows(report)
+    assert [r[1] for r in rows] == ["a", "b", "d", "e"]
+    assert "lists 4 of the 6 images" in note and "the 1 without a score (every pixel ignored) are left out" in note

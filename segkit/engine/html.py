@@ -379,11 +379,14 @@ def _table_rows(report: EvalReport) -> tuple[list[list[Any]], str | None]:
     rows = [[i + 1, name, value, d["pixel_accuracy"], d["classes"]] for i, ((name, value), d) in enumerate(zip(report.images, details))]
     if len(rows) <= TABLE_ROWS:
         return rows, None
-    order = sorted(range(len(rows)), key=lambda i: (math.isnan(rows[i][2]), rows[i][2]))
+    # Scored images only, lowest first: an unscored one (all pixels ignored) is neither low nor high.
+    order = sorted((i for i in range(len(rows)) if not math.isnan(rows[i][2])), key=lambda i: rows[i][2])
     half = TABLE_ROWS // 2
-    kept = sorted(order[:half] + order[-half:])
-    return [rows[i] for i in kept], (f"The table lists {TABLE_ROWS:,} of the {len(rows):,} images: the {half:,} with the lowest "
-                                     f"and the {half:,} with the highest mean IoU (the JSON report has them all).")
+    kept = sorted(set(order[:half] + order[-half:]))
+    unscored = len(rows) - len(order)
+    left = f"; the {unscored:,} without a score (every pixel ignored) are left out" if unscored else ""
+    return [rows[i] for i in kept], (f"The table lists {len(kept):,} of the {len(rows):,} images: the {half:,} with the lowest "
+                                     f"and the {half:,} with the highest mean IoU{left} (the JSON report has them all).")
 
 
 def evaluation_page(report: EvalReport, overlays: dict[str, Panels] | None = None, k: int = 5,
