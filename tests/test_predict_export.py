@@ -258,3 +258,38 @@ def test_overlays_of_big_images_are_subsampled_without_tiles_too(tmp_path, ckpt,
     assert labels.shape == (70, 45) and shown.shape == (24, 15, 3)  # every 3rd row and column (70 / 32 -> 3)
     background = labels[::3, ::3] == 0
     assert np.abs(shown[background] - picture[::3, ::3][background][:, None]).max() <= 1
+
+
+def test_the_valid_convolution_unet_exports_at_the_sides_it_takes(tmp_path, capsys):
+    """Sides 16*b + 60 (188, 204, ...) are not multiples of 32: the size was rounded to one and refused."""
+    ckpt = write_checkpoint(tmp_path / "original.pt", arch="unet_original", decoder={})
+    result = export_model(ckpt, "torchscript", tmp_path / "o.ts")  # default: 188, the smallest side it takes
+    assert result.ok and result.input_size == (188, 188) and result.max_abs_diff is not None
+    loaded = torch.jit.load(str(result.path))
+    assert loaded(torch.randn(1, 1, 204, 188)).shape == (1, 3, 20, 4)  # valid convolutions: 184 pixels fewer
+    with pytest.raises(SegkitError, match=r"got 200: use 188 or 204"):  # the side the user gave, not a rounded one
+        export_model(ckpt, "torchscript", tmp_path / "p.ts", size=(200, 204))
+
+
+def test_export_output_problems_are_one_line_errors(tmp_path, capsys):
+    ckpt = write_checkpoint(tmp_path / "checkpoint")  # a checkpoint file without a suffix: not a run directory
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "torchscript", "--size", "32", "32"]) == 0
+    assert (tmp_path / "checkpoint.torchscript.pt").is_file()
+    for out in ("/proc/m.pt", "/proc/no/such/m.pt"):  # places no one may write, root included
+        assert main(["export", "--checkpoint", str(ckpt), "--format", "torchscript", "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot write {out}" in err and err.count("\n") == 1
+    pytest.importorskip("onnx")
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--opset", "99"]) == 2
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--opset", "7", "--size", "32", "32"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 2 and "newer than" in err and "--opset 7 failed" in err  # no IR graph dump
+    assert not (tmp_path / "checkpoint.onnx").exists()
+
+
+def test_a_failed_check_does_not_say_match(tmp_path):
+    from segkit.engine.export import ExportResult
+
+    bad = ExportResult(tmp_path / "m", "onnx", (32, 32), 0.05, "onnxruntime", reference_scale=2.0)
+    assert "DIFFER from PyTorch's by up to 5.00e-02" in bad.summary() and "match" not in bad.summary()

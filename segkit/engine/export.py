@@ -12,13 +12,15 @@ image-level auxiliary head is dropped).
   and width are dynamic axes, but the padding arithmetic is traced as constants, so the ONNX
   model takes heights and widths that are multiples of the model's deepest stride (32; 16 for
   the original U-Net with same padding; any size for DeepLabV3 and the FCN head with their
-  bilinear logits, which are not padded; other sizes run but give wrong logits, which the printed
-  summary says): pad images bottom/right and crop the logits back. Its outputs are compared with PyTorch's by
+  bilinear logits, which are not padded; at other sizes most graphs fail and some give wrong
+  logits, which the printed summary says; the valid-convolution U-Net takes sides of 16b + 60): pad images bottom/right and crop the logits back. Its outputs are compared with PyTorch's by
   onnxruntime when that is installed, and the check is skipped (and said so) when it is not.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ __all__ = ["FORMATS", "ExportResult", "export_model"]
 
 FORMATS = ("onnx", "torchscript")
 _SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+_MAX_OPSET = 20  # torch.onnx's TorchScript-based exporter (dynamo=False) writes opsets up to 20
 
 
 @dataclass
@@ -54,19 +57,45 @@ class ExportResult:
     def summary(self) -> str:
         line = f"wrote {self.path} ({self.format}, example input {self.input_size[0]}x{self.input_size[1]})"
         if self.max_abs_diff is not None:
-            line += f"; outputs match PyTorch's within {self.max_abs_diff:.2e} ({self.checked_with})"
+            verb = "match PyTorch's within" if self.ok else "DIFFER from PyTorch's by up to"
+            line += f"; outputs {verb} {self.max_abs_diff:.2e} ({self.checked_with})"
         return line + (f"; {self.note}" if self.note else "")
 
 
+def _multiple(model: nn.Module) -> int:
+    """The step between input sides the model takes unpadded: its deepest stride (32; 16 for the
+    original U-Net, whose valid-convolution form takes sides 16*b + 60 and nothing else)."""
+    return int(getattr(model, "multiple", None) or (16 if hasattr(model, "valid") else 32))
+
+
 def _example_size(model: nn.Module, size: tuple[int, int] | None) -> tuple[int, int]:
-    multiple = int(getattr(model, "multiple", 32))
-    smallest = int(getattr(model, "min_size", multiple))
+    valid = getattr(model, "valid", False)  # unet_original with valid convolutions: sides 188, 204, ..., 572
     if size is None:
-        size = (256, 256)
+        size = (188, 188) if valid else (256, 256)
     if any(s < 1 for s in size):
         raise SegkitError(f"--size must be two positive numbers (height width); got {list(size)}.")
+    if valid:
+        return tuple(size)  # type: ignore[return-value]  # as given: the model names the sides it takes
+    multiple = _multiple(model)
+    smallest = int(getattr(model, "min_size", multiple))
     # whole multiples of the deepest stride, so the ONNX graph's fixed padding is none at all
     return tuple(max(-(-s // multiple) * multiple, smallest) for s in size)  # type: ignore[return-value]
+
+
+def _output_path(checkpoint: Path, out: str | os.PathLike[str] | None, fmt: str) -> Path:
+    """``out``, or the checkpoint's name with the format's suffix (``RUN/model.<ext>`` for a run directory),
+    checked writable before the model is exported (a failed save came after the whole trace, as a traceback)."""
+    path = Path(out) if out else (checkpoint / "model" if checkpoint.is_dir() else checkpoint).with_suffix(_SUFFIX[fmt])
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):
+            pass
+    except OSError as err:
+        raise SegkitError(f"cannot write {path} ({err.strerror or err}); pass --out in a folder you can write to.") from err
+    if not existed:
+        path.unlink()
+    return path
 
 
 def _scale(references: list[torch.Tensor]) -> float:
@@ -95,11 +124,9 @@ def export_model(
     model, cfg = load_model(checkpoint, "cpu")
     if getattr(model, "aux_head", None) is not None:
         model.aux_head = None  # logits only: the image-level head helps training, not deployment
-    ckpt = Path(checkpoint)
-    path = Path(out) if out else (ckpt if ckpt.suffix else ckpt / "model").with_suffix(_SUFFIX[fmt])
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _output_path(Path(checkpoint), out, fmt)
     h, w = _example_size(model, tuple(size) if size else None)
-    multiple = int(getattr(model, "multiple", 32))
+    multiple = _multiple(model)
     generator = torch.Generator().manual_seed(0)
     inputs = [torch.randn(1, cfg.model.in_channels, h, w, generator=generator),
               torch.randn(2, cfg.model.in_channels, h + multiple, w, generator=generator)]  # another batch and size
@@ -147,15 +174,15 @@ def _torchscript(model: nn.Module, inputs: list[torch.Tensor], references: list[
 def size_rule(model: nn.Module) -> str:
     """The input sizes a traced export (ONNX, or a TorchScript trace) is right for, in words.
 
-    The padding to the model's multiple is traced as constants, so other sizes run but are wrong:
+    The padding to the model's multiple is traced as constants, so other sizes fail or are wrong:
     DeepLab interpolates its logits back to the input size, so nothing fails, the numbers just differ.
     """
     if getattr(model, "valid", False):  # the paper's U-Net with valid convolutions: no padding at all
         return "H and W must be sizes the valid-convolution U-Net takes (e.g. 572, as in the paper)"
-    multiple = getattr(model, "multiple", None) or (16 if hasattr(model, "valid") else None)  # unet_original, padding same: 16
+    multiple = _multiple(model)
     if multiple == 1:  # bilinear DeepLab / FCN head: no padding but up to the encoder's smallest input
         return f"any H and W of at least {getattr(model, 'min_size', 1)} (smaller ones give wrong logits: pad them bottom/right)"
-    return f"H and W must be multiples of {multiple} (other sizes give wrong logits: pad images bottom/right)" if multiple else ""
+    return f"H and W must be multiples of {multiple} (other sizes give wrong logits or fail: pad images bottom/right)"
 
 
 def _onnx(model: nn.Module, inputs: list[torch.Tensor], references: list[torch.Tensor], path: Path,
@@ -171,7 +198,11 @@ def _onnx(model: nn.Module, inputs: list[torch.Tensor], references: list[torch.T
     static = any(getattr(m, "upsampling", None) == "max_unpool" for m in model.modules())
     if static:
         inputs, references = inputs[:1], references[:1]
-    with warnings.catch_warnings():
+    if opset > _MAX_OPSET:
+        raise SegkitError(f"--opset {opset} is newer than torch's TorchScript-based ONNX exporter writes (up to {_MAX_OPSET}); "
+                          "use the default --opset 17.")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        # The exporter prints its whole IR graph when an opset lacks an operator: the error below says it in one line.
         warnings.simplefilter("ignore")  # tracer and deprecation warnings about the TorchScript-based exporter
         try:
             torch.onnx.export(model, (inputs[0],), str(path), dynamo=False, opset_version=opset, input_names=["image"],
@@ -182,7 +213,7 @@ def _onnx(model: nn.Module, inputs: list[torch.Tensor], references: list[torch.T
                               "(or another the installed torch supports).") from err
     if static:
         note = (f"max-location unpooling: the graph is right for 1x{inputs[0].shape[1]}x{size[0]}x{size[1]} inputs only, other "
-                "shapes give wrong logits (export TorchScript for any size)")
+                f"shapes give wrong logits (a TorchScript export takes any batch and sides that are multiples of {_multiple(model)})")
     else:
         note = size_rule(model) if len(inputs) > 1 else f"the model takes only {size[0]}x{size[1]} inputs"
     try:
