@@ -333,6 +333,10 @@ def test_random_resized_crop_size_and_seed():
         (["model.arch=unet"], "unknown classifier 'unet'"),
         (["data.val_split=val"], "no val split"),
         (["trainer.eval_crops=ten_crop"], r"ten_crop needs data\.crop_size smaller than the \(resized\) images"),
+        # Before training: a crop that never fits was found at the first validation, after a whole epoch, nothing saved.
+        (["data.crop_size=32", "data.resize_size=30"], r"data\.crop_size 32 is larger than data\.resize_size 30"),
+        (["data.crop_size=20"], r"data\.crop_size 20 is larger than the 16x16 images under"),
+        (["model.weights=a.pt", "model.encoder_weights=b.pt"], r"model\.weights \(a\.pt\) and model\.encoder_weights \(b\.pt\) both"),
     ],
 )
 def test_classification_config_errors_name_the_key(tmp_path, synthetic, overrides, message):
@@ -414,3 +418,37 @@ def test_an_evaluation_crop_larger_than_the_image_is_named_not_padded():
     with pytest.raises(SegkitError, match="after resizing"):
         ClassificationTransform(False, "none", 224, resize_size=100)(image)
     assert ClassificationTransform(False, "none", 32)(image).shape == (3, 32, 32)
+
+
+def test_model_weights_load_a_classifier_as_the_resume_hints_say(tmp_path, synthetic):
+    """The resume errors advise model.weights=<best.pt> for a new run: it was silently ignored for classifiers."""
+    torch.manual_seed(1)
+    trained = create_classifier("cifar_resnet20", num_classes=10)
+    torch.save(trained.state_dict(), tmp_path / "trained.pt")
+    cfg = config_from_dict(tiny_config(synthetic), [f"model.weights={tmp_path / 'trained.pt'}"])
+    model = build_model_from_config(cfg)
+    for key, value in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped_to_white(tmp_path):
+    import tifffile
+
+    root = tmp_path / "data"
+    wide = (np.arange(20 * 24, dtype=np.uint32).reshape(20, 24) * 136).astype(np.uint16)  # 0 .. 65144
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            Image.fromarray(wide).save(root / split / name / "x.png")
+            tifffile.imwrite(root / split / name / "y.tif", wide)
+    expected = torch.from_numpy(np.round(wide / 257.0).astype(np.uint8))
+    for channels in (1, 3):
+        dataset = ImageFolderDataset(root, "train", in_channels=channels)
+        for index in range(len(dataset)):
+            image, _ = dataset.load(index)
+            assert image.shape == (channels, 20, 24) and image.dtype == torch.uint8
+            assert all(torch.equal(plane, expected) for plane in image)
+    Image.fromarray(np.full((8, 8), 70000, np.int32), "I").save(root / "train" / "a" / "z.tif")
+    dataset = ImageFolderDataset(root, "train")
+    with pytest.raises(SegkitError, match=r"z\.tif holds 32-bit integer pixels"):
+        [dataset.load(i) for i in range(len(dataset))]

@@ -25,6 +25,8 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -218,10 +220,26 @@ class ClassificationDataset(Dataset):
         return tensor, torch.tensor(label, dtype=torch.int64)
 
 
+def _eight_bit(img: Any, path: str, mode: str) -> np.ndarray:
+    """``img`` as 8-bit ``mode`` pixels. Pillow's ``convert`` clips 16-bit grey to 0..255 (a 16-bit
+    image came out almost all white): such pixels are scaled by 255/65535 instead; 32-bit integer
+    and float images have no known range, so they are refused."""
+    wide = np.asarray(img) if img.mode.startswith("I") else None
+    # 16-bit grey ("I;16"; older Pillows read 16-bit PNGs as 32-bit "I" holding 0..65535)
+    if wide is not None and (img.mode.startswith("I;16") or (wide.size and 0 <= wide.min() and wide.max() <= 65535)):
+        grey = ((wide.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # rounded: 65535 -> 255, 257 -> 1
+        return np.repeat(grey[:, :, None], 3, axis=2) if mode == "RGB" else grey
+    if img.mode in ("I", "F"):
+        raise SegkitError(f"image {path} holds 32-bit {'integer' if img.mode == 'I' else 'float'} pixels, whose range "
+                          "classification cannot know; convert it to 8 or 16 bits.")
+    return np.asarray(img.convert(mode))
+
+
 class ImageFolderDataset(ClassificationDataset):
     """``root/split/<class>/<image>`` (torchvision's ImageFolder layout; the class folders sorted give the labels).
 
-    Images are read with PIL and converted to RGB (``in_channels=3``) or grey (1).
+    Images are read with PIL and converted to 8-bit RGB (``in_channels=3``) or grey (1); 16-bit grey
+    images are scaled to 8 bits by their range (255/65535), 32-bit ones refused.
     """
 
     def __init__(self, root: str | os.PathLike[str], split: str | None = None, in_channels: int = 3,
@@ -254,7 +272,7 @@ class ImageFolderDataset(ClassificationDataset):
         path, label = self.folder.samples[index]
         try:
             with Image.open(path) as img:
-                array = np.asarray(img.convert("RGB" if self.in_channels == 3 else "L"))
+                array = _eight_bit(img, path, "RGB" if self.in_channels == 3 else "L")
         except (OSError, UnidentifiedImageError) as err:
             raise SegkitError(f"image {path} cannot be read ({type(err).__name__}); replace or remove the file.") from None
         tensor = torch.from_numpy(array.copy())

@@ -59,6 +59,10 @@ def _transforms(cfg: DictConfig, kind: str, mean: Any, std: Any) -> tuple[Any, A
         raise SegkitError("trainer.eval_crops: ten_crop needs data.crop_size smaller than the (resized) images, e.g. "
                           "data.crop_size: 28 with data.resize_size: 32 for CIFAR; or use eval_crops: center.")
     resize = d.resize_size if d.resize_size is not None else (round(crop / 0.875) if folder and crop else None)
+    if crop is not None and resize is not None and crop > resize:
+        # Found before training, not at the first validation after a whole epoch (and nothing saved).
+        raise SegkitError(f"data.crop_size {crop} is larger than data.resize_size {resize}: evaluation resizes the shorter side "
+                          f"to {resize}, so its centre crop cannot fit; make data.crop_size at most data.resize_size.")
     train = ClassificationTransform(True, augment, crop, mean=mean, std=std, resize_size=resize, padding=d.crop_padding, hflip=d.hflip)
     val = ClassificationTransform(False, "none", crop, mean=mean, std=std, resize_size=resize,
                                   ten_crop=cfg.trainer.eval_crops == "ten_crop")
@@ -110,6 +114,11 @@ def build_classification_datasets(cfg: DictConfig, info: DistInfo | None = None)
         defaults = default_mean_std(cfg.model.in_channels)
         mean, std = mean if mean is not None else defaults[0], std if std is not None else defaults[1]
     train.transform, val.transform = _transforms(cfg, kind, mean, std)
+    crop = val.transform.size
+    if kind == "cifar" and crop is not None and val.transform.resize_size is None and len(val) and crop > min(val.images.shape[-2:]):
+        side = "x".join(map(str, val.images.shape[-2:]))
+        raise SegkitError(f"data.crop_size {crop} is larger than the {side} images under {root}; evaluation takes a centre "
+                          f"crop of that size, which cannot fit: lower data.crop_size (or set data.resize_size to upscale first).")
     if train.in_channels != cfg.model.in_channels:
         raise SegkitError(f"the images under {root} have {train.in_channels} channel(s) but model.in_channels is "
                           f"{cfg.model.in_channels}; set model.in_channels={train.in_channels}.")
@@ -126,10 +135,16 @@ def build_classifier_from_config(cfg: DictConfig) -> nn.Module:
     m = cfg.model
     if m.decoder:
         raise SegkitError("model.decoder holds segmentation decoder options; remove it for task: classification.")
-    if m.freeze_encoder and m.encoder_weights is None:
+    # A classifier is its backbone and head: model.weights (the whole model, as the resume hints say) and
+    # model.encoder_weights name the same thing here. It was silently ignored before.
+    if m.weights is not None and m.encoder_weights is not None and str(m.weights) != str(m.encoder_weights):
+        raise SegkitError(f"model.weights ({m.weights}) and model.encoder_weights ({m.encoder_weights}) both set the classifier's "
+                          "weights; keep one of them.")
+    weights = m.weights if m.weights is not None else m.encoder_weights
+    if m.freeze_encoder and weights is None:
         logger.warning("segkit: model.freeze_encoder is set but model.encoder_weights is not: the frozen backbone keeps its "
                        "random initialisation (set model.encoder_weights to a checkpoint file for transfer learning).")
-    return create_classifier(m.arch, num_classes=m.num_classes, in_channels=m.in_channels, weights=m.encoder_weights)
+    return create_classifier(m.arch, num_classes=m.num_classes, in_channels=m.in_channels, weights=weights)
 
 
 def build_classification_loss(cfg: DictConfig) -> nn.Module:
