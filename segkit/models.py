@@ -74,10 +74,11 @@ def create_classifier(
     transform_input = kwargs.pop("transform_input", None)
     model = build_with_options(factory, f"classifier {name!r}", **kwargs)
     weights = resolve_weights(name, weights)
+    meta = None
     if weights is not None:
-        load_weights(model, weights, first_conv=model.first_conv, head_prefixes=model.head_prefixes,
-                     ignore_prefixes=getattr(model, "checkpoint_ignore", ()))
-    finish_pretrained(model, weights, transform_input)
+        meta = load_weights(model, weights, first_conv=model.first_conv, head_prefixes=model.head_prefixes,
+                            ignore_prefixes=getattr(model, "checkpoint_ignore", ()))
+    finish_pretrained(model, weights, transform_input, meta)
     return model
 
 

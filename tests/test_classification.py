@@ -182,6 +182,23 @@ def test_googlenet_trains_through_the_engine(tmp_path, synthetic):
                                                                        "data.crop_size=16", "data.resize_size=20"])  # ten distinct 16x16 crops
     result = train(cfg, tmp_path / "run", progress=False)
     assert result.steps == 4 and result.score_key == "top1" and 0 <= result.best_score <= 1
+    # Trained from scratch without the input transform: the file gives back that model (it was switched on).
+    reloaded = create_classifier("googlenet", num_classes=10, weights=tmp_path / "run" / "best.pt")
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["transform_input"] is False
+    assert reloaded.transform_input is False
+
+
+@pytest.mark.parametrize(("entries", "expected"), [
+    ({}, True),  # a plain state dict (torchvision's files): their weights expect the transform
+    ({"transform_input": False}, False), ({"transform_input": True}, True),  # segkit checkpoints say it
+    ({"config": {"model": {"encoder_weights": None, "weights": None}}}, False),  # older ones: from scratch
+    ({"config": {"model": {"encoder_weights": "googlenet-1378be20.pth"}}}, True),  # older ones: from weights
+])
+def test_a_reloaded_googlenet_keeps_the_input_transform_it_was_trained_with(tmp_path, entries, expected):
+    state = create_classifier("googlenet", num_classes=4).state_dict()
+    torch.save({"model": state, **entries} if entries else state, tmp_path / "w.pt")
+    assert create_classifier("googlenet", num_classes=4, weights=tmp_path / "w.pt").transform_input is expected
+    assert create_classifier("googlenet", num_classes=4, weights=tmp_path / "w.pt", transform_input=not expected).transform_input is not expected
 
 
 # -- transfer learning ------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -72,16 +73,25 @@ def build_with_options(factory: Any, what: str, **options: Any) -> Any:
                           "the ResNets), or leave it out.") from None
 
 
-def finish_pretrained(model: nn.Module, weights: str | os.PathLike[str] | None, transform_input: bool | None) -> None:
+def finish_pretrained(model: nn.Module, weights: str | os.PathLike[str] | None, transform_input: bool | None,
+                      meta: Mapping[str, Any] | None = None) -> None:
     """After loading ``weights``: turn on the input transform the Inception checkpoints expect.
 
     torchvision's GoogLeNet and Inception-v3 weights were ported from TensorFlow and expect inputs
     scaled to [-1, 1]; torchvision enables ``transform_input`` whenever it loads them so that
     ImageNet-normalised images work. segkit does the same for 3-channel models unless told otherwise.
+    A segkit checkpoint (``meta``: its entries beside the weights) gives back the model it saved:
+    the ``transform_input`` it trained with (a net trained from scratch had it off), or for files
+    older than that entry, on if its run started from weights.
     """
     if hasattr(model, "transform_input"):
         if transform_input is None:
             transform_input = weights is not None and model.in_channels == 3
+            if meta and "transform_input" in meta:
+                transform_input = bool(meta["transform_input"])
+            elif meta and isinstance(meta.get("config"), Mapping):
+                saved = meta["config"].get("model") or {}
+                transform_input = transform_input and any(saved.get(k) is not None for k in ("weights", "encoder_weights"))
         model.transform_input = bool(transform_input)
 
 

@@ -41,6 +41,7 @@ import pickle
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -71,9 +72,18 @@ _SHOW = 5  # how many offending tensor names an error message lists
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Read a state dict of tensors from ``path`` (torchvision format, or segkit's ``{"model": ...}``)."""
+    return read_checkpoint_and_meta(path)[0]
+
+
+def read_checkpoint_and_meta(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(state dict, the file's other entries)``: a segkit checkpoint's config, ``transform_input``
+    and so on beside its ``model``; ``{}`` for a plain state dict (torchvision's files)."""
     path = Path(path)
     try:
-        return _read_checkpoint(path)
+        obj = _load_object(path)
+        meta = {k: v for k, v in obj.items() if k not in ("model", "state_dict")} if isinstance(obj, Mapping) and any(
+            isinstance(obj.get(w), Mapping) for w in ("model", "state_dict")) else {}
+        return _state_dict_of(obj, path), meta
     except SegkitError as err:
         if path.parent != hub_checkpoints():
             raise
@@ -88,10 +98,6 @@ def read_model_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Tenso
     obj = _load_object(path)
     config = obj.get("config") if isinstance(obj, Mapping) and isinstance(obj.get("config"), Mapping) else None
     return _state_dict_of(obj, path), (dict(config) if config is not None else None)
-
-
-def _read_checkpoint(path: Path) -> dict[str, Tensor]:
-    return _state_dict_of(_load_object(path), path)
 
 
 def _load_object(path: Path) -> object:
@@ -157,14 +163,17 @@ def load_weights(
     first_conv: str,
     head_prefixes: Iterable[str] = (),
     ignore_prefixes: Iterable[str] = (),
-) -> None:
-    """Load the checkpoint at ``path`` into ``model`` in place, with the rules of the module doc.
+) -> dict[str, Any]:
+    """Load the checkpoint at ``path`` into ``model`` in place, with the rules of the module doc;
+    return the file's entries beside the weights (:func:`read_checkpoint_and_meta`).
 
     ``first_conv`` is the state-dict prefix of the image convolution (``"conv1"``,
     ``"features.0"``); ``head_prefixes`` those of classification layers whose size may differ from
     the checkpoint's; ``ignore_prefixes`` those checkpoint entries the model is known not to have.
     """
-    load_state(model, read_checkpoint(path), path, first_conv=first_conv, head_prefixes=head_prefixes, ignore_prefixes=ignore_prefixes)
+    state, meta = read_checkpoint_and_meta(path)
+    load_state(model, state, path, first_conv=first_conv, head_prefixes=head_prefixes, ignore_prefixes=ignore_prefixes)
+    return meta
 
 
 def load_state(

@@ -378,6 +378,9 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     if cfg.trainer.compile:
         train_model = torch.compile(train_model)
 
+    # GoogLeNet / Inception-v3: whether the net rescaled its input, so that loading the file gives back this model.
+    trained_with = {"transform_input": bool(model.transform_input)} if hasattr(model, "transform_input") else {}
+
     def checkpoint_state(epoch: int, batch: int, metrics: dict[str, Any] | None = None,
                          progress: dict[str, Any] | None = None) -> dict[str, Any]:
         """last.pt: everything an exact resume needs (``progress``: the counts of an epoch stopped midway)."""
@@ -387,7 +390,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
             "epoch_progress": json_safe(progress or {}),
             "best_miou": best if task.score_key == "miou" else None, "best_score": best, "score_key": task.score_key,
             "rng": capture_rng(device), "config": to_dict(cfg), "metrics": json_safe(metrics or {}),
-            "world_size": info.world_size, "segkit_checkpoint": 1, "kind": "last",
+            "world_size": info.world_size, "segkit_checkpoint": 1, "kind": "last", **trained_with,
         }
 
     def best_state(epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -396,7 +399,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
             "model": model.state_dict(), "epoch": epoch, "step": step,
             "best_miou": best if task.score_key == "miou" else None, "best_score": best, "score_key": task.score_key,
             "config": to_dict(cfg), "metrics": json_safe(metrics), "world_size": info.world_size,
-            "segkit_checkpoint": 1, "kind": "best",
+            "segkit_checkpoint": 1, "kind": "best", **trained_with,
         }
 
     last_metrics: dict[str, Any] = {}
