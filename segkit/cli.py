@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segkit import __version__
-from segkit.errors import SegkitError
+from segkit.errors import SegkitError, check_tile_options
 
 if TYPE_CHECKING:
     from segkit.engine.report import EvalReport
@@ -146,17 +146,19 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="overrides trainer.device")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. trainer.epochs=5")
+    # default=[]: argparse calls an optional nargs="*" positional "required" in its usage error otherwise.
+    parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. trainer.epochs=5")
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from segkit.config import load_config
-    from segkit.engine.train import train
+    from segkit.config import load_config  # no torch: a bad argument or config key answers at once
 
-    overrides = list(args.overrides) + ([f"trainer.device={args.device}"] if args.device else [])
-    cfg = load_config(args.config, overrides)
     if args.max_steps is not None and args.max_steps < 1:
         raise SegkitError(f"--max-steps must be a positive number of steps; got {args.max_steps}.")
+    overrides = list(args.overrides) + ([f"trainer.device={args.device}"] if args.device else [])
+    cfg = load_config(args.config, overrides)
+    from segkit.engine.train import train
+
     result = train(cfg, args.out, max_steps=args.max_steps, resume=args.resume, progress=not args.quiet)
     if result.best_miou is not None and os.environ.get("RANK", "0") == "0":  # under torchrun: global rank 0 alone, which holds the run's figure
         print(f"best mIoU: {result.best_miou:.4f} ({args.out}/best.pt)")
@@ -211,6 +213,7 @@ def _add_evaluate_args(parser: argparse.ArgumentParser) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     _check_counts(args)
+    check_tile_options(args.tile, args.overlap, args.batch_size)
     check_output_file(args.out, "--out", replaces=(lambda p: p.suffix.lower() == ".json", "a JSON report"),  # before the work
                       inputs=[args.pred, args.gt, args.images, _file(args.checkpoint)])
     check_output_file(args.html, "--html", "report.html")
@@ -328,9 +331,10 @@ def _add_predict_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    _check_counts(args)
+    check_tile_options(args.tile, args.overlap, args.batch_size)  # before torch is imported
     from segkit.engine.predict import predict_folder
 
-    _check_counts(args)
     written = predict_folder(
         args.checkpoint, args.input, args.output, device=args.device, tile=args.tile, overlap=args.overlap,
         tta=args.tta, amp=not args.no_amp, batch_size=args.batch_size, workers=args.workers,
@@ -348,17 +352,19 @@ def _add_export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", required=True, choices=("onnx", "torchscript"), help="onnx or torchscript")
     parser.add_argument("--out", help="output file (default: beside the checkpoint, its suffix replaced by .onnx / .torchscript.pt: "
                         "best.pt -> best.onnx, best.torchscript.pt)")
-    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="example input size (default 256 256)")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="example input size (default 256 256; 188 188 for unet_original with valid convolutions)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from segkit.engine.export import export_model
-
+    if args.size is not None and any(side < 1 for side in args.size):  # before torch is imported
+        raise SegkitError(f"--size must be two positive numbers (height width); got {' '.join(map(str, args.size))}.")
     example = "model.onnx" if args.format == "onnx" else "model.torchscript.pt"
     check_output_file(args.out, "--out", example, inputs=[_file(args.checkpoint)],
                       replaces=(lambda p: p.suffix.lower() == ".onnx", "an ONNX model") if args.format == "onnx"
                       else (_is_torchscript, "a TorchScript model"))
+    from segkit.engine.export import export_model
+
     result = export_model(args.checkpoint, args.format, args.out, size=args.size, opset=args.opset)
     print(result.summary())
     if not result.ok:
@@ -376,12 +382,15 @@ def _add_weights_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_weights(args: argparse.Namespace) -> int:
-    from segkit.encoders.weights import (PublishedWeights, fetch_weights, lookup_published, published_model_names, published_weights,
-                                         weights_architectures)
+    if args.action == "fetch" and not args.name:  # before torch is imported
+        raise SegkitError("segkit weights fetch needs an architecture name, e.g. segkit weights fetch resnet50; segkit weights list shows them.")
+    from segkit.encoders.weights import (PublishedWeights, _why_unpublished, fetch_weights, lookup_published, published_model_names,
+                                         published_weights, weights_architectures)
 
+    if args.name and args.name not in (*weights_architectures(), *published_model_names()):
+        # The library's message advises weights=None in Python; here the list is the help.
+        raise SegkitError(f"{_why_unpublished(args.name)}; `segkit weights list` shows the names that have published weights.")
     if args.action == "fetch":
-        if not args.name:
-            raise SegkitError("segkit weights fetch needs an architecture name, e.g. segkit weights fetch resnet50; segkit weights list shows them.")
         weights = lookup_published(args.name, args.variant)
         was_cached = weights.cached
         path = fetch_weights(weights)

@@ -30,8 +30,8 @@ def test_numpy_integers_are_counts():
     (lambda: segkit.create_encoder("resnet18", foo=1), "encoder 'resnet18' has no option 'foo'"),
     (lambda: segkit.create_classifier("vgg11", bar=2), "classifier 'vgg11' has no option 'bar'"),
     (lambda: resolve_device("gpu0"), "device 'gpu0' is not a device"),
-    (lambda: check_tile_options(None, 0.25, 0), r"--batch-size \(batch_size\) must be a positive integer"),
-    (lambda: check_tile_options("64", 0.25), r"--tile \(tile\) must be a positive number of pixels"),
+    (lambda: check_tile_options(None, 0.25, 0), r"--batch-size \(batch_size=\) must be a positive integer"),
+    (lambda: check_tile_options("64", 0.25), r"--tile \(tile=\) must be a positive number of pixels"),
 ])
 def test_bad_arguments_are_named(build, match):
     with pytest.raises(SegkitError, match=match):

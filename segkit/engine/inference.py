@@ -24,7 +24,6 @@ float32 on the input's device.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segkit.errors import SegkitError, positive_int
+from segkit.errors import SegkitError, check_tile_options, positive_int  # check_tile_options: imported from here too
 
 __all__ = [
     "BLENDS",
@@ -359,11 +358,3 @@ def resize_logits(logits: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def check_tile_options(tile: int | None, overlap: float, batch_size: int | None = None) -> None:
-    """SegkitErrors for inference values (``--tile``, ``--overlap``, ``--batch-size``) that cannot work."""
-    if batch_size is not None:
-        positive_int(batch_size, f"--batch-size (batch_size) must be a positive integer; got {batch_size!r}.")
-    if tile is not None:
-        positive_int(tile, f"--tile (tile) must be a positive number of pixels; got {tile!r}.")
-    if not 0.0 <= overlap < 1.0 or math.isnan(overlap):
-        raise SegkitError(f"--overlap must lie in [0, 1) (a fraction of the tile); got {overlap}.")
