@@ -155,7 +155,9 @@ def test_torchrun_two_processes_on_cpu(tmp_path, data_root):
     config = tmp_path / "c.yaml"
     from omegaconf import OmegaConf
 
-    OmegaConf.save(OmegaConf.create(tiny_config(data_root, epochs=1)), config)
+    cfg = OmegaConf.create(tiny_config(data_root, epochs=1))
+    cfg.schedule.warmup_iters = 50  # longer than the run: a warning every rank would print
+    OmegaConf.save(cfg, config)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -166,6 +168,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path, data_root):
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["step"] == 1  # 6 training images / 2 ranks = 3 each; batch 2 with drop_last: 1 step
     assert result.stdout.count("epoch 1/1") == 1  # printed by rank 0 only
+    assert result.stderr.count("the warm-up is cut") == 1, result.stderr[-3000:]  # so are the warnings
     # Validation counted each of the 2 validation images once, across both ranks (no padding duplicates).
     matrix = torch.tensor(state["metrics"]["confusion_matrix"])
     assert int(matrix.sum()) == 2 * 64 * 64

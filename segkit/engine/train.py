@@ -42,12 +42,13 @@ not bit-identically, and says what changed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,7 +203,8 @@ def train(
         restarted = elastic_restart(info, device)
         if restarted and not resume and (out_dir / "last.pt").is_file():
             resume = True
-        result = _train(cfg, out_dir, device, info, max_steps=max_steps, resume=resume, progress=progress, restarted=restarted)
+        with _warnings_on_rank0_only(info):
+            result = _train(cfg, out_dir, device, info, max_steps=max_steps, resume=resume, progress=progress, restarted=restarted)
         if info.enabled:
             # Leave together: a rank that tears down its process group while rank 0 still writes the
             # last checkpoint can abort in gloo's threads ("terminate called without an active exception").
@@ -549,6 +551,21 @@ def _resume(state: dict[str, Any], cfg: DictConfig, out_dir: Path, info: DistInf
         if note and info.is_main:  # one line, not one per process
             logger.warning(note)
     return epoch, moved, step, state.get("best_score", state.get("best_miou"))
+
+
+@contextlib.contextmanager
+def _warnings_on_rank0_only(info: DistInfo) -> Iterator[None]:
+    """Under torchrun, segkit's warnings from ranks other than 0 are dropped: every rank sees the same
+    config and data, so each would print the same line (errors still come from every rank)."""
+    if info.is_main:
+        yield
+        return
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def _warn_about_labels(dataset: Any) -> None:
