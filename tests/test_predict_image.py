@@ -107,3 +107,16 @@ def test_a_pillow_image_of_a_16_bit_rgb_png_keeps_its_bits(checkpoint, tmp_path)
     with Image.open(tmp_path / "deep.png") as opened:
         assert np.asarray(opened).max() <= 15  # what Pillow gives
         torch.testing.assert_close(predict_image(model, cfg, opened, logits=True), predict_image(model, cfg, pixels, logits=True))
+
+
+def test_a_read_only_array_is_taken_without_torchs_warning(checkpoint, tmp_path):
+    """np.asarray(Image.open(...)) is read-only: torch warned about sharing memory it may not write."""
+    import warnings
+
+    pixels = np.asarray(Image.fromarray(np.arange(40 * 56, dtype=np.uint8).reshape(40, 56)))
+    assert not pixels.flags.writeable
+    model, cfg = load_model(checkpoint)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        labels = predict_image(model, cfg, pixels)
+    np.testing.assert_array_equal(labels, predict_image(model, cfg, pixels.copy()))

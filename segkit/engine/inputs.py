@@ -116,7 +116,7 @@ class InputPipeline:
         if self.after is not None:
             tensor = self.after(image=image)["image"]
         if tensor is None:
-            tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+            tensor = _chw_tensor(image)
         return tensor.float(), size
 
     @staticmethod
@@ -281,11 +281,18 @@ class InferenceItems(Dataset):
             mask = torch.from_numpy(raw.astype(np.int64))
         size = (stored.shape[0], stored.shape[1])
         if as_stored:
-            image, scored = torch.from_numpy(np.ascontiguousarray(stored.transpose(2, 0, 1))), size
+            image, scored = _chw_tensor(stored), size
         else:
             assert unit is not None
             image, scored = self.pipeline(unit)
         return Item(index, size, image, scored, mask, unit if self.keep_image else None)
+
+
+def _chw_tensor(image: np.ndarray) -> Tensor:
+    """``(H, W, C)`` pixels as a ``(C, H, W)`` tensor. A read-only array (``np.asarray`` of a Pillow
+    image) is copied: torch warns about sharing memory it may not write."""
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1))
+    return torch.from_numpy(chw if chw.flags.writeable else chw.copy())
 
 
 def collate_items(batch: list[Item]) -> list[Item]:
