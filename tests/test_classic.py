@@ -202,3 +202,13 @@ def test_classic_nets_train():
         for p in model.parameters():
             p -= 0.1 * p.grad
     assert F.cross_entropy(model(x), y) < loss
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet18_a", "plain18", "cifar_resnet20", "cifar_plain20"])
+def test_resnet_classifiers_name_a_wrong_channel_count(name):
+    """They gave torch's 'Given groups=1, weight of size [64, 3, 7, 7]' where the other nets say what to do."""
+    with torch.device("meta"):
+        model = segkit.create_classifier(name).eval()
+        with pytest.raises(SegkitError, match="built for 3 input channels but the batch has 1; create it with in_channels=1"):
+            model(torch.randn(2, 1, 32, 32))
+        assert model(torch.randn(2, 3, 32, 32)).shape[0] == 2

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segkit.encoders.base import Classifier, Encoder, kaiming_init, register_classifier, register_encoder, switches_2x2
+from segkit.encoders.base import Classifier, Encoder, check_input, kaiming_init, register_classifier, register_encoder, switches_2x2
 from segkit.errors import SegkitError
 
 __all__ = ["BasicBlock", "Bottleneck", "CifarResNet", "OUTPUT_STRIDES", "ResNet", "ResNetEncoder", "ZeroPadShortcut", "check_output_stride"]
@@ -272,6 +272,7 @@ class ResNet(_ResNetBody, Classifier):
         self.fc = nn.Linear(self.feature_channels[-1], num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_input(self, x, 1)  # a batch of the channels it was built for (any size: the pooling is adaptive)
         x = self.forward_stages(x, record_switches=False)[0][-1]
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
@@ -303,6 +304,7 @@ class CifarResNet(Classifier):
         _init_weights(self, zero_init_residual, shortcut)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_input(self, x, 1)
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(torch.flatten(self.avgpool(x), 1))
