@@ -77,7 +77,8 @@ def create_classifier(
     meta = None
     if weights is not None:
         meta = load_weights(model, weights, first_conv=model.first_conv, head_prefixes=model.head_prefixes,
-                            ignore_prefixes=getattr(model, "checkpoint_ignore", ()))
+                            ignore_prefixes=getattr(model, "checkpoint_ignore", ()),
+                            optional_prefixes=getattr(model, "optional_prefixes", ()))
     finish_pretrained(model, weights, transform_input, meta)
     return model
 

@@ -324,3 +324,23 @@ def test_too_small_inputs_get_clear_errors():
             assert encoder(torch.randn(1, 3, 32, 32))[-1].shape[-2:] == (1, 1)
             with pytest.raises(SegkitError, match="at least 32x32"):
                 encoder(torch.randn(1, 3, 31, 64))
+
+
+@pytest.mark.parametrize(("name", "size"), [("googlenet", 64), ("inception_v3", 80)])
+def test_a_torchvision_file_without_auxiliary_heads_loads_and_they_start_fresh(tmp_path, name, size, caplog):
+    """torchvision builds googlenet(weights=...) without aux heads, so a fine-tuned copy's file lacks
+    them: it was refused as 'not the checkpoint of this architecture'."""
+    import logging
+
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, name)(aux_logits=False, init_weights=True).eval()
+    torch.save(reference.state_dict(), tmp_path / "w.pth")
+    with caplog.at_level(logging.INFO, logger="segkit"):
+        model = segkit.create_classifier(name, weights=tmp_path / "w.pth").eval()
+    assert "keep their fresh initialisation" in caplog.text
+    reference.transform_input = model.transform_input
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)

@@ -160,6 +160,9 @@ class GoogLeNet(_GoogLeNetBody, Classifier):
     """
 
     head_prefixes = ("fc.", "aux1.fc2.", "aux2.fc2.")
+    # torchvision's googlenet(weights=...) has no auxiliary heads unless asked: a file of a fine-tuned
+    # copy lacks them, and they start fresh (logged) instead of refusing the file.
+    optional_prefixes = ("aux1.", "aux2.")
     min_input_size = 15
 
     def __init__(

@@ -320,6 +320,7 @@ class Inception3(_Inception3Body, Classifier):
     """
 
     head_prefixes = ("fc.", "AuxLogits.fc.")
+    optional_prefixes = ("AuxLogits.",)  # a file saved without the auxiliary head (aux_logits=False): it starts fresh
     min_input_size = 75
     min_aux_input_size = 299
 

@@ -163,16 +163,19 @@ def load_weights(
     first_conv: str,
     head_prefixes: Iterable[str] = (),
     ignore_prefixes: Iterable[str] = (),
+    optional_prefixes: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Load the checkpoint at ``path`` into ``model`` in place, with the rules of the module doc;
     return the file's entries beside the weights (:func:`read_checkpoint_and_meta`).
 
     ``first_conv`` is the state-dict prefix of the image convolution (``"conv1"``,
     ``"features.0"``); ``head_prefixes`` those of classification layers whose size may differ from
-    the checkpoint's; ``ignore_prefixes`` those checkpoint entries the model is known not to have.
+    the checkpoint's; ``ignore_prefixes`` those checkpoint entries the model is known not to have;
+    ``optional_prefixes`` those model entries the file may lack (see :func:`load_state`).
     """
     state, meta = read_checkpoint_and_meta(path)
-    load_state(model, state, path, first_conv=first_conv, head_prefixes=head_prefixes, ignore_prefixes=ignore_prefixes)
+    load_state(model, state, path, first_conv=first_conv, head_prefixes=head_prefixes, ignore_prefixes=ignore_prefixes,
+               optional_prefixes=optional_prefixes)
     return meta
 
 
