@@ -116,3 +116,27 @@ def test_a_keyboard_interrupt_ends_a_command_without_a_traceback(monkeypatch, ca
     monkeypatch.setitem(cli.COMMANDS, "list", (*cli.COMMANDS["list"][:2], interrupted))
     assert cli.main(["list"]) == 130
     assert capsys.readouterr().err == "segkit: interrupted\n"
+
+
+def test_synthetic_data_made_for_another_request_is_not_reused_in_silence(tmp_path):
+    """A second run asking data.synthetic for other images trained on the first run's, while its
+    config.yaml named the new ones."""
+    import json
+
+    root = tmp_path / "synthetic"
+    first = config_from_dict(tiny_config(root))  # n 8, size 64, seed 1
+    train_set, _ = build_datasets(first)
+    assert json.loads((root / "segkit_synthetic.json").read_text()) == {"n": 8, "seed": 1, "size": 64}
+    assert len(build_datasets(first)[0]) == len(train_set)  # the same request reuses the folder
+    for override in ("data.synthetic.n=12", "data.synthetic.seed=2", "data.synthetic.size=80"):
+        with pytest.raises(SegkitError, match=r"holds synthetic data made with n=8, seed=1, size=64, not the .* that data\.synthetic asks for"):
+            build_datasets(config_from_dict(tiny_config(root), [override]))
+
+
+def test_synthetic_classification_data_records_its_request_too(tmp_path):
+    from test_classification import tiny_config as classification_config
+
+    root = tmp_path / "cifar"
+    build_datasets(config_from_dict(classification_config(root)))
+    with pytest.raises(SegkitError, match=r"n=120, seed=0, size=16, not the n=600, seed=0, size=16"):
+        build_datasets(config_from_dict(classification_config(root), ["data.synthetic.n=600"]))

@@ -19,6 +19,7 @@ val split.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from PIL import Image
 
 from segkit.errors import SegkitError, positive_int
 
-__all__ = ["SYNTHETIC_CLASSES", "make_synthetic"]
+__all__ = ["SYNTHETIC_CLASSES", "SYNTHETIC_RECORD", "make_synthetic", "record_synthetic", "reuse_synthetic"]
 
 SYNTHETIC_CLASSES = ["background", "round_cell", "elongated_cell"]
 
@@ -148,3 +149,38 @@ def make_synthetic(
         Image.fromarray(image).save(root / "images" / split / name, format="PNG")
         Image.fromarray(mask).save(root / "masks" / split / name, format="PNG")
     return root
+
+
+SYNTHETIC_RECORD = "segkit_synthetic.json"  # what a config's data.synthetic asked for, written beside the data
+
+
+def reuse_synthetic(root: Path, present: bool, request: dict) -> bool:
+    """Whether ``root`` (``present``: it holds a dataset) already holds the synthetic data
+    ``request`` (``data.synthetic``'s seed, n and size) describes: True to reuse it, False to make it.
+
+    A folder made for another request is an error, not reused in silence (the run's config.yaml
+    would name data it did not train on). A folder without the record (made by an older segkit,
+    or a user's own data) is reused as it is.
+    """
+    if not present:
+        return False
+    record = root / SYNTHETIC_RECORD
+    if record.is_file():
+        try:
+            made = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return True
+        wanted = json.loads(json.dumps(request))  # as the record holds them
+
+        def said(values: dict) -> str:
+            return ", ".join(f"{key}={values[key]}" for key in sorted(values))
+
+        if made != wanted:
+            raise SegkitError(f"data.root {root} holds synthetic data made with {said(made)}, not the {said(wanted)} that "
+                              f"data.synthetic asks for; point data.root at another folder, or delete {root} to make it again.")
+    return True
+
+
+def record_synthetic(root: Path, request: dict) -> None:
+    """Write what ``root``'s synthetic data was made with (see :func:`reuse_synthetic`)."""
+    (root / SYNTHETIC_RECORD).write_text(json.dumps(request, sort_keys=True) + "\n", encoding="utf-8")

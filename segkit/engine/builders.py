@@ -156,8 +156,12 @@ def build_datasets(cfg: DictConfig, info: DistInfo | None = None) -> tuple[Any, 
         root = _resolve(data.root, "data.root")
 
         def write() -> None:
-            if not (root / "images").is_dir():
-                make_synthetic(root, seed=data.synthetic.seed, **synthetic_sizes(cfg, n=48, size=128))
+            from segkit.data.synthetic import record_synthetic, reuse_synthetic
+
+            request = {"seed": data.synthetic.seed, **synthetic_sizes(cfg, n=48, size=128)}
+            if not reuse_synthetic(root, (root / "images").is_dir(), request):
+                make_synthetic(root, **request)
+                record_synthetic(root, request)
 
         # Rank 0 writes, the others wait for it; if writing fails every rank raises (no rank hangs).
         main_then_share(write, info or DistInfo())

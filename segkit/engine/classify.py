@@ -87,11 +87,18 @@ def build_classification_datasets(cfg: DictConfig, info: DistInfo | None = None)
     options: dict[str, Any] = OmegaConf.to_container(data.options, resolve=True)  # type: ignore[assignment]
     if kind == "synthetic":
         def write() -> None:
+            from segkit.data.synthetic import record_synthetic, reuse_synthetic
+
             try:
                 find_cifar(root)
+                present = True
             except SegkitError:
-                # data.synthetic's n and size left unset: make_synthetic_cifar's CIFAR-like defaults
-                make_synthetic_cifar(root, seed=data.synthetic.seed, **synthetic_sizes(cfg))
+                present = False
+            # data.synthetic's n and size left unset: make_synthetic_cifar's CIFAR-like defaults
+            request = {"seed": data.synthetic.seed, **synthetic_sizes(cfg)}
+            if not reuse_synthetic(root, present, request):
+                make_synthetic_cifar(root, **request)
+                record_synthetic(root, request)
 
         # Rank 0 writes, the others wait for it; if writing fails every rank raises its error (no gloo traceback).
         main_then_share(write, info or DistInfo())
