@@ -48,7 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--data", help="a CIFAR-10/100 'python version' folder (data_batch_1..5, test_batch, ...)")
     source.add_argument("--synthetic", action="store_true", help="generated CIFAR-format shapes (no download; runs on a CPU)")
     parser.add_argument("--out", required=True, help="output folder: one run directory per net, the plot and the table")
-    parser.add_argument("--depths", type=int, nargs=2, default=(20, 56), help="two depths of 6n+2 layers (default 20 56)")
+    parser.add_argument("--depths", type=int, nargs=2, default=(20, 56), choices=(20, 32, 44, 56, 110), metavar="DEPTH",
+                        help="two depths of 6n+2 layers that both families have: 20, 32, 44, 56, 110 (default 20 56)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per net (default: 15 synthetic, 164 CIFAR = 64k iterations)")
     parser.add_argument("--batch-size", type=int, default=128, help="images per step (default 128, the paper's)")
     parser.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default 0.1)")
@@ -74,7 +75,8 @@ def run_config(arch: str, data_root: Path, epochs: int, args: argparse.Namespace
         "loss": [{"name": "ce"}],
         # every parameter decayed, as configs/cifar_*.yaml and the paper's Torch code
         "optimizer": {"name": "sgd", "lr": args.lr, "momentum": 0.9, "weight_decay": 1e-4, "decay_norm_and_bias": True},
-        "schedule": {"name": "multistep", "milestones": [total // 2, total * 3 // 4], "gamma": 0.1,
+        # at 50 % and 75 % of the run (milestones count from 1: a run of a few iterations keeps them apart and positive)
+        "schedule": {"name": "multistep", "milestones": [max(total // 2, 1), max(total * 3 // 4, 2)], "gamma": 0.1,
                      "warmup_iters": warmup},
         "trainer": {"epochs": epochs, "batch_size": args.batch_size, "seed": args.seed, "device": args.device, "log_interval": 50},
         "output": {"plots": False},

@@ -52,7 +52,20 @@ def test_synthetic_run_writes_the_plot_and_the_table(tmp_path, degradation, caps
     assert (out / "plain20" / "metrics.jsonl").read_text() == before
 
 
-def test_a_depth_without_both_nets_is_refused_before_training(tmp_path, degradation, capsys):
-    assert degradation.main(["--synthetic", "--out", str(tmp_path / "d"), "--depths", "20", "1202"]) == 2
-    assert re.search(r"unknown classifier 'cifar_plain1202'", capsys.readouterr().err)
+@pytest.mark.parametrize("depth", ["1202", "8"])
+def test_a_depth_without_both_nets_is_refused_before_training(tmp_path, degradation, capsys, depth):
+    with pytest.raises(SystemExit) as stop:
+        degradation.main(["--synthetic", "--out", str(tmp_path / "d"), "--depths", "20", depth])
+    assert stop.value.code == 2
+    assert re.search(rf"invalid choice: {depth} \(choose from 20, 32, 44, 56, 110\)", capsys.readouterr().err)
     assert not (tmp_path / "d").exists()
+
+
+def test_a_run_of_one_iteration_has_a_valid_schedule(tmp_path, degradation):
+    """Milestones at 50 % and 75 % of one iteration were [0, 0], which the config refuses."""
+    from segkit.config import config_from_dict
+
+    args = degradation.parse_args(["--synthetic", "--out", str(tmp_path)])
+    for total in (1, 2, 3, 8):
+        cfg = config_from_dict(degradation.run_config("cifar_plain20", tmp_path, 1, args, total))
+        assert list(cfg.schedule.milestones) == sorted(set(cfg.schedule.milestones)) and min(cfg.schedule.milestones) >= 1
