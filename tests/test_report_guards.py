@@ -173,3 +173,16 @@ def test_a_capped_image_table_keeps_the_highest_scored_images_not_the_unscored(m
     rows, note = html._table_rows(report)
     assert [r[1] for r in rows] == ["a", "b", "d", "e"]
     assert "lists 4 of the 6 images" in note and "the 1 without a score (every pixel ignored) are left out" in note
+
+
+def test_reports_scored_with_other_settings_are_said_to_be(folders, tmp_path):
+    plain = evaluate_folders(folders / "pred", folders / "gt", 3, class_names=CLASSES)
+    write_report(plain, tmp_path / "plain.json", plots=False)
+    assert json.loads((tmp_path / "plain.json").read_text())["source"]["reduce_zero_label"] is False
+    other = json.loads((tmp_path / "plain.json").read_text())
+    other["ignore_index"] = 0  # as a report of masks whose 0 was ignored
+    (tmp_path / "zero.json").write_text(json.dumps(other))
+    table = compare_table([load_compared(tmp_path / "plain.json"), load_compared(tmp_path / "zero.json")])
+    assert "Scored differently: ignore_index is 255 for plain, 0 for zero" in table
+    same = compare_table([load_compared(tmp_path / "plain.json"), load_compared(tmp_path / "plain.json")])
+    assert "Scored differently" not in same

@@ -282,7 +282,8 @@ def evaluate_folders(
     if hint:
         warnings.append(f"{hint}.")
     report = EvalReport(metrics, classes, ignore_index, images, warnings,
-                        {"mode": "folders", "pred": str(pred_dir), "gt": str(gt_dir)}, details)
+                        {"mode": "folders", "pred": str(pred_dir), "gt": str(gt_dir), "binary": binary,
+                         "reduce_zero_label": reduce_zero_label}, details)
     if worst_figure is not None and worst > 0:
         paths = {stem: (pred_path, gt_path) for stem, pred_path, gt_path in pairs}
         rows = []

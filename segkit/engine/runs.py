@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +163,13 @@ class Compared:
     classes: list[str]
     metrics: dict[str, Any]
     images: dict[str, float | None] | None
+    scoring: dict[str, Any] = field(default_factory=dict)  # how its masks were read: ignore_index, binary, reduce_zero_label
+
+
+def _scoring(ignore_index: Any, binary: Any, reduce_zero_label: Any) -> dict[str, Any]:
+    """The known settings that change what a score counts (None: the side does not say)."""
+    known = {"ignore_index": ignore_index, "binary": binary, "reduce_zero_label": reduce_zero_label}
+    return {key: value for key, value in known.items() if value is not None}
 
 
 def load_compared(path: str | Path) -> Compared:
@@ -177,8 +184,12 @@ def load_compared(path: str | Path) -> Compared:
                                   "(per-class IoU), so pass those.")
             raise SegkitError(f"{path} holds no best.pt or last.pt with validation metrics; pass a run directory of "
                               "`segkit train` (segmentation) or a report JSON of `segkit evaluate --out`.")
+        data_cfg = state.get("config", {}).get("data") or {}
+        options = data_cfg.get("options") or {}
+        scoring = _scoring(data_cfg.get("ignore_index", 255), bool(options.get("binary", False)),
+                           bool(options.get("reduce_zero_label", False)))
         return Compared(path.name, path, f"run, validation at epoch {state.get('epoch')} ({state['file']})",
-                        _classes(state.get("config", {})) or [str(c) for c in range(len(metrics["iou"]))], metrics, None)
+                        _classes(state.get("config", {})) or [str(c) for c in range(len(metrics["iou"]))], metrics, None, scoring)
     if not path.is_file():
         raise SegkitError(f"{path} does not exist; compare report JSONs (segkit evaluate --out) or run directories.")
     try:
@@ -196,8 +207,10 @@ def load_compared(path: str | Path) -> Compared:
         raise SegkitError(f"{path} has image rows without name and miou; compare reports of `segkit evaluate --out`.")
     name = path.parent.name if path.stem == "report" and path.parent.name else path.stem
     images = {row["name"]: row["miou"] for row in rows}
+    source = data.get("source") if isinstance(data.get("source"), dict) else {}
+    scoring = _scoring(data.get("ignore_index"), source.get("binary"), source.get("reduce_zero_label"))
     return Compared(name, path, f"evaluation report, {data.get('num_images', len(images))} images", list(data["classes"]),
-                    data, images or None)
+                    data, images or None, scoring)
 
 
 def _value(x: Any) -> float | None:
@@ -247,6 +260,11 @@ def comparison(compared: list[Compared]) -> dict[str, Any]:
                  "classes)") if one_sided else ""
         verdicts.append(f"{names[i]} against {names[0]}: mIoU {signed(miou)}; better on {_listed(better)}; worse on {_listed(worse)}"
                         + (f"; within {EQUAL} on {equal}" if equal else "") + apart + ".")
+    for key in ("ignore_index", "binary", "reduce_zero_label"):
+        said = {names[i]: c.scoring[key] for i, c in enumerate(compared) if key in c.scoring}
+        if len(set(map(str, said.values()))) > 1:  # the differences then mix the scoring with the models
+            verdicts.append(f"Scored differently: {key} is " + ", ".join(f"{value} for {n}" for n, value in said.items())
+                            + "; their differences are not the models' alone.")
     wins = {n: [r["name"] for r in classes if r["best"] == [n]] for n in names}
     verdicts.append("Best per class: " + "; ".join(f"{n} on {', '.join(w)}" for n, w in wins.items() if w) + "."
                     if any(wins.values()) else "No run is best on any class alone (ties).")
