@@ -266,3 +266,28 @@ def test_build_loss_from_config():
 def test_build_loss_errors_name_the_entry(spec, message):
     with pytest.raises(SegkitError, match=message):
         build_loss(spec)
+
+
+@pytest.mark.parametrize("case", ["all_ignored", "absent_class", "empty_tile"])
+def test_focal_tversky_below_gamma_one_keeps_finite_gradients_where_nothing_is_scored(case):
+    """(1 - TI)**0.75 at a loss of 0: the slope is infinite and the gradient was NaN (training stopped at step 1)."""
+    from segkit.losses import TverskyLoss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    options = {"alpha": 0.3, "beta": 0.7, "gamma": 0.75}
+    if case == "all_ignored":
+        target[:] = 255
+        loss_fn = TverskyLoss("multiclass", ignore_index=255, **options)
+    elif case == "absent_class":
+        loss_fn = TverskyLoss("multiclass", classes=[1], **options)  # class 1 is in no target
+    else:
+        logits = torch.randn(2, 1, 8, 8, requires_grad=True)
+        loss_fn = TverskyLoss("binary", **options)
+    loss = loss_fn(logits, target if case != "empty_tile" else target.float())
+    loss.backward()
+    assert float(loss) == 0.0 and torch.isfinite(logits.grad).all()
+    scored = TverskyLoss("multiclass", **options)(logits.detach().requires_grad_() if case != "empty_tile" else torch.randn(2, 3, 8, 8),
+                                                  torch.randint(0, 3, (2, 8, 8)))
+    assert 0 < float(scored) < 1

@@ -151,7 +151,12 @@ class DiceLoss(nn.Module):
         # The score is undefined for a class without target pixels: such a class contributes 0.
         loss = loss * (target.sum(dims) > 0).to(loss.dtype)
         mean = class_mean(loss, self.class_weights, self.classes)
-        return mean if self.gamma == 1.0 else mean**self.gamma
+        if self.gamma == 1.0:
+            return mean
+        # x**gamma has an infinite slope at 0 for gamma < 1: a batch with nothing to score (loss 0) gave
+        # NaN gradients (inf * 0). There the loss stays 0 and its gradient is 0.
+        positive = mean > 0
+        return torch.where(positive, torch.where(positive, mean, torch.ones_like(mean)) ** self.gamma, torch.zeros_like(mean))
 
 
 class JaccardLoss(DiceLoss):
