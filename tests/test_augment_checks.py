@@ -85,3 +85,19 @@ def test_an_ignore_index_no_mask_can_hold_is_named():
     with pytest.raises(SegkitError, match="'data.ignore_index' is -100; masks hold labels >= 0"):
         config_from_dict({"model": {"arch": "unet", "encoder": "resnet18", "num_classes": 2},
                           "data": {"kind": "folder", "root": "x", "ignore_index": -100}})
+
+
+def test_a_bad_fill_beside_ignored_pixels_is_named(tmp_path):
+    """The mask's largest value was ignore_index (255), so a fill of 7 between it and the classes passed
+    the check and training died later on 'Target 7 is out of bounds'."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.full((20, 24), 100, np.uint8)).save(tmp_path / "images" / "a.png")
+    mask = np.ones((20, 24), np.uint8)
+    mask[:3] = 255
+    Image.fromarray(mask).save(tmp_path / "masks" / "a.png")
+    pad = build_transforms([{"name": "pad", "size": [30, 30], "fill_mask": 7}], train=True)
+    with pytest.raises(SegkitError, match="holds 7, outside"):
+        FolderDataset(tmp_path, num_classes=2, transforms=pad)[0]
+    fine = build_transforms([{"name": "pad", "size": [30, 30]}], train=True)  # fills with ignore_index
+    assert set(FolderDataset(tmp_path, num_classes=2, transforms=fine)[0][1].unique().tolist()) == {1, 255}

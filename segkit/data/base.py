@@ -219,9 +219,15 @@ class SegmentationDataset(Dataset):
             raise SegkitError(f"after the transforms, the mask of {where} is {mask.dtype}; masks hold integer labels, "
                               "so a transform must not interpolate or convert them")
         if self.num_classes is not None and mask.numel():
-            top = int(mask.max())
-            if top >= self.num_classes and top != self.ignore_index or int(mask.min()) < 0:
-                bad = top if top >= self.num_classes and top != self.ignore_index else int(mask.min())
+            top, bottom = int(mask.max()), int(mask.min())
+            bad = None
+            if bottom < 0:
+                bad = bottom
+            elif top >= self.num_classes:
+                # The largest value may be ignore_index while a fill value sits between it and the classes.
+                rest = int(mask.masked_fill(mask == self.ignore_index, 0).max()) if top == self.ignore_index else top
+                bad = rest if rest >= self.num_classes else None
+            if bad is not None:
                 raise SegkitError(f"after the transforms, the mask of {where} holds {bad}, outside [0, {self.num_classes}) and "
                                   f"not ignore_index {self.ignore_index}: a transform filled new pixels with it (its fill_mask, or "
                                   "an ignore_index an 8-bit mask cannot hold); use ignore_index or a class for fill_mask")
