@@ -316,3 +316,35 @@ def test_the_logged_learning_rate_is_the_one_each_step_ran_at(tmp_path, data_roo
     with caplog.at_level("WARNING", logger="segkit"):
         train(config_from_dict(tiny_config(data_root, epochs=1), ["schedule.warmup_iters=1000"]), tmp_path / "long", progress=False)
     assert "schedule.warmup_iters is 1000 but the run has 3 optimizer steps: the warm-up is cut to 2" in caplog.text
+
+
+def _lrs(run: Path) -> list[float]:
+    return [r["lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+
+
+def test_a_run_resumed_on_another_process_count_ends_its_schedule_where_the_run_ends(tmp_path, data_root):
+    """The schedule was replayed to the saved step count, which counts steps of the old length: from 2
+    processes to 1 the run ended before its cosine did (lr 0.0019 against 6e-5)."""
+    from segkit.engine.checkpoint import save_checkpoint
+
+    overrides = ["schedule.name=cosine", "schedule.warmup_iters=0"]
+    cfg = config_from_dict(tiny_config(data_root, epochs=3), overrides)  # 6 training images, batch 2: 3 steps an epoch
+    train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "moved", max_steps=4, progress=False)  # epoch 2, batch 1
+    state = load_checkpoint(tmp_path / "moved" / "last.pt")
+    # As if two processes had saved it: one batch each of epoch 2 is batch 2 of one process; 3 steps in all before.
+    state.update(world_size=2, step=2, total_steps=6)
+    save_checkpoint(state, tmp_path / "moved" / "last.pt")
+    train(cfg, tmp_path / "moved", resume=True, progress=False)
+    assert _lrs(tmp_path / "moved")[-1] == pytest.approx(_lrs(tmp_path / "straight")[-1], rel=1e-9)
+
+
+def test_resume_refuses_another_seed_and_a_run_already_finished(tmp_path, data_root):
+    cfg = config_from_dict(tiny_config(data_root, epochs=1))
+    train(cfg, tmp_path / "run", progress=False)
+    before = (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(SegkitError, match=r"trainer\.seed is 7 here but the run .* was trained with 3"):
+        train(config_from_dict(tiny_config(data_root, epochs=2, seed=7)), tmp_path / "run", resume=True, progress=False)
+    with pytest.raises(SegkitError, match=r"has trained 1 epochs already and trainer\.epochs is 1: nothing to resume; pass trainer\.epochs=2"):
+        train(cfg, tmp_path / "run", resume=True, progress=False)
+    assert (tmp_path / "run" / "config.yaml").read_text() == before

@@ -355,6 +355,9 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     if resume:
         state = load_checkpoint(last_path)
         start_epoch, batch_in_epoch, step, best = _resume(state, cfg, out_dir, info, log, model, optimizer, scheduler, scaler, device)
+        if start_epoch >= cfg.trainer.epochs and not batch_in_epoch and not restarted:
+            raise SegkitError(f"the run in {out_dir} has trained {start_epoch} epochs already and trainer.epochs is "
+                              f"{cfg.trainer.epochs}: nothing to resume; pass trainer.epochs={start_epoch + 1} or more to train on.")
         if max_steps is not None and step >= max_steps:  # (the loop checks after a step: it would take one more)
             raise SegkitError(f"the run in {out_dir} is at step {step} already, --max-steps {max_steps} counts every step of the "
                               "run: pass a larger --max-steps, or leave it out to train to the end.")
@@ -363,12 +366,14 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
         carried = state.get("epoch_progress") if batch_in_epoch else None
         saved_total, saved_world = state.get("total_steps"), int(state.get("world_size", info.world_size))
         if saved_total != total_steps and (saved_total is not None or saved_world != info.world_size):
-            # Another process count (or batch size, or epochs) makes the run another length: the schedule
-            # spans the steps as they now are, at the step reached, instead of the saved run's length.
-            scheduler = _schedule_at(optimizer, cfg, total_steps, step)
+            # Another process count (or epochs) makes the run another length: the schedule spans the steps
+            # as they now are, at the position the data reached in them (epochs done, then the windows of
+            # this epoch on this many processes); the saved step counts steps of the old length.
+            position = start_epoch * steps_per_epoch + math.ceil(batch_in_epoch / accum)
+            scheduler = _schedule_at(optimizer, cfg, total_steps, position)
             if info.is_main:
                 logger.warning("the run now has %d steps (%s before): the learning-rate schedule continues at step %d of the new length.",
-                               total_steps, saved_total if saved_total is not None else "another count", step)
+                               total_steps, saved_total if saved_total is not None else "another count", position)
         if info.is_main:
             trim_log(log.path, step)  # records a hard kill left past last.pt: the resumed run writes them again
         best = _best_of(best, best_path, task.score_key)
@@ -483,7 +488,8 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
 # hyperparameters (a new optimizer.lr was ignored but recorded in config.yaml), the schedule counts
 # its steps, the position in the epoch counts batches of the saved size, the loss and the model
 # are the run's. trainer.epochs, devices, AMP, process counts, workers and intervals may change.
-_FIXED_ON_RESUME = ("optimizer", "schedule", "loss", "model", "trainer.batch_size", "trainer.grad_accum")
+# trainer.seed: the interrupted epoch's order and augmentations continue from it.
+_FIXED_ON_RESUME = ("optimizer", "schedule", "loss", "model", "trainer.batch_size", "trainer.grad_accum", "trainer.seed")
 _FREE_IN_FIXED = ("model.weights", "model.encoder_weights")  # initial weights: the checkpoint's replace them
 
 
