@@ -101,3 +101,24 @@ def test_a_bad_fill_beside_ignored_pixels_is_named(tmp_path):
         FolderDataset(tmp_path, num_classes=2, transforms=pad)[0]
     fine = build_transforms([{"name": "pad", "size": [30, 30]}], train=True)  # fills with ignore_index
     assert set(FolderDataset(tmp_path, num_classes=2, transforms=fine)[0][1].unique().tolist()) == {1, 255}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_images_kept_in_their_own_units_are_not_clipped_by_intensity_steps_in_silence(tmp_path, dtype):
+    """scaling: dtype keeps floats as they are and int16 below 0: brightness_contrast, gauss_noise and
+    gaussian_blur clipped them to [0, 1] (CT in Hounsfield units lost every negative pixel)."""
+    import tifffile
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    pixels = np.linspace(-1000, 3000, 20 * 24).reshape(20, 24).astype(dtype)
+    tifffile.imwrite(tmp_path / "images" / "a.tif", pixels)
+    Image.fromarray((pixels > 0).astype(np.uint8)).save(tmp_path / "masks" / "a.png")
+    for name in ("brightness_contrast", "gauss_noise", "gaussian_blur"):
+        pipeline = build_transforms([{"name": name, "p": 1.0}], train=True)
+        with pytest.raises(SegkitError, match=rf"a\.tif holds values from -\S+ to \S+ after scaling: dtype, and the transforms' {name} clip"):
+            FolderDataset(tmp_path, num_classes=2, scaling="dtype", mean=0, std=1, transforms=pipeline)[0]
+    image, _ = FolderDataset(tmp_path, num_classes=2, scaling="dtype", mean=0, std=1,
+                             transforms=build_transforms(["hflip", "rotate"], train=True))[0]  # geometric steps keep the range
+    assert float(image.min()) < 0
+    FolderDataset(tmp_path, num_classes=2, transforms=build_transforms(["brightness_contrast"], train=True))[0]  # auto: in [0, 1]

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from segkit.data.io import SCALINGS, scaled_by_255, to_unit_float
 from segkit.data.masks import bad_value_message
-from segkit.data.transforms import moves_pixels_only, reseed_for_worker
+from segkit.data.transforms import clipping_steps, moves_pixels_only, reseed_for_worker
 from segkit.errors import SegkitError
 
 __all__ = ["SegmentationDataset", "default_mean_std"]
@@ -187,6 +187,7 @@ class SegmentationDataset(Dataset):
                 f"{self.mask_source(index)} is {mask.shape[1]}x{mask.shape[0]}; make them the same size"
             )
         if self.transforms is not None:
+            self._check_unit_range(index, stored, image)
             reseed_for_worker(self.transforms)
             out = self.transforms(image=image, mask=mask)
             if not isinstance(out, Mapping) or "image" not in out or "mask" not in out:
@@ -208,6 +209,20 @@ class SegmentationDataset(Dataset):
             return image_t, mask_t if mask_t.dtype == torch.uint8 else mask_t.long()
         image_t = (image_t.float() - self.mean) / self.std
         return image_t, mask_t.long()
+
+    def _check_unit_range(self, index: int, stored: np.ndarray, image: np.ndarray) -> None:
+        """A SegkitError for an image outside [0, 1] (``scaling: dtype`` keeps floats as they are and
+        signed integers below 0) about to go through steps that clip it there: its values would be
+        cut in silence, in the augmented half of the samples only."""
+        if self.scaling != "dtype" or stored.dtype.kind == "u":
+            return  # scaled into [0, 1] already
+        steps = clipping_steps(self.transforms)
+        if steps and image.size and (float(image.min()) < 0.0 or float(image.max()) > 1.0):
+            raise SegkitError(
+                f"image {self.image_path(index)} holds values from {float(image.min()):g} to {float(image.max()):g} after "
+                f"scaling: dtype, and the transforms' {', '.join(steps)} clip images to [0, 1]; remove those steps from "
+                "the transforms, or scale the images into [0, 1] (scaling: percentile, or rescale the files)"
+            )
 
     def _check_transformed(self, index: int, image: torch.Tensor, mask: torch.Tensor) -> None:
         """What the transforms returned still pairs up: a mask of the image's size holding labels."""

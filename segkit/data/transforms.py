@@ -217,6 +217,19 @@ def reseed_for_worker(pipeline: Any) -> None:
     pipeline._segkit_pid = os.getpid()
 
 
+# albumentations clips float images to [0, 1] in these steps (checked on albumentations 2.0.8).
+_CLIPPING = ("brightness_contrast", "gauss_noise", "gaussian_blur")
+
+
+def clipping_steps(pipeline: Any) -> list[str]:
+    """The step names of ``pipeline`` (an albumentations ``Compose``, or None) that clip a float image
+    to [0, 1]: harmless on images segkit scaled there, destructive on ones that keep their own units."""
+    import albumentations as A
+
+    classes = {getattr(A, TRANSFORMS[name]): name for name in _CLIPPING}
+    return [classes[type(step)] for step in getattr(pipeline, "transforms", None) or () if type(step) in classes]
+
+
 def moves_pixels_only(pipeline: Any) -> bool:
     """Whether ``pipeline`` (None, or an albumentations ``Compose``) only flips, rotates by 90
     degrees, crops or pads: steps that give the same pixels on uint8 as on float images, so an
