@@ -46,7 +46,8 @@ def test_yaml_errors_give_the_line_and_a_directory_is_named_as_one(tmp_path):
     ([{"name": "dice", "mode": "binary"}], r"loss\[0\] \(dice\) does not fit a model of 3 classes \(mode='binary'"),
     ([{"name": "ce"}, {"name": "ce", "class_weights": [1, 2]}], r"loss\[1\] \(ce_1\) does not fit a model of 3 classes \(class_weights has 2 entries for 3 classes"),
     ([{"name": "dice", "mode": "multiclass", "classes": [5]}], r"loss\[0\] \(dice\) does not fit a model of 3 classes"),
-    ([{"name": "bce"}], r"loss\[0\] \(bce\) does not fit a model of 3 classes"),
+    # bce was offered for configs but could never fit: its message said to use mode: multiclass, which it has not.
+    ([{"name": "ce"}, {"name": "bce"}], r"loss\[1\] is bce, which takes 0/1 targets shaped like the logits .*use ce"),
     ([{"name": "ce", "label_smoothing": 2}], r"loss\[0\] \(ce\) does not fit a model of 3 classes"),
 ])
 def test_loss_options_that_do_not_fit_the_model_are_named_before_training(tmp_path, loss, message):

@@ -276,7 +276,12 @@ def _segmentation_loss(cfg: DictConfig) -> Any:
     from segkit.losses import build_loss
 
     spec = OmegaConf.to_container(cfg.loss, resolve=True)
-    for term in spec:  # type: ignore[union-attr]
+    for i, term in enumerate(spec):  # type: ignore[arg-type]
+        if isinstance(term, dict) and term.get("name") == "bce":
+            # BCE takes a 0/1 target shaped like the logits; segkit's datasets give (N, H, W) class indices.
+            raise SegkitError(f"loss[{i}] is bce, which takes 0/1 targets shaped like the logits (the Python API's multilabel "
+                              "use); segkit's datasets give class-index masks: use ce (binary masks: model.num_classes: 2 with "
+                              "data.options.binary: true), or dice/focal/lovasz with mode: multiclass.")
         term.setdefault("ignore_index", cfg.data.ignore_index)  # type: ignore[union-attr]
     return build_loss(spec)  # type: ignore[arg-type]
 
