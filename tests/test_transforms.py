@@ -214,3 +214,21 @@ def test_sampler_seeded_augmentation_is_independent_across_samples_and_epochs():
         assert abs(r) < 0.15, (k, r)
     top_left = np.corrcoef(draws[..., 0].ravel(), draws[..., 1].ravel())[0, 1]
     assert abs(top_left) < 0.15
+
+
+def test_malformed_steps_are_named_and_config_errors_name_their_key(tmp_path):
+    with pytest.raises(SegkitError, match=r"transform step 0 has name \['hflip'\]; a name is one of"):
+        build_transforms([{"name": ["hflip"]}], train=True)  # was: TypeError: unhashable type: 'list'
+    for name in ("resize", "random_crop", "center_crop"):  # was pydantic's "height; Field required"
+        with pytest.raises(SegkitError, match=rf"transform step 0 \('{name}'\) needs size"):
+            build_transforms([{"name": name}], train=True)
+    with pytest.raises(SegkitError, match=r"gives size and height; give size .* alone"):  # was a 9x8 crop in silence
+        build_transforms([{"name": "random_crop", "size": 8, "height": 9}], train=True)
+    assert build_transforms([{"name": "resize", "height": 9, "width": 8}], train=True)  # albumentations' own keys still work
+    from segkit.config import config_from_dict
+    from segkit.engine.builders import transforms_from_config
+
+    cfg = config_from_dict({"model": {"arch": "unet", "encoder": "resnet18", "num_classes": 2},
+                            "data": {"kind": "folder", "root": str(tmp_path), "val_transforms": ["hflp"]}})
+    with pytest.raises(SegkitError, match=r"^config key 'data\.val_transforms': unknown transform 'hflp' in step 0"):
+        transforms_from_config(cfg, train=False)

@@ -17,8 +17,8 @@ Names (``list_transforms()``): ``random_resized_crop``, ``random_crop``, ``cente
 albumentations class (``TRANSFORMS[name]``), plus ``size`` (an int or [h, w]) for the crops,
 ``resize`` and ``pad``, and ``divisor`` for ``pad``. segkit's defaults differ from albumentations'
 where it matters for segmentation: geometric steps fill new mask pixels with ``ignore_index``
-(not background), ``pad`` pads bottom/right, elastic uses alpha=300, sigma=12 (displacements of
-about 2-5 px), and masks always use nearest-neighbour interpolation (setting anything else is an
+(not background), ``pad`` pads bottom/right, elastic uses alpha=300, sigma=12 (median displacements of
+about 2 px on 512x512 images, 5 px on 50x50: albumentations scales them with the image), and masks always use nearest-neighbour interpolation (setting anything else is an
 error). Every pipeline ends with ``ToTensorV2``.
 
 Images enter as float32 (H, W, C) in [0, 1] (the dataset scales 8- and 16-bit data first, see
@@ -134,6 +134,8 @@ def _step(step: Any, index: int, ignore_index: int) -> Any:
             f"transform step {index} is {step!r}; write a step as a name or a dict with 'name' and options, "
             "e.g. {'name': 'rotate', 'limit': 30}"
         )
+    if not isinstance(name, str):
+        raise SegkitError(f"transform step {index} has name {name!r}; a name is one of {', '.join(list_transforms())}")
     where = f"transform step {index} ({name!r})"
     if name not in TRANSFORMS:
         raise SegkitError(f"unknown transform {name!r} in step {index}; valid names: {', '.join(list_transforms())}")
@@ -143,6 +145,12 @@ def _step(step: Any, index: int, ignore_index: int) -> Any:
     if "fill_mask" in accepted:
         kwargs["fill_mask"] = ignore_index
     options = dict(options)
+    sized = ("random_crop", "center_crop", "resize")
+    if name in sized and "size" in options and {"height", "width"} & set(options):
+        raise SegkitError(f"{where} gives size and {'/'.join(sorted({'height', 'width'} & set(options)))}; give size (an int or "
+                          "[height, width]) alone")
+    if name in sized and "size" not in options and not {"height", "width"} <= set(options):
+        raise SegkitError(f"{where} needs size; e.g. {{'name': {name!r}, 'size': 256}}")
     if "size" in options and name in ("random_resized_crop", "random_crop", "center_crop", "resize", "pad"):
         h, w = _hw(options.pop("size"), where)
         if name == "random_resized_crop":

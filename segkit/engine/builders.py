@@ -84,7 +84,10 @@ def transforms_from_config(cfg: DictConfig, train: bool) -> Any:
     """The augmentation pipeline ``data.train_transforms`` (or ``val_transforms``) describes, seeded by ``trainer.seed``."""
     from segkit.data import build_transforms
 
-    return build_transforms(transform_steps(cfg, train), train=train, seed=cfg.trainer.seed, ignore_index=cfg.data.ignore_index)
+    try:
+        return build_transforms(transform_steps(cfg, train), train=train, seed=cfg.trainer.seed, ignore_index=cfg.data.ignore_index)
+    except SegkitError as err:  # "transform step 0 ..." says which step; the key says which list
+        raise SegkitError(f"config key 'data.{'train' if train else 'val'}_transforms': {err}") from None
 
 
 def dataset_options(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
