@@ -229,18 +229,23 @@ def train_epoch(run: Run, epoch: int, batch_in_epoch: int, step: int, carried: d
         images = run.scaling(images.to(device, non_blocking=True), torch.channels_last if run.channels_last else torch.contiguous_format)
         targets = targets.to(device, non_blocking=True).long()  # 8-bit masks travel as uint8
         extra = {"weight_map": rest[0].to(device, non_blocking=True)} if rest else {}
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            loss, logits = run.task.loss(run.loss_fn, run.train_model(images), targets, **extra)
-        run.task.observe(logits, targets)
-        window.add(loss, step + 1)
-        if batch_in_epoch % accum == 0:  # the first batch of an accumulation window
-            # Cleared here, just before backward (as torchvision's reference does), not after the
-            # step: the new gradients then reuse the freed ones' memory; clearing right after the
-            # step cost 5-8 % of CPU throughput in allocations (scripts/benchmark.py training).
-            run.optimizer.zero_grad(set_to_none=True)
-        # The window's mean loss: its last window in an epoch may hold fewer than accum batches.
-        window_start = batch_in_epoch - batch_in_epoch % accum
-        run.scaler.scale(loss / min(accum, run.batches_per_epoch - window_start)).backward()
+        closes_window = (batch_in_epoch + 1) % accum == 0 or batch_in_epoch + 1 == run.batches_per_epoch
+        # DDP all-reduces the gradients in every backward: inside a window only its last one needs to
+        # (the sums are the same), so the others run under no_sync and the window costs one exchange.
+        no_sync = getattr(run.train_model, "no_sync", None)
+        with no_sync() if no_sync is not None and not closes_window else contextlib.nullcontext():
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                loss, logits = run.task.loss(run.loss_fn, run.train_model(images), targets, **extra)
+            run.task.observe(logits, targets)
+            window.add(loss, step + 1)
+            if batch_in_epoch % accum == 0:  # the first batch of an accumulation window
+                # Cleared here, just before backward (as torchvision's reference does), not after the
+                # step: the new gradients then reuse the freed ones' memory; clearing right after the
+                # step cost 5-8 % of CPU throughput in allocations (scripts/benchmark.py training).
+                run.optimizer.zero_grad(set_to_none=True)
+            # The window's mean loss: its last window in an epoch may hold fewer than accum batches.
+            window_start = batch_in_epoch - batch_in_epoch % accum
+            run.scaler.scale(loss / min(accum, run.batches_per_epoch - window_start)).backward()
         batch_in_epoch += 1
         seen += images.shape[0]
         if not (batch_in_epoch % accum == 0 or batch_in_epoch == run.batches_per_epoch):
