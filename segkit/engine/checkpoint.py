@@ -19,6 +19,7 @@ next one for the same file, and at the end of the run.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import pickle
 import random
@@ -74,6 +75,10 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # A process killed mid-write (SIGKILL, out of memory) left its temp file: one writer per file, so
+    # any other temp of this name is such a leftover (tens of MB each).
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def cpu_copy(value: Any) -> Any:
