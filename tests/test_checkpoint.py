@@ -97,5 +97,5 @@ def test_a_temp_file_left_by_a_killed_writer_is_removed_at_the_next_save(tmp_pat
     leftover.write_bytes(b"half a checkpoint")
     other = tmp_path / ".best.pt.abc123.tmp"  # another file's temp: not this save's business
     other.write_bytes(b"x")
-    save_checkpoint({"step": 1}, tmp_path / "last.pt")
+    save_checkpoint({"model": {}, "step": 1}, tmp_path / "last.pt")
     assert not leftover.exists() and other.exists() and load_checkpoint(tmp_path / "last.pt")["step"] == 1
