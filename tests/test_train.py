@@ -334,9 +334,14 @@ def test_a_run_resumed_on_another_process_count_ends_its_schedule_where_the_run_
     state = load_checkpoint(tmp_path / "moved" / "last.pt")
     # As if two processes had saved it: one batch each of epoch 2 is batch 2 of one process; 3 steps in all before.
     state.update(world_size=2, step=2, total_steps=6)
+    state["epoch_progress"]["seconds"] = 1000.0  # the epoch's time: the rest of it is negligible beside this
     save_checkpoint(state, tmp_path / "moved" / "last.pt")
     train(cfg, tmp_path / "moved", resume=True, progress=False)
     assert _lrs(tmp_path / "moved")[-1] == pytest.approx(_lrs(tmp_path / "straight")[-1], rel=1e-9)
+    # Epoch 2 trained 2 images on each of the 2 processes, then 2 more on 1: 6 images (not 2 + 2).
+    records = [json.loads(line) for line in (tmp_path / "moved" / "metrics.jsonl").read_text().splitlines()]
+    epoch2 = next(r for r in records if r["kind"] == "epoch" and r["epoch"] == 2 and r["step"] > 2)
+    assert epoch2["images_per_s"] * 1000 == pytest.approx(6, rel=0.02)
 
 
 def test_resume_refuses_another_seed_and_a_run_already_finished(tmp_path, data_root):

@@ -365,6 +365,10 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
             save_config(cfg, out_dir / "config.yaml")
         carried = state.get("epoch_progress") if batch_in_epoch else None
         saved_total, saved_world = state.get("total_steps"), int(state.get("world_size", info.world_size))
+        if carried and saved_world != info.world_size and "seen" in carried:
+            # The images each process trained on, counted on the old number of processes: the epoch's
+            # images/s multiplies this rank's count by the new one (it showed 21 img/s for 15).
+            carried = {**carried, "seen": carried["seen"] * saved_world / info.world_size}
         if saved_total != total_steps and (saved_total is not None or saved_world != info.world_size):
             # Another process count (or epochs) makes the run another length: the schedule spans the steps
             # as they now are, at the position the data reached in them (epochs done, then the windows of
