@@ -13,7 +13,8 @@ image-level auxiliary head is dropped).
   model takes heights and widths that are multiples of the model's deepest stride (32; 16 for
   the original U-Net with same padding; any size for DeepLabV3 and the FCN head with their
   bilinear logits, which are not padded; at other sizes most graphs fail and some give wrong
-  logits, which the printed summary says; the valid-convolution U-Net takes sides of 16b + 60): pad images bottom/right and crop the logits back. Its outputs are compared with PyTorch's by
+  logits, which the printed summary says; the valid-convolution U-Net takes sides of 16b + 60):
+  pad images bottom/right and crop the logits back. Its outputs are compared with PyTorch's by
   onnxruntime when that is installed, and the check is skipped (and said so) when it is not.
 """
 
