@@ -465,7 +465,24 @@ def test_sixteen_bit_images_are_scaled_not_clipped_to_white(tmp_path):
             image, _ = dataset.load(index)
             assert image.shape == (channels, 20, 24) and image.dtype == torch.uint8
             assert all(torch.equal(plane, expected) for plane in image)
+    Image.fromarray(np.arange(64, dtype=np.int32).reshape(8, 8) * 4, "I").save(root / "train" / "b" / "w.tif")
+    eight = ImageFolderDataset(root, "train", in_channels=1)
+    index = next(i for i, (path, _) in enumerate(eight.folder.samples) if path.endswith("w.tif"))
+    assert torch.equal(eight.load(index)[0][0], torch.arange(64, dtype=torch.uint8).reshape(8, 8) * 4)  # 8-bit values in "I": as before
     Image.fromarray(np.full((8, 8), 70000, np.int32), "I").save(root / "train" / "a" / "z.tif")
     dataset = ImageFolderDataset(root, "train")
     with pytest.raises(SegkitError, match=r"z\.tif holds 32-bit integer pixels"):
         [dataset.load(i) for i in range(len(dataset))]
+
+
+def test_a_resumed_googlenet_keeps_the_input_transform_it_trained_with(tmp_path, synthetic):
+    """Resuming with model.weights left out (allowed on resume) rebuilt the net with transform_input off."""
+    torch.manual_seed(0)
+    torch.save(create_classifier("googlenet", num_classes=10).state_dict(), tmp_path / "tv.pth")  # a plain file: on
+    base = tiny_config(synthetic, epochs=2, batch_size=25)
+    options = ["model.arch=googlenet", "data.crop_size=16", "data.resize_size=20"]
+    cfg = config_from_dict(base, [*options, f"model.weights={tmp_path / 'tv.pth'}"])
+    train(cfg, tmp_path / "run", max_steps=2, progress=False)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["transform_input"] is True
+    train(config_from_dict(base, options), tmp_path / "run", resume=True, progress=False)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["transform_input"] is True

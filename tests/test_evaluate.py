@@ -251,6 +251,11 @@ def test_labels_one_past_the_classes_suggest_the_commands_options(tmp_path, caps
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", str(K)]) == 2
     err = capsys.readouterr().err
     assert f"pass --reduce-zero-label, if 0 is a real class pass --num-classes {K + 1}" in err and "data.options" not in err
+    save(tmp_path / "gt" / "m.png", gt + 1)  # 2..K+1: one past the classes even with the flag given
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", str(K),
+                 "--reduce-zero-label"]) == 2
+    err = capsys.readouterr().err
+    assert "pass --reduce-zero-label" not in err and f"the file holds {K + 1})" in err
 
 
 def test_bad_folder_on_the_command_line_is_one_line(tmp_path, capsys):

@@ -186,3 +186,16 @@ def test_reports_scored_with_other_settings_are_said_to_be(folders, tmp_path):
     assert "Scored differently: ignore_index is 255 for plain, 0 for zero" in table
     same = compare_table([load_compared(tmp_path / "plain.json"), load_compared(tmp_path / "plain.json")])
     assert "Scored differently" not in same
+
+
+def test_a_capped_table_with_few_scored_images_lists_them_all_and_says_so(monkeypatch):
+    import math
+
+    from segkit.engine.report import EvalReport
+
+    monkeypatch.setattr(html, "TABLE_ROWS", 10)
+    images = [(f"s{i}", 0.1 * i) for i in range(4)] + [(f"u{i}", math.nan) for i in range(10)]
+    report = EvalReport({}, ["0", "1"], 255, images, [], {"mode": "folders"}, [{"pixel_accuracy": None, "classes": []}] * 14)
+    rows, note = html._table_rows(report)
+    assert [r[1] for r in rows] == ["s0", "s1", "s2", "s3", "u0", "u1", "u2", "u3", "u4", "u5"]
+    assert "lists 10 of the 14 images: every scored one and 6 of the 10 without a score" in note

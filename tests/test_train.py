@@ -344,12 +344,16 @@ def test_a_run_resumed_on_another_process_count_ends_its_schedule_where_the_run_
     assert epoch2["images_per_s"] * 1000 == pytest.approx(6, rel=0.02)
 
 
-def test_resume_refuses_another_seed_and_a_run_already_finished(tmp_path, data_root):
+def test_resume_refuses_another_seed_and_says_when_a_run_is_finished(tmp_path, data_root, capsys):
     cfg = config_from_dict(tiny_config(data_root, epochs=1))
     train(cfg, tmp_path / "run", progress=False)
     before = (tmp_path / "run" / "config.yaml").read_text()
     with pytest.raises(SegkitError, match=r"trainer\.seed is 7 here but the run .* was trained with 3"):
         train(config_from_dict(tiny_config(data_root, epochs=2, seed=7)), tmp_path / "run", resume=True, progress=False)
-    with pytest.raises(SegkitError, match=r"has trained 1 epochs already and trainer\.epochs is 1: nothing to resume; pass trainer\.epochs=2"):
-        train(cfg, tmp_path / "run", resume=True, progress=False)
-    assert (tmp_path / "run" / "config.yaml").read_text() == before
+    # A finished run resumed with no more epochs: nothing to do, said (scripts resume whatever has a last.pt).
+    capsys.readouterr()
+    shorter = config_from_dict(tiny_config(data_root, epochs=1), ["trainer.log_interval=5"])
+    result = train(shorter, tmp_path / "run", resume=True, progress=False)
+    assert "has trained 1 epochs already and trainer.epochs is 1: nothing to resume (pass trainer.epochs=2" in capsys.readouterr().out
+    assert result.steps == load_checkpoint(tmp_path / "run" / "last.pt")["step"]
+    assert (tmp_path / "run" / "config.yaml").read_text() == before  # still the run's own

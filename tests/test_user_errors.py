@@ -140,3 +140,13 @@ def test_synthetic_classification_data_records_its_request_too(tmp_path):
     build_datasets(config_from_dict(classification_config(root)))
     with pytest.raises(SegkitError, match=r"n=120, seed=0, size=16, not the n=600, seed=0, size=16"):
         build_datasets(config_from_dict(classification_config(root), ["data.synthetic.n=600"]))
+
+
+def test_synthetic_cifar_named_defaults_ask_for_the_same_data(tmp_path):
+    from test_classification import tiny_config as classification_config
+
+    root = tmp_path / "cifar"
+    unset = classification_config(root)
+    unset["data"]["synthetic"] = {"seed": 0}  # n and size left to make_synthetic_cifar's defaults (6000, 16)
+    build_datasets(config_from_dict(unset))
+    build_datasets(config_from_dict(unset, ["data.synthetic.n=6000", "data.synthetic.size=16"]))  # the same data

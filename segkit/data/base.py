@@ -220,8 +220,9 @@ class SegmentationDataset(Dataset):
         if steps and image.size and (float(image.min()) < 0.0 or float(image.max()) > 1.0):
             raise SegkitError(
                 f"image {self.image_path(index)} holds values from {float(image.min()):g} to {float(image.max()):g} after "
-                f"scaling: dtype, and the transforms' {', '.join(steps)} clip images to [0, 1]; remove those steps from "
-                "the transforms, or scale the images into [0, 1] (scaling: percentile, or rescale the files)"
+                f"scaling: dtype, and the transforms' {', '.join(steps)} clip images to [0, 1]; list data.train_transforms "
+                "without them (the default pipeline has brightness_contrast), or scale the images into [0, 1] "
+                "(scaling: percentile, or rescale the files)"
             )
 
     def _check_transformed(self, index: int, image: torch.Tensor, mask: torch.Tensor) -> None:

@@ -95,8 +95,9 @@ def build_classification_datasets(cfg: DictConfig, info: DistInfo | None = None)
                 present = True
             except SegkitError:
                 present = False
-            # data.synthetic's n and size left unset: make_synthetic_cifar's CIFAR-like defaults
-            request = {"seed": data.synthetic.seed, **synthetic_sizes(cfg)}
+            # data.synthetic's n and size left unset: make_synthetic_cifar's CIFAR-like defaults (spelt out,
+            # so that a config naming them asks for the same data)
+            request = {"seed": data.synthetic.seed, **synthetic_sizes(cfg, n=6000, size=16)}
             if not reuse_synthetic(root, present, request):
                 make_synthetic_cifar(root, **request)
                 record_synthetic(root, request)

@@ -23,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +99,23 @@ def _output_path(checkpoint: Path, out: str | os.PathLike[str] | None, fmt: str)
     if not existed:
         path.unlink()
     return path
+
+
+@contextlib.contextmanager
+def _stdout_silenced() -> Iterator[None]:
+    """Standard output dropped at the file-descriptor level: torch's C++ exporter writes its IR dump
+    there, past Python's sys.stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _scale(references: list[torch.Tensor]) -> float:
@@ -202,14 +221,14 @@ def _onnx(model: nn.Module, inputs: list[torch.Tensor], references: list[torch.T
     if opset > _MAX_OPSET:
         raise SegkitError(f"--opset {opset} is newer than torch's TorchScript-based ONNX exporter writes (up to {_MAX_OPSET}); "
                           "use the default --opset 17.")
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), _stdout_silenced():
         # The exporter prints its whole IR graph when an opset lacks an operator: the error below says it in one line.
         warnings.simplefilter("ignore")  # tracer and deprecation warnings about the TorchScript-based exporter
         try:
             torch.onnx.export(model, (inputs[0],), str(path), dynamo=False, opset_version=opset, input_names=["image"],
                               output_names=["logits"], dynamic_axes={"image": axes, "logits": axes})
         except Exception as err:  # noqa: BLE001 - the exporter's errors (an opset too old or unknown) name no fix
-            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            first = str(err).strip().splitlines()[0].split(" [Caused by")[0].strip() if str(err).strip() else type(err).__name__
             raise SegkitError(f"ONNX export at --opset {opset} failed ({first}); use the default --opset 17 "
                               "(or another the installed torch supports).") from err
     if static:

@@ -176,12 +176,17 @@ def _pair(pred_dir: Path, gt_dir: Path, pred_suffix: str | None, gt_suffix: str 
     return pairs, [f"skipped: {p}" for p in problems]
 
 
-def _label_error(pred: np.ndarray, gt: np.ndarray, pred_path: Path, gt_path: Path, num_classes: int, ignore_index: int) -> str:
+def _label_error(pred: np.ndarray, gt: np.ndarray, pred_path: Path, gt_path: Path, num_classes: int, ignore_index: int,
+                 reduce_zero_label: bool = False) -> str:
     """The message for labels ConfusionMatrix refused, naming the file that holds them."""
     counts = np.bincount(gt.ravel().astype(np.int64))
     bad = [v for v in np.flatnonzero(counts).tolist() if v >= num_classes and v != ignore_index]
     if bad:
-        return bad_value_message(gt_path, bad, [int(counts[v]) for v in bad], num_classes, ignore_index, flags=True)
+        message = bad_value_message(gt_path, bad, [int(counts[v]) for v in bad], num_classes, ignore_index,
+                                    hint=not reduce_zero_label, flags=True)
+        if reduce_zero_label:  # the values are the reduced ones: say what the file holds
+            message += f" (values as --reduce-zero-label reads them: the file holds {', '.join(str(v + 1) for v in bad)})"
+        return message
     counted = pred[gt != ignore_index].astype(np.int64)
     values, numbers = np.unique(counted[(counted < 0) | (counted >= num_classes)], return_counts=True)
     listed = ", ".join(f"{v} ({n} pixels)" for v, n in zip(values.tolist(), numbers.tolist()))
@@ -254,7 +259,7 @@ def evaluate_folders(
         ignored: list[int] = []
         counts = _pair_counts(pred, gt, num_classes, ignore_index, ignored)
         if counts is None:
-            raise SegkitError(_label_error(pred, gt, pred_path, gt_path, num_classes, ignore_index))
+            raise SegkitError(_label_error(pred, gt, pred_path, gt_path, num_classes, ignore_index, reduce_zero_label))
         if ignored and is_zero_255(counts.sum(1), ignored[0], ignore_index):
             zero_255.append(str(gt_path))  # list.append is atomic across the threads
         elif ignored and has_void_beside_labels(counts.sum(1), ignored[0]):

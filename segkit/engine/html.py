@@ -379,14 +379,21 @@ def _table_rows(report: EvalReport) -> tuple[list[list[Any]], str | None]:
     rows = [[i + 1, name, value, d["pixel_accuracy"], d["classes"]] for i, ((name, value), d) in enumerate(zip(report.images, details))]
     if len(rows) <= TABLE_ROWS:
         return rows, None
-    # Scored images only, lowest first: an unscored one (all pixels ignored) is neither low nor high.
+    # Scored images lowest first: an unscored one (all pixels ignored) is neither low nor high, and is
+    # listed only where the scored ones leave room.
     order = sorted((i for i in range(len(rows)) if not math.isnan(rows[i][2])), key=lambda i: rows[i][2])
+    unscored = [i for i in range(len(rows)) if math.isnan(rows[i][2])]
     half = TABLE_ROWS // 2
-    kept = sorted(set(order[:half] + order[-half:]))
-    unscored = len(rows) - len(order)
-    left = f"; the {unscored:,} without a score (every pixel ignored) are left out" if unscored else ""
-    return [rows[i] for i in kept], (f"The table lists {len(kept):,} of the {len(rows):,} images: the {half:,} with the lowest "
-                                     f"and the {half:,} with the highest mean IoU{left} (the JSON report has them all).")
+    if len(order) >= 2 * half:
+        kept = order[:half] + order[-half:]
+        what = f"the {half:,} with the lowest and the {half:,} with the highest mean IoU" + (
+            f"; the {len(unscored):,} without a score (every pixel ignored) are left out" if unscored else "")
+    else:
+        kept = order + unscored[:TABLE_ROWS - len(order)]
+        what = (f"every scored one and {len(kept) - len(order):,} of the {len(unscored):,} without a score "
+                "(every pixel ignored)")
+    return [rows[i] for i in sorted(kept)], (f"The table lists {len(kept):,} of the {len(rows):,} images: {what} "
+                                             "(the JSON report has them all).")
 
 
 def evaluation_page(report: EvalReport, overlays: dict[str, Panels] | None = None, k: int = 5,

@@ -355,13 +355,14 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     if resume:
         state = load_checkpoint(last_path)
         start_epoch, batch_in_epoch, step, best = _resume(state, cfg, out_dir, info, log, model, optimizer, scheduler, scaler, device)
-        if start_epoch >= cfg.trainer.epochs and not batch_in_epoch and not restarted:
-            raise SegkitError(f"the run in {out_dir} has trained {start_epoch} epochs already and trainer.epochs is "
-                              f"{cfg.trainer.epochs}: nothing to resume; pass trainer.epochs={start_epoch + 1} or more to train on.")
+        finished = start_epoch >= cfg.trainer.epochs and not batch_in_epoch
+        if finished:  # a no-op (scripts resume whatever has a last.pt), said, and config.yaml stays the run's
+            log.print(f"the run in {out_dir} has trained {start_epoch} epochs already and trainer.epochs is {cfg.trainer.epochs}: "
+                      f"nothing to resume (pass trainer.epochs={start_epoch + 1} or more to train on)")
         if max_steps is not None and step >= max_steps:  # (the loop checks after a step: it would take one more)
             raise SegkitError(f"the run in {out_dir} is at step {step} already, --max-steps {max_steps} counts every step of the "
                               "run: pass a larger --max-steps, or leave it out to train to the end.")
-        if info.is_main:  # not before: a resume refused for its config leaves the run's own config.yaml
+        if info.is_main and not finished:  # not before: a resume refused for its config leaves the run's own config.yaml
             save_config(cfg, out_dir / "config.yaml")
         carried = state.get("epoch_progress") if batch_in_epoch else None
         saved_total, saved_world = state.get("total_steps"), int(state.get("world_size", info.world_size))
@@ -542,6 +543,8 @@ def _resume(state: dict[str, Any], cfg: DictConfig, out_dir: Path, info: DistInf
         raise SegkitError(f"{out_dir}/last.pt holds model weights only (a best.pt: no optimizer, schedule or RNG state), so --resume "
                           f"cannot continue it; restore the run's own last.pt, or fine-tune from it in a new run with model.weights=<that file>.")
     _check_resumed_settings(state.get("config") or {}, to_dict(cfg), out_dir)
+    if "transform_input" in state and hasattr(model, "transform_input"):
+        model.transform_input = bool(state["transform_input"])  # GoogLeNet / Inception-v3: as the run trained
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
