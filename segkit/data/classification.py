@@ -225,13 +225,14 @@ def _eight_bit(img: Any, path: str, mode: str) -> np.ndarray:
     image came out almost all white): such pixels are scaled by 255/65535 instead; 32-bit integer
     and float images have no known range, so they are refused."""
     wide = np.asarray(img) if img.mode.startswith("I") else None
+    grey = None
     if img.mode == "I" and wide is not None and wide.size and 0 <= wide.min() and wide.max() <= 255:
         grey = wide.astype(np.uint8)  # 32-bit integers holding 8-bit values: as Pillow's convert gave them
-        return np.repeat(grey[:, :, None], 3, axis=2) if mode == "RGB" else grey
     # 16-bit grey ("I;16"; older Pillows read 16-bit PNGs as 32-bit "I" holding 0..65535), scaled by its
     # range as torchvision's to_dtype(..., scale=True) scales uint16 to uint8
-    if wide is not None and (img.mode.startswith("I;16") or (wide.size and 0 <= wide.min() and wide.max() <= 65535)):
+    elif wide is not None and (img.mode.startswith("I;16") or (wide.size and 0 <= wide.min() and wide.max() <= 65535)):
         grey = ((wide.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # rounded: 65535 -> 255, 257 -> 1
+    if grey is not None:
         return np.repeat(grey[:, :, None], 3, axis=2) if mode == "RGB" else grey
     if img.mode in ("I", "F"):
         raise SegkitError(f"image {path} holds 32-bit {'integer' if img.mode == 'I' else 'float'} pixels, whose range "

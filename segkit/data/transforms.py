@@ -19,7 +19,8 @@ albumentations class (``TRANSFORMS[name]``), plus ``size`` (an int or [h, w]) fo
 where it matters for segmentation: geometric steps fill new mask pixels with ``ignore_index``
 (not background), ``pad`` pads bottom/right, elastic uses alpha=300, sigma=12 (median displacements of
 about 2 px on 512x512 images, 5 px on 50x50: albumentations scales them with the image), and
-masks always use nearest-neighbour interpolation (setting anything else is an error). Every pipeline ends with ``ToTensorV2``.
+masks always use nearest-neighbour interpolation (setting anything else is an error). Every
+pipeline ends with ``ToTensorV2``.
 
 Images enter as float32 (H, W, C) in [0, 1] (the dataset scales 8- and 16-bit data first, see
 ``segkit.data.io``), so brightness/contrast behave the same for every bit depth; mean/std

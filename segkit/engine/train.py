@@ -315,7 +315,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     torch.manual_seed(cfg.trainer.seed)
     task = make_task(cfg)
     train_set, val_set = build_datasets(cfg, info)
-    if info.is_main:
+    if info.is_main:  # the masks are sampled once, by rank 0
         _warn_about_labels(getattr(train_set, "dataset", train_set))  # segmentation sets are wrapped (SeededDataset)
     model = build_model_from_config(cfg).to(device)
     if cfg.trainer.sync_bn and info.enabled:
@@ -376,9 +376,8 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
             # this epoch on this many processes); the saved step counts steps of the old length.
             position = start_epoch * steps_per_epoch + math.ceil(batch_in_epoch / accum)
             scheduler = _schedule_at(optimizer, cfg, total_steps, position)
-            if info.is_main:
-                logger.warning("the run now has %d steps (%s before): the learning-rate schedule continues at step %d of the new length.",
-                               total_steps, saved_total if saved_total is not None else "another count", position)
+            logger.warning("the run now has %d steps (%s before): the learning-rate schedule continues at step %d of the new length.",
+                           total_steps, saved_total if saved_total is not None else "another count", position)
         if info.is_main:
             trim_log(log.path, step)  # records a hard kill left past last.pt: the resumed run writes them again
         best = _best_of(best, best_path, task.score_key)
@@ -561,7 +560,7 @@ def _resume(state: dict[str, Any], cfg: DictConfig, out_dir: Path, info: DistInf
         notes.append(f"the run was saved on {saved_world} process(es) and continues on {info.world_size}: epoch {epoch + 1} "
                      f"resumes at batch {moved} of each process (batch {batch} of {saved_world}); a few samples repeat.")
     for note in notes:
-        if note and info.is_main:  # one line, not one per process
+        if note:  # one line, not one per process: other ranks' warnings are dropped (_warnings_on_rank0_only)
             logger.warning(note)
     return epoch, moved, step, state.get("best_score", state.get("best_miou"))
 
