@@ -295,17 +295,6 @@ def _chw_tensor(image: np.ndarray) -> Tensor:
     return torch.from_numpy(chw if chw.flags.writeable else chw.copy())
 
 
-def worker_keeps_running_on_sigterm(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: a SIGTERM sent to the whole process group (SLURM's scancel and
-    time limit, ``timeout``, systemd) leaves the worker alone. torch's workers die of a SIGTERM their
-    parent did not send, and the main process then failed inside its step with "DataLoader worker is
-    killed by signal" before it could save last.pt. The main process stops at the end of its step and
-    shuts the workers down itself; a worker whose parent died still notices and exits."""
-    import signal
-
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 def collate_items(batch: list[Item]) -> list[Item]:
     return batch
 
@@ -363,8 +352,7 @@ def iterate_logits(
     from segkit.engine.inference import model_forward, predict_logits
 
     subset: Dataset = items if indices is None else Subset(items, list(indices))
-    loader = DataLoader(subset, batch_size=batch_size, num_workers=workers, collate_fn=collate_items,
-                        worker_init_fn=worker_keeps_running_on_sigterm)
+    loader = DataLoader(subset, batch_size=batch_size, num_workers=workers, collate_fn=collate_items)
     batches: Any = loader
     if progress:
         from tqdm import tqdm
