@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import multiprocessing
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -172,6 +176,73 @@ def test_torchrun_two_processes_on_cpu(tmp_path, data_root):
     # Validation counted each of the 2 validation images once, across both ranks (no padding duplicates).
     matrix = torch.tensor(state["metrics"]["confusion_matrix"])
     assert int(matrix.sum()) == 2 * 64 * 64
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_saves_last_checkpoint(tmp_path, data_root):
+    """SLURM, timeout and systemd signal every process of the job: the DataLoader workers died of it and
+    the run failed inside its step ('DataLoader worker is killed by signal') without writing last.pt.
+    Now it saves, exits 130, and leaves no worker behind."""
+    from omegaconf import OmegaConf
+
+    config = tmp_path / "c.yaml"
+    OmegaConf.save(OmegaConf.create(tiny_config(data_root, epochs=50)), config)
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(REPO / "scripts" / "train.py"), str(config), "--out", str(run), "--quiet",
+               "data.num_workers=2", "trainer.checkpoint_interval=3600"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    try:
+        log = run / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while not (log.exists() and log.read_text().count('"kind": "train"') >= 2):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGTERM)  # the main process and its loader workers alike
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 130, err[-2000:]
+        assert "interrupted" in out and "Traceback" not in err
+        assert load_checkpoint(run / "last.pt")["step"] >= 2
+        deadline = time.monotonic() + 30
+        while True:  # the workers leave with their parent (the group empties)
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, "loader workers outlived the training process"
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _sleep_after_worker_init(ready) -> None:
+    from segkit.engine.loop import ignore_foreign_sigterm
+
+    ignore_foreign_sigterm(0)
+    ready.set()
+    time.sleep(60)
+
+
+@pytest.mark.skipif(not hasattr(signal, "sigwaitinfo"), reason="sigwaitinfo (Linux) only")
+def test_loader_workers_ignore_a_foreign_sigterm_but_not_their_parents():
+    """The parent's multiprocessing terminates leftover workers with SIGTERM at exit and waits for them:
+    a worker that ignored every SIGTERM hung that exit. Only a SIGTERM from elsewhere is ignored."""
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    worker = context.Process(target=_sleep_after_worker_init, args=(ready,), daemon=True)
+    worker.start()
+    try:
+        assert ready.wait(30)
+        subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # sent by another process
+        worker.join(1.0)
+        assert worker.is_alive()
+        worker.terminate()  # sent by the parent
+        worker.join(30)
+        assert not worker.is_alive() and worker.exitcode == 128 + signal.SIGTERM
+    finally:
+        if worker.is_alive():
+            worker.kill()
 
 
 def test_sigint_saves_last_checkpoint_and_resume_finishes(tmp_path, data_root):

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from segkit.config import synthetic_sizes
 from segkit.engine.distributed import DistInfo, SeededSampler, main_then_share
+from segkit.engine.loop import ignore_foreign_sigterm
 from segkit.errors import SegkitError
 
 __all__ = [
@@ -212,7 +213,8 @@ def validate_classification(model: nn.Module, dataset: Any, cfg: DictConfig, dev
     num_classes = cfg.model.num_classes
     sampler = SeededSampler(dataset, shuffle=False, seed=cfg.trainer.seed, rank=info.rank, world_size=info.world_size, pad=False)
     loader = DataLoader(dataset, batch_size=cfg.trainer.val_batch_size or cfg.trainer.batch_size, sampler=sampler,
-                        num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+                        num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
+                        worker_init_fn=ignore_foreign_sigterm)
     topk = (1, 5) if num_classes > 5 else (1,)  # with <= 5 classes top-5 is always right
     metric = TopKAccuracy(topk, device=device, num_classes=num_classes)
     use_amp, dtype = amp

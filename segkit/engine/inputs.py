@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from segkit.data.base import SegmentationDataset
 from segkit.data.io import scaled_by_255, to_unit_float
 from segkit.engine.inference import resize_logits
+from segkit.engine.loop import ignore_foreign_sigterm
 from segkit.errors import SegkitError
 
 __all__ = ["DeviceScaling", "ImageFiles", "collate_interleaved", "InputPipeline", "Item", "InferenceItems", "checkpoint_amp", "group_by_size", "iterate_logits",
@@ -352,7 +353,8 @@ def iterate_logits(
     from segkit.engine.inference import model_forward, predict_logits
 
     subset: Dataset = items if indices is None else Subset(items, list(indices))
-    loader = DataLoader(subset, batch_size=batch_size, num_workers=workers, collate_fn=collate_items)
+    loader = DataLoader(subset, batch_size=batch_size, num_workers=workers, collate_fn=collate_items,
+                        worker_init_fn=ignore_foreign_sigterm)
     batches: Any = loader
     if progress:
         from tqdm import tqdm

@@ -26,8 +26,10 @@ same number on every rank.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -43,7 +45,7 @@ from segkit.engine.distributed import DistInfo
 from segkit.engine.tasks import Task
 from segkit.errors import SegkitError
 
-__all__ = ["EpochEnd", "LossWindow", "Run", "StopFlag", "WindowStats", "train_epoch"]
+__all__ = ["EpochEnd", "LossWindow", "Run", "StopFlag", "WindowStats", "ignore_foreign_sigterm", "train_epoch"]
 
 
 class StopFlag:
@@ -69,6 +71,35 @@ class StopFlag:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def ignore_foreign_sigterm(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: the worker outlives a SIGTERM sent to the whole job, and
+    still leaves when its own parent terminates it.
+
+    SLURM (scancel, the time limit), ``timeout`` and systemd signal every process of the job.
+    torch's workers died of it at once, and the training process, which keeps stepping until its
+    step ends (under torchrun until the next log point), failed with "DataLoader worker is killed
+    by signal" before it could write ``last.pt``. Ignoring SIGTERM outright is not enough: the
+    parent's multiprocessing terminates leftover workers with SIGTERM at exit and then waits for
+    them. So the worker blocks SIGTERM and a thread takes each one (``sigwaitinfo``), exiting
+    only when the sender is the parent. A parent that dies is noticed by torch's own watchdog as
+    before. Where ``sigwaitinfo`` is missing (macOS, Windows) the worker keeps torch's behaviour.
+    """
+    if not hasattr(signal, "sigwaitinfo") or threading.current_thread() is not threading.main_thread():
+        return
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            sender = signal.sigwaitinfo({signal.SIGTERM}).si_pid
+            if sender == parent or os.getppid() != parent:
+                os._exit(128 + signal.SIGTERM)  # as a shell reports a process SIGTERM killed
+
+    # Blocked in this (the worker's only) thread before the watcher starts, so every thread
+    # created from now on inherits the block and the watcher alone takes the signal.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=watch, name="segkit-sigterm", daemon=True).start()
 
 
 @dataclass(frozen=True)

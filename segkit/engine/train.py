@@ -65,7 +65,7 @@ from segkit.engine.checkpoint import CheckpointWriter, capture_rng, load_checkpo
 from segkit.engine.distributed import (DistInfo, SeededSampler, any_rank, broadcast_batchnorm_buffers, cleanup_distributed,
                                        elastic_restart, init_distributed, main_then_share, resume_batch)
 from segkit.engine.inputs import collate_interleaved
-from segkit.engine.loop import Run, StopFlag, epoch_progress, train_epoch
+from segkit.engine.loop import Run, StopFlag, epoch_progress, ignore_foreign_sigterm, train_epoch
 from segkit.engine.optim import build_optimizer, build_scheduler
 from segkit.engine.report import json_safe
 from segkit.engine.tasks import make_task
@@ -331,7 +331,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
     loader = DataLoader(
         train_set, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_interleaved,
         pin_memory=device.type == "cuda", drop_last=len(sampler) >= batch_size,
-        persistent_workers=workers > 0,
+        persistent_workers=workers > 0, worker_init_fn=ignore_foreign_sigterm,
         # Its own generator: creating an iterator must not draw from torch's global RNG (exact resume).
         generator=torch.Generator().manual_seed(cfg.trainer.seed),
     )
