@@ -83,7 +83,8 @@ def ignore_foreign_sigterm(worker_id: int) -> None:
     by signal" before it could write ``last.pt``. Ignoring SIGTERM outright is not enough: the
     parent's multiprocessing terminates leftover workers with SIGTERM at exit and then waits for
     them. So the worker blocks SIGTERM and a thread takes each one (``sigwaitinfo``), exiting
-    only when the sender is the parent. A parent that dies is noticed by torch's own watchdog as
+    only when the sender is the parent (torch's own handler tells the two apart the same way, but
+    dies of the foreign one). A parent that dies is noticed by torch's own watchdog as
     before. Where ``sigwaitinfo`` is missing (macOS, Windows) the worker keeps torch's behaviour.
     """
     if not hasattr(signal, "sigwaitinfo") or threading.current_thread() is not threading.main_thread():
@@ -94,7 +95,9 @@ def ignore_foreign_sigterm(worker_id: int) -> None:
         while True:
             sender = signal.sigwaitinfo({signal.SIGTERM}).si_pid
             if sender == parent or os.getppid() != parent:
-                os._exit(128 + signal.SIGTERM)  # as a shell reports a process SIGTERM killed
+                # Exit code 0, as torch's own worker handler leaves on its parent's SIGTERM: the
+                # parent's SIGCHLD check would report any other code as a failed worker.
+                os._exit(0)
 
     # Blocked in this (the worker's only) thread before the watcher starts, so every thread
     # created from now on inherits the block and the watcher alone takes the signal.
