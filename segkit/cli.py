@@ -190,7 +190,8 @@ def _add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("a model on a dataset")
     model.add_argument("--checkpoint", help="a run checkpoint (best.pt / last.pt) or run directory, whose config rebuilds model and normalisation; or a YAML config naming its weights (model.weights, e.g. coco_with_voc_labels_v1)")
     model.add_argument("--data", help="folder dataset (images/ + masks/); default: the config's data")
-    model.add_argument("--split", help="split folder or split file (default: the config's val split if present, else the whole folder)")
+    model.add_argument("--split", help="split folder or split file (default: the config's val split if present, else the whole folder); "
+                       "for a COCO checkpoint without --data: val (default) or train")
     masks = parser.add_argument_group("predicted masks against ground truth (no model)")
     masks.add_argument("--pred", help="folder of predicted masks (class indices), paired with --gt by file stem")
     masks.add_argument("--gt", help="folder of ground-truth masks")

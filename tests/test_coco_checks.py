@@ -73,7 +73,35 @@ def test_a_name_two_categories_share_must_be_chosen_by_id(coco, tmp_path):
         CocoDataset(images, path, categories=["cat"])
     by_id = CocoDataset(images, path, categories=[3])
     np.testing.assert_array_equal(by_id[0][1].numpy(), expected_mask(_quiet_coco(path), 10, {3: 1}))
-    assert CocoDataset(images, path).classes == ["background", "cat", "bird", "dog", "cat"]  # all, ascending id
+    # All of them (the default) would give two classes named 'cat', which reports cannot tell apart.
+    with pytest.raises(SegkitError, match=r"categories 3, 11 in .*edited\.json are all named 'cat'; rename them in the file, "
+                                          r"or choose the ones to train .* by id"):
+        CocoDataset(images, path)
+    assert CocoDataset(images, path, categories=[3, 5, 7]).classes == ["background", "cat", "bird", "dog"]
+
+
+def test_category_ids_mixing_numbers_and_strings_are_an_error_not_a_crash(coco, tmp_path):
+    images, _, data = coco
+    data["categories"][0]["id"] = "dog"  # was 7
+    for ann in data["annotations"]:
+        if ann["category_id"] == 7:
+            ann["category_id"] = "dog"
+    with pytest.raises(SegkitError, match=r"category ids in 'categories' of .*edited\.json mix numbers and strings "
+                                          r"\('dog' and 3\); give every category an integer id"):
+        CocoDataset(images, _write(tmp_path, data))
+
+
+def test_string_category_ids_can_be_chosen_by_id(coco, tmp_path):
+    images, _, data = coco
+    renamed = {cat["id"]: f"c{cat['id']}" for cat in data["categories"]}
+    for cat in data["categories"]:
+        cat["id"] = renamed[cat["id"]]
+    for ann in data["annotations"]:
+        ann["category_id"] = renamed[ann["category_id"]]
+    path = _write(tmp_path, data)
+    by_id = CocoDataset(images, path, categories=["c3"])
+    assert by_id.classes == ["background", "cat"]
+    np.testing.assert_array_equal(by_id[0][1].numpy(), expected_mask(_quiet_coco(path), 10, {"c3": 1}))
 
 
 @pytest.mark.parametrize(("edit", "message"), [

@@ -103,6 +103,17 @@ def test_evaluate_reads_the_config_keys_as_training_does(tmp_path, monkeypatch):
         evaluate_checkpoint(_checkpoint(cfg, tmp_path / "empty.pt"), device="cpu")
 
 
+def test_evaluate_split_picks_the_coco_annotations_and_refuses_others(tmp_path):
+    """--split was ignored for a COCO checkpoint: train, val and a misspelt name all scored val."""
+    cfg = coco_config(tmp_path)
+    checkpoint = _checkpoint(cfg, tmp_path / "model.pt")
+    assert evaluate_checkpoint(checkpoint, device="cpu").source["data"] == cfg.data.val_annotations
+    assert evaluate_checkpoint(checkpoint, device="cpu", split="train").source["data"] == cfg.data.train_annotations
+    with pytest.raises(SegkitError, match=r"--split 'trian': a COCO checkpoint is scored on its config's annotations; use "
+                                          r"--split val \(data\.val_annotations, the default\) or --split train"):
+        evaluate_checkpoint(checkpoint, device="cpu", split="trian")
+
+
 def test_images_sharing_a_file_name_keep_their_own_names_and_figures(tmp_path):
     cfg = coco_config(tmp_path)
     checkpoint = _checkpoint(cfg, tmp_path / "model.pt")

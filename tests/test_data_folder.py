@@ -280,6 +280,9 @@ def test_empty_folder(tmp_path):
         FolderDataset(tmp_path)
     with pytest.raises(SegkitError, match="does not exist"):
         FolderDataset(tmp_path / "nowhere")
+    (tmp_path / "ann.json").write_text("{}")
+    with pytest.raises(SegkitError, match=r"data folder .*ann\.json is a file, not a folder; point the dataset at a folder"):
+        FolderDataset(tmp_path / "ann.json")
     with pytest.raises(SegkitError, match=r"mask folder .*masks does not exist"):
         (tmp_path / "masks").rmdir()
         write_png(tmp_path / "images" / "a.png", gray())

@@ -102,7 +102,7 @@ class CocoDataset(SegmentationDataset):
                 if isinstance(entry, str) and entry in shared:
                     raise SegkitError(f"category name {entry!r} belongs to ids {', '.join(map(str, shared[entry]))} in "
                                       f"{self.annotation_file}; choose the category by its id")
-                cid = by_name.get(entry) if isinstance(entry, str) else entry
+                cid = by_name.get(entry, entry) if isinstance(entry, str) else entry  # a string names, else is an id
                 if cid not in cats:
                     known = ", ".join(f"{cid} ({c['name']})" for cid, c in sorted(cats.items()))
                     raise SegkitError(f"category {entry!r} is not in {self.annotation_file}; known categories: {known}")
@@ -111,6 +111,11 @@ class CocoDataset(SegmentationDataset):
                 chosen.append(cid)
         if not chosen:
             raise SegkitError(f"{self.annotation_file} has no categories; add some or pick another file")
+        shared = duplicate_names({cid: cats[cid] for cid in chosen})
+        if shared:  # two classes of one name: reports could not tell them apart
+            name, ids = next(iter(shared.items()))
+            raise SegkitError(f"categories {', '.join(map(str, ids))} in {self.annotation_file} are all named {name!r}; "
+                              "rename them in the file, or choose the ones to train (categories / data.options.categories) by id")
         self.category_ids = chosen
         self.label_of = {cid: i + 1 for i, cid in enumerate(chosen)}
         self.classes = ["background"] + [str(cats[cid]["name"]) for cid in chosen]

@@ -104,11 +104,15 @@ def _check_entries(dataset: dict[str, Any], path: Path) -> None:
 
 
 def _check_unique(path: Path, key: str, entries: Iterable[tuple[Any, Any]], kind: str) -> None:
+    """Each id a whole number or a string, all of one type (they are sorted and compared), none repeated."""
     seen: dict[Any, Any] = {}
     for entry_id, name in entries:
         if not isinstance(entry_id, (int, str)) or isinstance(entry_id, bool):
             raise SegkitError(f"{kind} id {entry_id!r} in {path} is not a whole number or a string; give each {kind} an "
                               "integer id")
+        if seen and type(entry_id) is not type(first := next(iter(seen))):
+            raise SegkitError(f"{kind} ids in '{key}' of {path} mix numbers and strings ({first!r} and {entry_id!r}); "
+                              f"give every {kind} an integer id")
         if entry_id in seen:
             raise SegkitError(f"{kind} id {entry_id!r} appears twice in '{key}' of {path} ({seen[entry_id]!r} and {name!r}); "
                               f"give each {kind} its own id")

@@ -85,9 +85,8 @@ def _resolve(
     root: Path, split: str | None, image_dir: str | None, mask_dir: str | None, split_file: str | os.PathLike | None
 ) -> FolderLayout:
     if not root.is_dir():
-        raise SegkitError(
-            f"data folder {root} does not exist; point the dataset at a folder holding images/ and masks/"
-        )
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise SegkitError(f"data folder {root} {what}; point the dataset at a folder holding images/ and masks/")
     images, masks = default_dirs(root, image_dir, mask_dir)
     if not images.is_dir():
         split_first = sorted(d.name for d in root.iterdir() if d.is_dir() and (d / images.name).is_dir())

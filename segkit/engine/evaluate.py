@@ -50,8 +50,12 @@ def _eval_dataset(cfg: Any, data: str | os.PathLike[str] | None, split: str | No
     d = cfg.data
     common, options = dataset_options(cfg)
     if data is None and d.kind == "coco":
-        dataset = coco_dataset(cfg, "val")  # its channels checked against the model's (grey images repeated for RGB)
-        return dataset, {"data": str(d.val_annotations)}
+        if split not in (None, "train", "val"):
+            raise SegkitError(f"--split {split!r}: a COCO checkpoint is scored on its config's annotations; use --split val "
+                              "(data.val_annotations, the default) or --split train, or --data DIR for a folder dataset.")
+        chosen = split or "val"
+        dataset = coco_dataset(cfg, chosen)  # its channels checked against the model's (grey images repeated for RGB)
+        return dataset, {"data": str(d[f"{chosen}_annotations"]), "split": chosen}
     if data is None and (not d.root or not Path(d.root).is_dir()):
         raise SegkitError(f"the checkpoint's data.root {d.root!r} is not a folder here; pass --data DIR (images/ + masks/).")
     root = Path(data if data is not None else d.root)
