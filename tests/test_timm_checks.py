@@ -80,8 +80,18 @@ def test_tresnet_takes_the_channels_it_was_asked_for():
 
 def test_an_input_a_timm_model_cannot_take_is_named():
     encoder = segkit.create_encoder("tu-inception_v3")  # valid convolutions: about 75 pixels at least
-    with pytest.raises(SegkitError, match=r"timm's inception_v3 cannot take a 64x64 input \(.*\); feed the size"):
+    with pytest.raises(SegkitError, match=r"timm's inception_v3 cannot take a 64x64 input \(.*\); feed images of the size"):
         encoder(torch.randn(1, 3, 64, 64))
+
+
+def test_a_wrong_dtype_is_not_called_a_size_problem():
+    """Every RuntimeError was rewritten as 'cannot take a HxW input': a float64 batch (or a CPU batch for a
+    CUDA model) sent the user to resize images of a good size."""
+    encoder = segkit.create_encoder("tu-resnet18")
+    with pytest.raises(RuntimeError, match=r"(?i)double") as caught:
+        encoder(torch.randn(1, 3, 64, 64, dtype=torch.float64))
+    assert not isinstance(caught.value, SegkitError)
+    assert [f.shape[-1] for f in encoder(torch.randn(1, 3, 64, 64))] == [64 // r for r in encoder.reductions]
 
 
 def test_options_a_timm_model_cannot_honour_name_the_fix():

@@ -114,7 +114,7 @@ def test_a_corrupt_cached_file_is_named_with_the_fix(hub):
 
 @pytest.mark.parametrize(("arch", "why"), [
     ("resnet34_a", "shortcut option A; torchvision's ImageNet ResNets use option B"),
-    ("alexnet", "original two-tower net"),
+    ("alexnet", "the paper's original layer sizes"),
     ("cifar_resnet20", "no published weights"),
     ("plain18", "no published weights"),
 ])
@@ -142,7 +142,7 @@ def test_cli_lists_and_fetches(resnet18_published, hub, capsys):
     assert main(["weights", "list", "resnet50"]) == 0
     assert " no " in capsys.readouterr().out
     assert main(["weights", "fetch", "alexnet"]) == 2
-    assert "two-tower" in capsys.readouterr().err
+    assert "'one weird trick' variant" in capsys.readouterr().err
 
 
 def test_training_with_named_weights_writes_imagenet_statistics_into_the_run_config(resnet18_published, tmp_path):
@@ -184,3 +184,11 @@ def test_named_weights_bring_imagenet_standardisation_into_the_config(model, exp
     given = config_from_dict({"model": {"in_channels": 3, **model}, "data": {"options": {"mean": 0.5, "std": 0.25}}})
     resolve_normalisation(given)
     assert given.data.options.mean == 0.5  # the config's own values win
+
+
+def test_an_empty_weights_string_is_named_not_taken_for_the_current_folder():
+    """``Path("")`` is ".": the error said "weights path . is not a file"."""
+    for build in (lambda: segkit.create_encoder("resnet18", weights=""),
+                  lambda: segkit.create_model("unet", encoder="resnet18", num_classes=2, encoder_weights=" ")):
+        with pytest.raises(SegkitError, match=r"^weights is an empty string; pass a checkpoint file's path, a published name"):
+            build()

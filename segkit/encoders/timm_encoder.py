@@ -106,14 +106,25 @@ class TimmEncoder(Encoder):
         except torch.OutOfMemoryError:
             raise
         except (RuntimeError, AssertionError) as err:  # timm's own checks of the input size, or a map shrunk to nothing
+            if self._input_mismatch(x):
+                raise  # another dtype or device than the weights': torch's own message says so
             first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-            raise SegkitError(f"timm's {self.name} cannot take a {x.shape[-2]}x{x.shape[-1]} input ({first}); feed the size "
-                              "it was built for (Swin, NesT, LeViT: 224x224 through the encoder) or larger images.") from err
+            raise SegkitError(f"timm's {self.name} cannot take a {x.shape[-2]}x{x.shape[-1]} input ({first}; a segkit model "
+                              "first pads the image to a multiple of 32); feed images of the size it was built for "
+                              "(Swin, NesT, LeViT: 224x224), or larger images to other models.") from err
         if self.channels_last:
             features = [f.permute(0, 3, 1, 2) for f in features]
         if not record_switches:
             return features, []
         return features, self._switches(x, features)
+
+    def _input_mismatch(self, x: Tensor) -> bool:
+        """Whether ``x`` is on another device, or of another floating dtype outside autocast, than the weights."""
+        weight = next(self.model.parameters(), None)
+        if weight is None:
+            return False
+        other_dtype = x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type)
+        return x.device != weight.device or other_dtype
 
     def _switch_channels(self) -> tuple[int, ...]:
         """Channels of each switch tensor :meth:`_switches` records: those of the map it pools."""

@@ -253,8 +253,8 @@ _PUBLISHED = frozenset((
 ))
 # Architectures segkit has for which nothing is published, and why (said in the error).
 _UNPUBLISHED = {
-    "alexnet": "segkit's alexnet is the paper's original two-tower net (62,378,344 parameters); torchvision publishes "
-               "weights only for its single-tower variant, which has other layer shapes",
+    "alexnet": "segkit's alexnet has the paper's original layer sizes (62,378,344 parameters); torchvision publishes "
+               "weights only for its 'one weird trick' variant, which has other layer shapes",
     "lenet5": "LeNet-5 has no published weights",
 }
 
@@ -353,7 +353,7 @@ def resolve_model_weights(arch: str, encoder: str | None, weights: str | os.Path
     any case) the cached file of torchvision's published model, downloaded once as :func:`fetch_weights` does."""
     if weights is None:
         return None
-    if not is_weights_name(weights):
+    if not is_weights_name(_not_empty(weights)):
         return Path(weights)
     variants = published_model_weights(arch, encoder)
     wanted = str(weights).lower()
@@ -415,6 +415,14 @@ def resolve_weights(arch: str, weights: str | os.PathLike[str] | None) -> Path |
     """
     if weights is None:
         return None
-    if not is_weights_name(weights):
+    if not is_weights_name(_not_empty(weights)):
         return Path(weights)
     return fetch_weights(lookup_published(arch, weights))
+
+
+def _not_empty(weights: str | os.PathLike[str]) -> str | os.PathLike[str]:
+    """``weights`` unless it is blank (``Path("")`` would be the current folder)."""
+    if not str(weights).strip():
+        raise SegkitError("weights is an empty string; pass a checkpoint file's path, a published name such as "
+                          "'imagenet', or leave it unset (null in a config) for random weights.")
+    return weights
