@@ -168,7 +168,7 @@ def _run_train(args: argparse.Namespace) -> int:
 COMMANDS["train"] = ("train a model from a YAML config", _add_train_args, _run_train)
 
 
-def _add_inference_args(parser: argparse.ArgumentParser) -> None:
+def _add_inference_args(parser: argparse.ArgumentParser, workers_help: str = "data-loading workers") -> None:
     group = parser.add_argument_group("inference (checkpoint modes)")
     group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto: CUDA when available")
     group.add_argument("--tile", type=int, help="sliding window of TILE x TILE pixels (default: whole image at once)")
@@ -176,7 +176,7 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tta", action="store_true", help="average over horizontal, vertical and both flips")
     group.add_argument("--batch-size", type=int, help="images (or tiles) per forward pass (default: the config's)")
     group.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
-    group.add_argument("--workers", type=int, help="data-loading (or, with --pred, decoding) workers")
+    group.add_argument("--workers", type=int, help=workers_help)
 
 
 def _check_counts(args: argparse.Namespace) -> None:
@@ -209,7 +209,7 @@ def _add_evaluate_args(parser: argparse.ArgumentParser) -> None:
                         "worst and best images)")
     parser.add_argument("--worst", type=int, default=5, metavar="K", help="list (and draw) the K images with the lowest IoU (default 5)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_inference_args(parser)
+    _add_inference_args(parser, "data-loading (or, with --pred, decoding) workers")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

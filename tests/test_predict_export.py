@@ -141,6 +141,20 @@ def test_predict_output_problems_are_one_line_errors_before_any_inference(tmp_pa
     monkeypatch.chdir(images.parent)  # the hunt's case: `cd project; segkit predict --input images --output .`
     assert main(["predict", "--checkpoint", str(ckpt), "--input", "images", "--output", ".", "--quiet"]) == 2
     assert "lies inside --output ." in capsys.readouterr().err
+    # One file of the dataset: its prediction replaced the ground truth project/masks/a.png (or, with
+    # --input out/masks/a.png --output out, the file itself).
+    for output in (".", str(tmp_path)):
+        assert main(["predict", "--checkpoint", str(ckpt), "--input", "images/a.png", "--output", output, "--quiet"]) == 2
+        assert "images/a.png lies inside --output" in capsys.readouterr().err
+
+
+def test_a_single_image_predicts_into_its_own_folder(tmp_path, ckpt):
+    """`segkit predict --input scan.png --output .`: masks/ goes beside the image, nothing is overwritten."""
+    image = np.random.default_rng(3).integers(0, 256, (20, 24)).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "scan.png")
+    predict_folder(ckpt, tmp_path / "scan.png", tmp_path, overlays=False)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "masks" / "scan.png")), expected_labels(ckpt, image))
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "scan.png")), image)
 
 
 def test_run_directory_stands_for_its_best_checkpoint(tmp_path, ckpt):
@@ -294,3 +308,22 @@ def test_a_failed_check_does_not_say_match(tmp_path):
 
     bad = ExportResult(tmp_path / "m", "onnx", (32, 32), 0.05, "onnxruntime", reference_scale=2.0)
     assert "DIFFER from PyTorch's by up to 5.00e-02" in bad.summary() and "match" not in bad.summary()
+
+
+def test_tile_with_resizing_or_padding_val_transforms_says_it_holds_the_whole_image(tmp_path, ckpt, caplog):
+    """Such checkpoints skip the striped path (memory grows with the image); README promised it for every --tile."""
+    from segkit.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(ckpt)
+    state["config"]["data"]["val_transforms"] = [{"name": "pad", "divisor": 64}]
+    padded = tmp_path / "padded.pt"
+    save_checkpoint(state, padded)
+    image = np.random.default_rng(4).integers(0, 256, (40, 50)).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    with caplog.at_level("WARNING", logger="segkit"):
+        predict_folder(padded, tmp_path / "x.png", tmp_path / "out", tile=32, overlays=False)
+    assert "--tile runs on the whole image in memory" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="segkit"):
+        predict_folder(ckpt, tmp_path / "x.png", tmp_path / "plain", tile=32, overlays=False)
+    assert "whole image in memory" not in caplog.text

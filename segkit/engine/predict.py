@@ -14,6 +14,7 @@ read back as labels with ``segkit.data`` and score with ``segkit evaluate --pred
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -46,19 +47,23 @@ def _list_images(source: Path, output: Path) -> tuple[list[Path], list[str]]:
     from segkit.data.layout import find_files
     from segkit.data.io import IMAGE_EXTENSIONS
 
-    if source.is_file():
-        return [source], [source.stem]
-    if not source.is_dir():
+    if not source.exists():
         raise SegkitError(f"input {source} does not exist; pass an image file or a folder of images.")
     if output.resolve() == source.resolve():
         raise SegkitError(f"--output {output} is the input folder; write the predictions to another folder.")
-    if output.resolve() in source.resolve().parents:
-        # Its masks/ would be written where a dataset keeps its ground truth (images/ beside masks/).
+    folder = source.resolve().parent if source.is_file() else source.resolve()
+    if output.resolve() in folder.parents:
+        # Its masks/ would be written where a dataset keeps its ground truth (images/ beside masks/), or
+        # over the input itself. A single file directly in --output is fine: masks/ goes beside it.
         raise SegkitError(f"the input {source} lies inside --output {output}, whose masks/ folder predict would fill "
                           "(a dataset's ground truth is often there); write the predictions to a folder outside it.")
+    if source.is_file():
+        return [source], [source.stem]
+    if not source.is_dir():
+        raise SegkitError(f"input {source} is not an image file or a folder; pass an image file or a folder of images.")
     files, problems = find_files(source, IMAGE_EXTENSIONS, None, "image")
-    if problems:
-        raise SegkitError(problems[0] + "; predictions are named by stem, so rename one of them.")
+    if problems:  # "keep one of them" would lose an image here: predictions are named by stem
+        raise SegkitError(problems[0].replace("; keep one of them", "; rename one of them (predictions are named by stem)") + ".")
     inside = output.resolve()  # an output folder inside the input: its earlier predictions are not inputs
     names = [stem for stem, path in sorted(files.items()) if inside not in path.resolve().parents]
     if not names:
@@ -112,6 +117,10 @@ def predict_folder(
     items = InferenceItems(dataset, pipeline, masks=False, keep_image=overlays)
     num_classes = cfg.model.num_classes
     batch = batch_size or cfg.trainer.val_batch_size or cfg.trainer.batch_size
+    if tile is not None and not pipeline.identity:
+        logging.getLogger("segkit").warning(
+            "the checkpoint's data.val_transforms resize or pad the image, so --tile runs on the whole image in memory "
+            "(image and logits as float32), not stripe by stripe; for slides too big for that, train without val_transforms.")
     if tile is not None and pipeline.identity:  # bounded memory for images of any size
         return _predict_striped(model, cfg, dataset, names, output, dev, tile=tile, overlap=overlap, tta=tta, amp=amp,
                                 batch_size=batch, overlays=overlays, progress=progress)
