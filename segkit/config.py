@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,6 +193,9 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
         key = err.full_key if err.full_key not in (None, "", "None") else err.key
         if isinstance(key, (int, str)) and str(key).isdigit():  # an entry of a list, named by its index alone
             key = _list_entry(other, int(key)) or key
+        if key in (None, "", "None") and (mismatch := _container_mismatch(base, other, scalars=True)):
+            raise SegkitError(f"{source}: config key '{mismatch[0]}' is a {mismatch[1]} but must be a {mismatch[2]} of keys "
+                              f"(e.g. {mismatch[0].rpartition('.')[2]}: {{...}} in YAML).") from None
         where = f"config key '{key}'" if key not in (None, "", "None") else "a config section"
         raise SegkitError(f"{source}: {where} has a value of the wrong type ({str(err).splitlines()[0]}).") from None
     except OmegaConfBaseException as err:
@@ -218,9 +222,9 @@ def _list_entry(tree: Any, index: int, prefix: str = "") -> str | None:
     return None
 
 
-def _container_mismatch(base: Any, other: Any, prefix: str = "") -> tuple[str, str, str] | None:
-    """The first key (dotted) where ``other`` gives a list for a mapping of ``base`` or the reverse:
-    ``(key, what other gives, what base wants)``."""
+def _container_mismatch(base: Any, other: Any, prefix: str = "", scalars: bool = False) -> tuple[str, str, str] | None:
+    """The first key (dotted) where ``other`` gives a list for a mapping of ``base`` or the reverse
+    (with ``scalars``, also a single value for a mapping): ``(key, what other gives, what base wants)``."""
     if not isinstance(other, (dict, DictConfig)) or not isinstance(base, DictConfig):
         return None
     for key in other:
@@ -237,8 +241,10 @@ def _container_mismatch(base: Any, other: Any, prefix: str = "") -> tuple[str, s
             return None  # a dotlist index (loss.0.name=dice): the caller's message says to set the list whole
         if given_kind and want_kind and given_kind != want_kind:
             return dotted, given_kind, want_kind
+        if scalars and given_kind is None and want_kind == "mapping":
+            return dotted, "single value", want_kind
         if given_kind == want_kind == "mapping":
-            found = _container_mismatch(want, given, dotted)
+            found = _container_mismatch(want, given, dotted, scalars)
             if found:
                 return found
     return None
@@ -296,6 +302,8 @@ def check_config(cfg: DictConfig, source: str) -> None:
     betas = OmegaConf.select(cfg, "optimizer.betas")
     if betas is not None and (len(betas) != 2 or not all(0 <= b < 1 for b in betas)):
         raise SegkitError(f"{source}: config key 'optimizer.betas' must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {list(betas)}.")
+    if not 0 <= cfg.trainer.seed < 2**32:
+        raise SegkitError(f"{source}: config key 'trainer.seed' is {cfg.trainer.seed}; give a whole number in [0, 2**32), e.g. 0.")
     if cfg.task == "segmentation":
         _check_segmentation_data(cfg, source)
     if cfg.task == "segmentation" and cfg.model.num_classes == 1:
@@ -322,6 +330,10 @@ def _check_segmentation_data(cfg: DictConfig, source: str) -> None:
             raise SegkitError(f"{source}: config key 'data.{key}' is for task: classification, and segmentation ignores it; "
                               "segmentation augments with data.train_transforms, a list of steps (e.g. [{name: random_crop, "
                               "size: 256}, hflip]): remove the key and give the steps there.")
+    n = cfg.data.synthetic.n
+    if cfg.data.kind == "synthetic" and n is not None and n < 2:
+        raise SegkitError(f"{source}: config key 'data.synthetic.n' is {n}; the built-in data needs at least 2 images (a quarter, "
+                          "at least one, validate), e.g. 48.")
     if cfg.data.ignore_index < 0:
         raise SegkitError(f"{source}: config key 'data.ignore_index' is {cfg.data.ignore_index}; masks hold labels >= 0, so no pixel "
                           "can carry it (and augmentation fills new mask pixels with it): use the value your masks use for "
@@ -363,7 +375,7 @@ def config_from_dict(data: dict[str, Any] | DictConfig, overrides: Sequence[str]
     except SegkitError as err:
         # A value set on the command line is the command line's mistake, not the file's.
         message, given = str(err), {o.split("=", 1)[0] for o in overrides}
-        if message.startswith(f"{source}: ") and any(f"'{key}'" in message for key in given):
+        if message.startswith(f"{source}: ") and any(re.search(f"'{re.escape(key)}(?:[.\\[][^']*)?'", message) for key in given):
             raise SegkitError("command line" + message[len(source):]) from None
         raise
     return cfg
@@ -395,4 +407,5 @@ def to_dict(cfg: DictConfig) -> dict[str, Any]:
 
 def save_config(cfg: DictConfig, path: str | os.PathLike[str]) -> None:
     """Write ``cfg`` as YAML to ``path`` (a run's ``config.yaml``; ``load_config`` reads it back)."""
-    Path(path).write_text(OmegaConf.to_yaml(cfg))
+    # Resolved: a ${oc.env:...} must give the value this run used, not whatever the variable holds later.
+    Path(path).write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -354,6 +354,13 @@ def test_random_resized_crop_size_and_seed():
         (["data.crop_size=32", "data.resize_size=30"], r"data\.crop_size 32 is larger than data\.resize_size 30"),
         (["data.crop_size=20"], r"data\.crop_size 20 is larger than the 16x16 images under"),
         (["model.weights=a.pt", "model.encoder_weights=b.pt"], r"model\.weights \(a\.pt\) and model\.encoder_weights \(b\.pt\) both"),
+        # Wrong types were tracebacks (slice indices, '>=' between str and int, float('abc')).
+        (["data.options.holdout=2.5", "data.val_split=val"], r"data\.options\.holdout is 2\.5; give the number of training images"),
+        (["data.options.holdout=true", "data.val_split=val"], r"data\.options\.holdout is True"),
+        (["data.options.mean=abc"], r"data\.options\.mean is 'abc'; give a number or a list of numbers"),
+        (["data.options.std=[0.2,x,0.2]"], r"data\.options\.std is \[0\.2, 'x', 0\.2\]"),
+        # A holdout with val_split test threw the held-back images away in silence.
+        (["data.options.holdout=4"], r"data\.options\.holdout=4 keeps training images back for the val split, but data\.val_split is 'test'"),
     ],
 )
 def test_classification_config_errors_name_the_key(tmp_path, synthetic, overrides, message):

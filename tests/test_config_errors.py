@@ -27,6 +27,11 @@ from segkit.engine.train import train
     ("optimizer.betas=[1.5,0.9]", r"'optimizer\.betas' must be two numbers in \[0, 1\)"),
     ("model.num_classes=1", r"'model\.num_classes' is 1; .* set model\.num_classes: 2 \(and data\.options\.binary: true"),
     ("loss.0.name=dice", r"set a list whole, e\.g\. 'loss=\[\{name: dice, weight: 1\.0\}\]', not one entry by index"),
+    # A seed numpy or the sampler cannot take was a traceback after the run directory was made.
+    ("trainer.seed=-1", r"^command line: config key 'trainer\.seed' is -1; give a whole number in \[0, 2\*\*32\)"),
+    ("trainer.seed=99999999999999", r"'trainer\.seed' is 99999999999999"),
+    ("loss=[{nam: dice}]", r"^command line: config key 'loss\[0\]' needs a 'name'"),  # was blamed on the file
+    ("trainer=5", r"^command line: config key 'trainer' is a single value but must be a mapping of keys"),  # named no key
 ])
 def test_values_that_would_misbehave_are_refused(tmp_path, override, message):
     with pytest.raises(SegkitError, match=message):
@@ -176,3 +181,41 @@ def test_schedule_and_optimizer_values_that_cannot_work_are_named(override, matc
     extra = ["optimizer.momentum=0"] if "nesterov" in override else []
     with pytest.raises(SegkitError, match=match):
         config_from_dict(base, [override, *extra])
+
+
+def test_a_scalar_section_in_a_file_is_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {arch: unet, encoder: resnet18, num_classes: 2}\ntrainer: 5\n")
+    with pytest.raises(SegkitError, match=r"c\.yaml: config key 'trainer' is a single value but must be a mapping of keys"):
+        load_config(path)
+
+
+def test_the_saved_config_holds_the_values_the_run_used(tmp_path, monkeypatch):
+    """config.yaml kept ${oc.env:...}: `segkit train RUN/config.yaml` failed once the variable was gone."""
+    from segkit.config import save_config
+
+    monkeypatch.setenv("SEGKIT_TEST_ROOT", str(tmp_path / "data"))
+    config = tiny_config(tmp_path)
+    config["data"]["root"] = "${oc.env:SEGKIT_TEST_ROOT}"
+    save_config(config_from_dict(config), tmp_path / "config.yaml")
+    monkeypatch.delenv("SEGKIT_TEST_ROOT")
+    assert load_config(tmp_path / "config.yaml").data.root == str(tmp_path / "data")
+
+
+def test_synthetic_data_too_small_to_validate_is_named(tmp_path):
+    """n=1 or 2 gave 'no images found in .../images/val; put the images there', about generated data."""
+    from segkit.data import make_synthetic
+
+    with pytest.raises(SegkitError, match=r"'data\.synthetic\.n' is 1; the built-in data needs at least 2 images"):
+        config_from_dict({"data": {"kind": "synthetic", "synthetic": {"n": 1}}})
+    make_synthetic(tmp_path, n=2, size=32)
+    assert len(list((tmp_path / "images" / "val").iterdir())) == 1
+
+
+def test_a_batch_of_one_image_with_a_one_pixel_deepest_map_is_named(tmp_path, data_root):
+    config = tiny_config(data_root, epochs=1)
+    config["trainer"]["batch_size"] = 1
+    config["data"]["train_transforms"] = [{"name": "random_crop", "size": 32}]
+    with pytest.raises(SegkitError, match=r"a training batch of 1 image\(s\) of 32x32 leaves one value per channel .* "
+                                          r"set trainer\.batch_size: 2 or more"):
+        train(config_from_dict(config), tmp_path / "run", progress=False)

@@ -199,3 +199,18 @@ def test_a_capped_table_with_few_scored_images_lists_them_all_and_says_so(monkey
     rows, note = html._table_rows(report)
     assert [r[1] for r in rows] == ["s0", "s1", "s2", "s3", "u0", "u1", "u2", "u3", "u4", "u5"]
     assert "lists 10 of the 14 images: every scored one and 6 of the 10 without a score" in note
+
+
+def test_report_names_what_the_path_is_when_it_is_no_run(tmp_path, capsys):
+    """A run stopped before its first log point, a missing path and a checkpoint file were all "not a run"."""
+    from segkit.cli import main
+
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "config.yaml").write_text("task: segmentation\n")
+    (stopped / "best.pt").write_bytes(b"")
+    for path, message in ((stopped, "has no metrics.jsonl yet: the run stopped before its first log point; continue it"),
+                          (tmp_path / "nowhere", "nowhere does not exist; pass a run directory"),
+                          (stopped / "best.pt", "best.pt is a file; pass the run directory that holds it")):
+        assert main(["report", str(path)]) == 2
+        assert message in capsys.readouterr().err

@@ -61,8 +61,8 @@ def _per_channel(value: float | Sequence[float], channels: int, name: str) -> to
         raise SegkitError(
             f"{name} has {len(values)} values but the images have {channels} channels; give one value per channel"
         )
-    if name == "std" and any(v <= 0 for v in values):
-        raise SegkitError(f"std {values} has a value <= 0; every std must be positive")
+    if name.rpartition(".")[2] == "std" and any(v <= 0 for v in values):
+        raise SegkitError(f"{name} {values} has a value <= 0; every std must be positive")
     return torch.tensor(values, dtype=torch.float32).view(-1, 1, 1)
 
 

@@ -143,6 +143,9 @@ class CifarDataset(ClassificationDataset):
         folder, kind = find_cifar(root)
         if split not in ("train", "val", "test"):
             raise SegkitError(f"CIFAR has the splits train and test (and val with data.options.holdout); got split {split!r}.")
+        if isinstance(holdout, bool) or not isinstance(holdout, int) or holdout < 0:
+            raise SegkitError(f"data.options.holdout is {holdout!r}; give the number of training images to keep back for "
+                              "data.val_split=val, a whole number >= 0 (5000: the ResNet paper's 45k/5k split).")
         if split == "val" and holdout <= 0:
             raise SegkitError("CIFAR has no val split of its own: set data.val_split=test, or data.options.holdout=N to keep "
                               "the last N training images back (5000: the ResNet paper's 45k/5k split).")

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from segkit.data.base import _numbers, _per_channel
 from segkit.errors import SegkitError
 
 __all__ = ["ClassificationDataset", "ClassificationTransform", "ImageFolderDataset", "channel_stats", "ten_crop"]
@@ -75,17 +76,6 @@ def channel_stats(images: Tensor) -> tuple[list[float], list[float]]:
     return mean, std
 
 
-def _per_channel(values: float | Sequence[float], channels: int, key: str) -> Tensor:
-    flat = [float(values)] * channels if isinstance(values, (int, float)) else [float(v) for v in values]
-    if len(flat) == 1:
-        flat = flat * channels
-    if len(flat) != channels:
-        raise SegkitError(f"data.options.{key} has {len(flat)} values but the images have {channels} channels; give one value per channel.")
-    if key == "std" and any(v <= 0 for v in flat):
-        raise SegkitError(f"data.options.std {flat} has a value <= 0; every std must be positive.")
-    return torch.tensor(flat, dtype=torch.float32).view(-1, 1, 1)
-
-
 class ClassificationTransform:
     """uint8 ``(C, H, W)`` -> float32 ``(C, size, size)`` (``(10, C, size, size)`` with ``ten_crop``).
 
@@ -110,6 +100,7 @@ class ClassificationTransform:
         if train and mode == "random_resized_crop" and size is None:
             raise SegkitError("random_resized_crop needs a crop size; set data.crop_size (e.g. 224).")
         self.train, self.mode, self.size = train, mode, size
+        _numbers(mean, "data.options.mean"), _numbers(std, "data.options.std")  # checked now, not at the first image
         self.mean_values, self.std_values = mean, std
         self.resize_size, self.padding, self.hflip, self.ten_crop = resize_size, padding, hflip, ten_crop
         self.scale, self.ratio = scale, ratio
@@ -119,7 +110,8 @@ class ClassificationTransform:
         image = self._train_geometry(image, generator) if self.train else self._eval_geometry(image)
         channels = image.shape[-3]
         if channels not in self._stats:
-            self._stats[channels] = (_per_channel(self.mean_values, channels, "mean"), _per_channel(self.std_values, channels, "std"))
+            self._stats[channels] = (_per_channel(self.mean_values, channels, "data.options.mean"),
+                                     _per_channel(self.std_values, channels, "data.options.std"))
         mean, std = self._stats[channels]
         return (image.float() / 255.0 - mean) / std
 

@@ -136,7 +136,7 @@ def make_synthetic(
     if not 0.0 <= val_fraction < 1.0:
         raise SegkitError(f"val_fraction is {val_fraction}; it must lie in [0, 1)")
     root = Path(root)
-    n_val = min(round(n * val_fraction), n - 1)
+    n_val = min(max(round(n * val_fraction), 1 if val_fraction > 0 else 0), n - 1)  # n=2: one each, not none to validate
     digits = max(4, len(str(n - 1)))
     generators = np.random.SeedSequence(seed).spawn(n)
     for split in ("train", "val"):

@@ -105,6 +105,21 @@ def ignore_foreign_sigterm(worker_id: int) -> None:
     threading.Thread(target=watch, name="segkit-sigterm", daemon=True).start()
 
 
+@contextlib.contextmanager
+def _one_value_per_channel_named(images: Tensor) -> Iterator[None]:
+    """BatchNorm's "Expected more than 1 value per channel when training" as a SegkitError naming the fix:
+    a batch of one image small enough that the deepest map is 1x1 (or a split that leaves one image)."""
+    try:
+        yield
+    except ValueError as err:
+        if "more than 1 value per channel" not in str(err):
+            raise
+        raise SegkitError(f"a training batch of {images.shape[0]} image(s) of {images.shape[-2]}x{images.shape[-1]} leaves one value "
+                          "per channel at the model's deepest BatchNorm, which cannot normalise it in training; set "
+                          "trainer.batch_size: 2 or more (with at least 2 training images a process), or train on larger "
+                          "images or crops.") from err
+
+
 @dataclass(frozen=True)
 class WindowStats:
     """What a log point read back (the same on every rank)."""
@@ -268,7 +283,7 @@ def train_epoch(run: Run, epoch: int, batch_in_epoch: int, step: int, carried: d
         # (the sums are the same), so the others run under no_sync and the window costs one exchange.
         no_sync = getattr(run.train_model, "no_sync", None)
         with no_sync() if no_sync is not None and not closes_window else contextlib.nullcontext():
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp), _one_value_per_channel_named(images):
                 loss, logits = run.task.loss(run.loss_fn, run.train_model(images), targets, **extra)
             run.task.observe(logits, targets)
             window.add(loss, step + 1)

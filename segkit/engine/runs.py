@@ -53,6 +53,13 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     log = run_dir / "metrics.jsonl"
     if not log.is_file():
+        if not run_dir.exists():
+            raise SegkitError(f"{run_dir} does not exist; pass a run directory written by `segkit train`.")
+        if run_dir.is_file():
+            raise SegkitError(f"{run_dir} is a file; pass the run directory that holds it (written by `segkit train`).")
+        if (run_dir / "config.yaml").is_file():
+            raise SegkitError(f"{run_dir} has no metrics.jsonl yet: the run stopped before its first log point; continue it "
+                              "with `segkit train ... --resume`, then report it.")
         raise SegkitError(f"{run_dir} has no metrics.jsonl; pass a run directory written by `segkit train`.")
     records = []
     for line in log.read_text(encoding="utf-8").splitlines():
