@@ -181,7 +181,8 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
         parent, _, key = str(err.full_key).rpartition(".")
         node = OmegaConf.select(base, parent) if parent else base
         valid = list(node.keys()) if isinstance(node, DictConfig) else []
-        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        by_lower = {str(v).lower(): v for v in valid}  # NUM_CLASSES -> num_classes too
+        close = [by_lower[c] for c in difflib.get_close_matches(key.lower(), list(by_lower), n=1, cutoff=0.6)]
         if close:
             suggestion = f"did you mean '{parent + '.' if parent else ''}{close[0]}'?"
         elif valid:

@@ -71,6 +71,7 @@ def test_saved_config_reloads_identically(tmp_path):
     [
         ({"trainer": {"epohcs": 3}}, [], "unknown config key 'trainer.epohcs'; did you mean 'trainer.epochs'?"),
         ({"modle": {}}, [], "unknown config key 'modle'; did you mean 'model'?"),
+        ({}, ["model.NUM_CLASSES=3"], "command line: unknown config key 'model.NUM_CLASSES'; did you mean 'model.num_classes'?"),
         ({}, ["trainer.batchsize=4"], "command line: unknown config key 'trainer.batchsize'; did you mean 'trainer.batch_size'?"),
         ({"trainer": {"epochs": "many"}}, [], "config key 'trainer.epochs' has a value of the wrong type"),
         ({"optimizer": {"name": "sgdd"}}, [], "config key 'optimizer.name' is 'sgdd'; choose one of sgd, adam"),

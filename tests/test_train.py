@@ -418,6 +418,8 @@ def test_resume_refuses_another_seed_and_says_when_a_run_is_finished(tmp_path, d
     capsys.readouterr()
     shorter = config_from_dict(tiny_config(data_root, epochs=1), ["trainer.log_interval=5"])
     result = train(shorter, tmp_path / "run", resume=True, progress=False)
-    assert "has trained 1 epochs already and trainer.epochs is 1: nothing to resume (pass trainer.epochs=2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "has trained 1 epochs already and trainer.epochs is 1: nothing to resume (pass trainer.epochs=2" in out
+    assert "resumed from" not in out  # nothing was resumed
     assert result.steps == load_checkpoint(tmp_path / "run" / "last.pt")["step"]
     assert (tmp_path / "run" / "config.yaml").read_text() == before  # still the run's own

@@ -370,7 +370,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
             # The images each process trained on, counted on the old number of processes: the epoch's
             # images/s multiplies this rank's count by the new one (it showed 21 img/s for 15).
             carried = {**carried, "seen": carried["seen"] * saved_world / info.world_size}
-        if saved_total != total_steps and (saved_total is not None or saved_world != info.world_size):
+        if not finished and saved_total != total_steps and (saved_total is not None or saved_world != info.world_size):
             # Another process count (or epochs) makes the run another length: the schedule spans the steps
             # as they now are, at the position the data reached in them (epochs done, then the windows of
             # this epoch on this many processes); the saved step counts steps of the old length.
@@ -381,7 +381,8 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
         if info.is_main:
             trim_log(log.path, step)  # records a hard kill left past last.pt: the resumed run writes them again
         best = _best_of(best, best_path, task.score_key)
-        log.print(f"resumed from {last_path}: epoch {start_epoch + 1}, step {step}")
+        if not finished:
+            log.print(f"resumed from {last_path}: epoch {start_epoch + 1}, step {step}")
 
     train_model: nn.Module = model
     if info.enabled:
