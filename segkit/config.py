@@ -409,4 +409,13 @@ def to_dict(cfg: DictConfig) -> dict[str, Any]:
 def save_config(cfg: DictConfig, path: str | os.PathLike[str]) -> None:
     """Write ``cfg`` as YAML to ``path`` (a run's ``config.yaml``; ``load_config`` reads it back)."""
     # Resolved: a ${oc.env:...} must give the value this run used, not whatever the variable holds later.
-    Path(path).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    # What still reads "${" after resolving is text (an escaped \${...}, or an environment value): it
+    # is escaped again, so that loading the file gives the same text.
+    def escaped(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: escaped(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [escaped(v) for v in value]
+        return value.replace("${", "\\${") if isinstance(value, str) else value
+
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.create(escaped(OmegaConf.to_container(cfg, resolve=True)))))
