@@ -375,11 +375,31 @@ def config_from_dict(data: dict[str, Any] | DictConfig, overrides: Sequence[str]
         check_config(cfg, source)
     except SegkitError as err:
         # A value set on the command line is the command line's mistake, not the file's.
-        message, given = str(err), {o.split("=", 1)[0] for o in overrides}
-        if message.startswith(f"{source}: ") and any(re.search(f"'{re.escape(key)}(?:[.\\[][^']*)?'", message) for key in given):
+        message, named = str(err), re.search(r"config key '([^']+)'", str(err))
+        given = {o.split("=", 1)[0] for o in overrides}
+        if message.startswith(f"{source}: ") and (any(f"'{key}'" in message for key in given)
+                                                   or (named is not None and named.group(1) in _override_paths(overrides))):
             raise SegkitError("command line" + message[len(source):]) from None
         raise
     return cfg
+
+
+def _override_paths(overrides: Sequence[str]) -> set[str]:
+    """Every key the ``KEY=VALUE`` overrides set, inside the values too: ``loss=[{nam: dice}]`` sets
+    ``loss``, ``loss[0]`` and ``loss[0].nam``; ``trainer={epochs: 1}`` sets ``trainer.epochs``, not ``trainer.seed``."""
+    paths: set[str] = set()
+
+    def walk(node: Any, prefix: str) -> None:
+        paths.add(prefix)
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{prefix}[{index}]")
+
+    walk(OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=False), "")
+    return paths
 
 
 def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> DictConfig:

@@ -357,10 +357,13 @@ def test_random_resized_crop_size_and_seed():
         # Wrong types were tracebacks (slice indices, '>=' between str and int, float('abc')).
         (["data.options.holdout=2.5", "data.val_split=val"], r"data\.options\.holdout is 2\.5; give the number of training images"),
         (["data.options.holdout=true", "data.val_split=val"], r"data\.options\.holdout is True"),
-        (["data.options.mean=abc"], r"data\.options\.mean is 'abc'; give a number or a list of numbers"),
+        (["data.options.mean=abc"], r"data\.options\.mean is 'abc'; give a finite number or a list of finite numbers"),
         (["data.options.std=[0.2,x,0.2]"], r"data\.options\.std is \[0\.2, 'x', 0\.2\]"),
         # A holdout with val_split test threw the held-back images away in silence.
         (["data.options.holdout=4"], r"data\.options\.holdout=4 keeps training images back for the val split, but data\.val_split is 'test'"),
+        (["data.options.holdout=-1"], r"data\.options\.holdout is -1; give the number of training images"),
+        (["data.options.std=.inf"], r"data\.options\.std is inf; give a finite number"),  # was a NaN loss, 'lower optimizer.lr'
+
     ],
 )
 def test_classification_config_errors_name_the_key(tmp_path, synthetic, overrides, message):

@@ -80,6 +80,13 @@ def test_a_name_two_categories_share_must_be_chosen_by_id(coco, tmp_path):
     assert CocoDataset(images, path, categories=[3, 5, 7]).classes == ["background", "cat", "bird", "dog"]
 
 
+def test_true_is_not_category_1(coco, tmp_path):
+    images, _, data = coco
+    data["categories"].append({"id": 1, "name": "fish"})
+    with pytest.raises(SegkitError, match=r"category True is not in"):
+        CocoDataset(images, _write(tmp_path, data), categories=[True])
+
+
 def test_category_ids_mixing_numbers_and_strings_are_an_error_not_a_crash(coco, tmp_path):
     images, _, data = coco
     data["categories"][0]["id"] = "dog"  # was 7
@@ -99,6 +106,8 @@ def test_string_category_ids_can_be_chosen_by_id(coco, tmp_path):
     for ann in data["annotations"]:
         ann["category_id"] = renamed[ann["category_id"]]
     path = _write(tmp_path, data)
+    with pytest.raises(SegkitError, match=r"category 'c9' is not in .*; known categories: 'c3' \(cat\), 'c5' \(bird\)"):
+        CocoDataset(images, path, categories=["c9"])
     by_id = CocoDataset(images, path, categories=["c3"])
     assert by_id.classes == ["background", "cat"]
     np.testing.assert_array_equal(by_id[0][1].numpy(), expected_mask(_quiet_coco(path), 10, {"c3": 1}))

@@ -183,6 +183,15 @@ def test_schedule_and_optimizer_values_that_cannot_work_are_named(override, matc
         config_from_dict(base, [override, *extra])
 
 
+def test_a_file_mistake_beside_an_override_of_its_section_is_the_files(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {arch: unet, encoder: resnet18, num_classes: 2}\ntrainer: {seed: -1}\n")
+    with pytest.raises(SegkitError, match=r"c\.yaml: config key 'trainer\.seed' is -1"):
+        load_config(path, ["trainer={epochs: 1}"])
+    with pytest.raises(SegkitError, match=r"^command line: config key 'trainer\.seed' is -2"):
+        load_config(path, ["trainer={seed: -2}"])
+
+
 def test_a_scalar_section_in_a_file_is_named(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model: {arch: unet, encoder: resnet18, num_classes: 2}\ntrainer: 5\n")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from _model_helpers import fit_to_intensity_thirds
+from _process_helpers import group_empties
 from PIL import Image
 
 from segkit import SegkitError
@@ -141,6 +142,8 @@ def test_predict_output_problems_are_one_line_errors_before_any_inference(tmp_pa
     monkeypatch.chdir(images.parent)  # the hunt's case: `cd project; segkit predict --input images --output .`
     assert main(["predict", "--checkpoint", str(ckpt), "--input", "images", "--output", ".", "--quiet"]) == 2
     assert "lies inside --output ." in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", "images/a.png", "--output", "images/a.png", "--quiet"]) == 2
+    assert "--output images/a.png is the input file; write the predictions to another folder" in capsys.readouterr().err
     # One file of the dataset: its prediction replaced the ground truth project/masks/a.png (or, with
     # --input out/masks/a.png --output out, the file itself).
     for output in (".", str(tmp_path)):
@@ -327,3 +330,36 @@ def test_tile_with_resizing_or_padding_val_transforms_says_it_holds_the_whole_im
     with caplog.at_level("WARNING", logger="segkit"):
         predict_folder(ckpt, tmp_path / "x.png", tmp_path / "plain", tile=32, overlays=False)
     assert "whole image in memory" not in caplog.text
+
+
+def test_predict_stopped_by_a_group_sigterm_leaves_no_worker_behind(tmp_path, ckpt):
+    """The loader workers outlive a SIGTERM sent to the whole job (training needs them to finish its
+    step); predict, which has no stop flag, dies of it at once, and its orphaned workers hung for good
+    in their exit, writing into a queue nobody read."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(80):
+        Image.fromarray(rng.integers(0, 256, (160, 160), dtype=np.uint8)).save(images / f"{i:03d}.png")
+    command = [sys.executable, "-m", "segkit", "predict", "--checkpoint", str(ckpt), "--input", str(images),
+               "--output", str(tmp_path / "out"), "--workers", "2", "--batch-size", "2", "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "out" / "masks").glob("*.png")):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGTERM)  # as timeout, systemd and scancel do
+        process.wait(60)
+        assert group_empties(process.pid, 20), "predict's loader workers outlived it"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)

@@ -209,8 +209,13 @@ def test_report_names_what_the_path_is_when_it_is_no_run(tmp_path, capsys):
     stopped.mkdir()
     (stopped / "config.yaml").write_text("task: segmentation\n")
     (stopped / "best.pt").write_bytes(b"")
-    for path, message in ((stopped, "has no metrics.jsonl yet: the run stopped before its first log point; continue it"),
+    for path, message in ((stopped, "has no metrics.jsonl yet: the run stopped before its first log point; it saved"),
                           (tmp_path / "nowhere", "nowhere does not exist; pass a run directory"),
                           (stopped / "best.pt", "best.pt is a file; pass the run directory that holds it")):
         assert main(["report", str(path)]) == 2
         assert message in capsys.readouterr().err
+    assert main(["report", str(stopped)]) == 2
+    assert "it saved nothing to resume, so start it again" in capsys.readouterr().err  # no last.pt: --resume would refuse
+    (stopped / "last.pt").write_bytes(b"")
+    assert main(["report", str(stopped)]) == 2
+    assert "continue it with `segkit train ... --resume`" in capsys.readouterr().err

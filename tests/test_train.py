@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _process_helpers import group_empties
 
 from segkit import SegkitError
 from segkit.cli import main
@@ -203,14 +204,7 @@ def test_sigterm_to_the_process_group_with_loader_workers_saves_last_checkpoint(
         assert process.returncode == 130, err[-2000:]
         assert "interrupted" in out and "Traceback" not in err
         assert load_checkpoint(run / "last.pt")["step"] >= 2
-        deadline = time.monotonic() + 30
-        while True:  # the workers leave with their parent (the group empties)
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                break
-            assert time.monotonic() < deadline, "loader workers outlived the training process"
-            time.sleep(0.2)
+        assert group_empties(process.pid, 30), "loader workers outlived the training process"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
@@ -224,7 +218,7 @@ def _sleep_after_worker_init(ready) -> None:
     time.sleep(60)
 
 
-@pytest.mark.skipif(not hasattr(signal, "sigwaitinfo"), reason="sigwaitinfo (Linux) only")
+@pytest.mark.skipif(not hasattr(signal, "sigtimedwait"), reason="sigtimedwait (Linux) only")
 def test_loader_workers_ignore_a_foreign_sigterm_but_not_their_parents():
     """The parent's multiprocessing terminates leftover workers with SIGTERM at exit and waits for them:
     a worker that ignored every SIGTERM hung that exit. Only a SIGTERM from elsewhere is ignored."""
@@ -245,7 +239,7 @@ def test_loader_workers_ignore_a_foreign_sigterm_but_not_their_parents():
             worker.kill()
 
 
-@pytest.mark.skipif(not hasattr(signal, "sigwaitinfo"), reason="sigwaitinfo (Linux) only")
+@pytest.mark.skipif(not hasattr(signal, "sigtimedwait"), reason="sigtimedwait (Linux) only")
 def test_a_loader_worker_its_parent_terminates_is_not_reported_as_failed():
     """multiprocessing's exit terminates workers a failed run left alive; torch's SIGCHLD check then
     printed 'DataLoader worker exited unexpectedly' under the run's one-line error."""

@@ -39,10 +39,11 @@ def test_a_crop_larger_than_the_image_pads_the_mask_with_ignore_index(name):
 
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("percentiles", 5, r"percentiles 5 must be two numbers 0 <= low < high <= 100, e\.g\. \[1, 99\.8\]"),
-    ("percentiles", "1,99", r"percentiles is '1,99'; give a number or a list of numbers"),
+    ("percentiles", "1,99", r"percentiles is '1,99'; give a finite number or a list of finite numbers"),
     ("percentiles", [99, 1], r"percentiles \[99, 1\] must be two numbers 0 <= low < high <= 100"),
-    ("std", "abc", r"std is 'abc'; give a number or a list of numbers"),
-    ("mean", [0.5, None], r"mean is \[0\.5, None\]; give a number or a list of numbers"),
+    ("std", "abc", r"std is 'abc'; give a finite number or a list of finite numbers"),
+    ("mean", [0.5, None], r"mean is \[0\.5, None\]; give a finite number or a list of finite numbers"),
+    ("std", float("nan"), r"std is nan; give a finite number"),  # training stopped on a NaN loss, advising a lower lr
 ])
 def test_intensity_options_of_the_wrong_type_are_named(tmp_path, option, value, message):
     write_png(tmp_path / "images" / "a.png", gray(16, 16))

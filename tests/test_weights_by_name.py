@@ -190,5 +190,5 @@ def test_an_empty_weights_string_is_named_not_taken_for_the_current_folder():
     """``Path("")`` is ".": the error said "weights path . is not a file"."""
     for build in (lambda: segkit.create_encoder("resnet18", weights=""),
                   lambda: segkit.create_model("unet", encoder="resnet18", num_classes=2, encoder_weights=" ")):
-        with pytest.raises(SegkitError, match=r"^weights is an empty string; pass a checkpoint file's path, a published name"):
+        with pytest.raises(SegkitError, match=r"^weights is an empty string \(model\.weights or model\.encoder_weights in a config\); pass a checkpoint"):
             build()

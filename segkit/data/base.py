@@ -18,6 +18,7 @@ The result is ``(image float32 (C, H, W), mask int64 (H, W))``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,8 @@ def _numbers(value: Any, name: str) -> list[float]:
     """``value`` as a list of floats: one number or a list of numbers (not a string), else a SegkitError."""
     items = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
-        raise SegkitError(f"{name} is {value!r}; give a number or a list of numbers")
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in items):
+        raise SegkitError(f"{name} is {value!r}; give a finite number or a list of finite numbers")
     return [float(v) for v in items]
 
 

@@ -103,8 +103,8 @@ class CocoDataset(SegmentationDataset):
                     raise SegkitError(f"category name {entry!r} belongs to ids {', '.join(map(str, shared[entry]))} in "
                                       f"{self.annotation_file}; choose the category by its id")
                 cid = by_name.get(entry, entry) if isinstance(entry, str) else entry  # a string names, else is an id
-                if cid not in cats:
-                    known = ", ".join(f"{cid} ({c['name']})" for cid, c in sorted(cats.items()))
+                if isinstance(cid, bool) or cid not in cats:  # True == 1 would pick category 1
+                    known = ", ".join(f"{cid!r} ({c['name']})" for cid, c in sorted(cats.items()))
                     raise SegkitError(f"category {entry!r} is not in {self.annotation_file}; known categories: {known}")
                 if cid in chosen:
                     raise SegkitError(f"category {entry!r} appears twice in categories; list each once")

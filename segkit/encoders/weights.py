@@ -423,6 +423,7 @@ def resolve_weights(arch: str, weights: str | os.PathLike[str] | None) -> Path |
 def _not_empty(weights: str | os.PathLike[str]) -> str | os.PathLike[str]:
     """``weights`` unless it is blank (``Path("")`` would be the current folder)."""
     if not str(weights).strip():
-        raise SegkitError("weights is an empty string; pass a checkpoint file's path, a published name such as "
+        raise SegkitError("weights is an empty string (model.weights or model.encoder_weights in a config); pass a "
+                          "checkpoint file's path, a published name such as "
                           "'imagenet', or leave it unset (null in a config) for random weights.")
     return weights

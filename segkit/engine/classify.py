@@ -110,7 +110,9 @@ def build_classification_datasets(cfg: DictConfig, info: DistInfo | None = None)
         raise SegkitError(f"data.options.{unknown[0]} is not an option of {kind} data; its options are {', '.join(_OPTIONS[kind])}.")
     mean, std = options.pop("mean", None), options.pop("std", None)
     if kind == "cifar":
-        if options.get("holdout") and data.val_split != "val" and data.train_split == "train":
+        holdout = options.get("holdout")
+        if isinstance(holdout, int) and not isinstance(holdout, bool) and holdout > 0 and data.val_split != "val" \
+                and data.train_split == "train":
             # The held-back images would be used nowhere: the run trains on fewer and validates on test.
             raise SegkitError(f"data.options.holdout={options['holdout']} keeps training images back for the val split, but "
                               f"data.val_split is {data.val_split!r}; set data.val_split=val, or remove the holdout.")

@@ -82,19 +82,22 @@ def ignore_foreign_sigterm(worker_id: int) -> None:
     step ends (under torchrun until the next log point), failed with "DataLoader worker is killed
     by signal" before it could write ``last.pt``. Ignoring SIGTERM outright is not enough: the
     parent's multiprocessing terminates leftover workers with SIGTERM at exit and then waits for
-    them. So the worker blocks SIGTERM and a thread takes each one (``sigwaitinfo``), exiting
+    them. So the worker blocks SIGTERM and a thread takes each one (``sigtimedwait``), exiting
     only when the sender is the parent (torch's own handler tells the two apart the same way, but
-    dies of the foreign one). A parent that dies is noticed by torch's own watchdog as
-    before. Where ``sigwaitinfo`` is missing (macOS, Windows) the worker keeps torch's behaviour.
+    dies of the foreign one). The thread also checks every second that the parent lives, and ends
+    the worker when it does not: a parent without a stop flag (``segkit predict``) dies of that
+    SIGTERM at once, and a worker that outlived it could hang in its exit, writing its last batch
+    into a queue nobody reads. Where ``sigtimedwait`` is missing (macOS, Windows) the worker keeps
+    torch's behaviour.
     """
-    if not hasattr(signal, "sigwaitinfo") or threading.current_thread() is not threading.main_thread():
+    if not hasattr(signal, "sigtimedwait") or threading.current_thread() is not threading.main_thread():
         return
     parent = os.getppid()
 
     def watch() -> None:
         while True:
-            sender = signal.sigwaitinfo({signal.SIGTERM}).si_pid
-            if sender == parent or os.getppid() != parent:
+            received = signal.sigtimedwait({signal.SIGTERM}, 1.0)  # None after a second without one
+            if (received is not None and received.si_pid == parent) or os.getppid() != parent:
                 # Exit code 0, as torch's own worker handler leaves on its parent's SIGTERM: the
                 # parent's SIGCHLD check would report any other code as a failed worker.
                 os._exit(0)

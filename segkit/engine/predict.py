@@ -50,7 +50,8 @@ def _list_images(source: Path, output: Path) -> tuple[list[Path], list[str]]:
     if not source.exists():
         raise SegkitError(f"input {source} does not exist; pass an image file or a folder of images.")
     if output.resolve() == source.resolve():
-        raise SegkitError(f"--output {output} is the input folder; write the predictions to another folder.")
+        what = "file" if source.is_file() else "folder"
+        raise SegkitError(f"--output {output} is the input {what}; write the predictions to another folder.")
     folder = source.resolve().parent if source.is_file() else source.resolve()
     if output.resolve() in folder.parents:
         # Its masks/ would be written where a dataset keeps its ground truth (images/ beside masks/), or

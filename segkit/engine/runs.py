@@ -58,8 +58,10 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         if run_dir.is_file():
             raise SegkitError(f"{run_dir} is a file; pass the run directory that holds it (written by `segkit train`).")
         if (run_dir / "config.yaml").is_file():
-            raise SegkitError(f"{run_dir} has no metrics.jsonl yet: the run stopped before its first log point; continue it "
-                              "with `segkit train ... --resume`, then report it.")
+            then = ("continue it with `segkit train ... --resume`" if (run_dir / "last.pt").is_file()
+                    else "it saved nothing to resume, so start it again")
+            raise SegkitError(f"{run_dir} has no metrics.jsonl yet: the run stopped before its first log point; {then}, "
+                              "then report it.")
         raise SegkitError(f"{run_dir} has no metrics.jsonl; pass a run directory written by `segkit train`.")
     records = []
     for line in log.read_text(encoding="utf-8").splitlines():
