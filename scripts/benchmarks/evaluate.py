@@ -7,7 +7,11 @@ single-threaded decode (Pillow; OpenCV's ``imread``, as is and into one reused a
 spares the allocation; OpenCV's ``imdecode`` of the file's bytes; imagecodecs' ``png_decode`` of
 the file's bytes, which segkit uses, as is and into one reused array), ``speedup`` = decode / evaluation (the medians'
 ratio), ``speedup_paired`` = the median of the ratios within each
-round (steadier on a machine whose speed drifts over seconds), and the start-up of ``segkit
+round (steadier on a machine whose speed drifts over seconds). The ``floor`` row times what no
+evaluation can skip, on this machine: segkit's reader and pair count alone, the pairs split over
+as many forked processes as segkit has threads (no GIL, no pairing of names, no report);
+``floor_of_decode`` is its time over the fastest single-threaded decode's (within rounds), the
+best ratio this machine allows that count. Then the start-up of ``segkit
 --help``, of ``segkit evaluate --help`` and the whole ``segkit evaluate --pred --gt`` command
 against ``python -c "import torch"`` (each a fresh process). Run it on two cores to match the
 issue:
@@ -18,6 +22,7 @@ issue:
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -73,6 +78,17 @@ def _make_data(root: Path, pairs: int, size: int, classes: int) -> None:
         Image.fromarray(pred).save(root / "pred" / f"{i:05d}.png")
         Image.fromarray(gt).save(root / "gt" / f"{i:05d}.png")
     stamp.touch()
+
+
+def _floor_chunk(chunk: list[tuple[str, str]], classes: int) -> np.ndarray:
+    """Read and count a few pairs as segkit's threads do, and nothing else (the ``floor`` row's work)."""
+    from segkit.data.io import read_grey_png
+    from segkit.engine.folders import _pair_counts
+
+    total = np.zeros((classes, classes), np.int64)
+    for pred_path, gt_path in chunk:
+        total += _pair_counts(read_grey_png(pred_path), read_grey_png(gt_path), classes, 255)
+    return total
 
 
 def _startup(command: list[str], repeats: int) -> float:
@@ -135,10 +151,25 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     def segkit() -> None:
         result["report"] = evaluate_folders(root / "pred", root / "gt", args.classes, workers=workers)
 
+    # Forked before any timing, while the process runs no other thread.
+    pool = multiprocessing.get_context("fork").Pool(workers) if "fork" in multiprocessing.get_all_start_methods() else None
+    chunks = [[(str(root / "pred" / f"{i:05d}.png"), str(root / "gt" / f"{i:05d}.png")) for i in range(start, min(start + 8, args.pairs))]
+              for start in range(0, args.pairs, 8)]
+    floor_total: list[np.ndarray] = []
+
+    def floor() -> None:
+        floor_total[:] = [sum(pool.starmap(_floor_chunk, [(chunk, args.classes) for chunk in chunks]))]  # type: ignore[union-attr]
+
     cv2.setNumThreads(1)
     candidates = {"segkit": segkit, "pillow": pillow, "opencv": opencv, "opencv_reused": opencv_reused, "opencv_bytes": opencv_bytes,
                   "imagecodecs": codecs, "imagecodecs_reused": codecs_reused}
-    rounds = time_rounds(candidates, args.repeats, args.warmup)
+    if pool is not None:
+        candidates["floor"] = floor
+    try:
+        rounds = time_rounds(candidates, args.repeats, args.warmup)
+    finally:
+        if pool is not None:
+            pool.terminate()
     times = {name: statistics.median(values) for name, values in rounds.items()}
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     case = f"{args.pairs} pairs {args.size}x{args.size} C={args.classes}"
@@ -151,6 +182,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = [comparison_row(case, times["segkit"], label, times[name], **extra,
                            speedup_paired=paired_speedup(rounds["segkit"], rounds[name]))
             for name, label in peers.items()]
+    if pool is not None:
+        fastest = min(peers, key=times.__getitem__)
+        # The floor counts what segkit counts (255 ignored, as the generated masks mark it): a check that it did the same work.
+        same = bool(np.array_equal(floor_total[0], np.array(result["report"].metrics["confusion_matrix"])))
+        rows.append(comparison_row(case, times["segkit"], f"floor: segkit's reader and pair count alone in {workers} forked "
+                                   "process(es)", times["floor"], **extra, speedup_paired=paired_speedup(rounds["segkit"], rounds["floor"]),
+                                   floor_of_decode=paired_speedup(rounds[fastest], rounds["floor"]), fastest_decode=fastest,
+                                   same_result=same))
     if args.startup_repeats > 0:
         torch_s = _startup([sys.executable, "-c", "import torch"], args.startup_repeats)
         whole = ["evaluate", "--pred", str(root / "pred"), "--gt", str(root / "gt"), "--num-classes", str(args.classes)]
