@@ -363,3 +363,31 @@ def test_predict_stopped_by_a_group_sigterm_leaves_no_worker_behind(tmp_path, ck
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_an_overlap_that_repeats_each_pixel_many_times_is_warned_about(tmp_path, ckpt, caplog):
+    """--tile 64 --overlap 0.99 steps 1 pixel at a time (4096 passes a pixel) and ran for minutes without a word."""
+    from segkit.engine.evaluate import evaluate_checkpoint
+    from segkit.engine.inference import warn_heavy_overlap
+
+    with caplog.at_level("WARNING", logger="segkit"):
+        warn_heavy_overlap(64, 0.99)
+    assert "moves the window 1 pixel(s) at a time" in caplog.text and "about 4096 times" in caplog.text
+    assert "(1.8 at the default overlap 0.25)" in caplog.text
+    for tile, overlap in ((64, 0.5), (64, 0.75), (None, 0.99), (1, 0.99)):  # 4 passes, 16 (the limit), no tiles, 1-pixel tiles
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="segkit"):
+            warn_heavy_overlap(tile, overlap)
+        assert caplog.text == "", (tile, overlap)
+    rng = np.random.default_rng(5)
+    for folder, array in (("images", rng.integers(0, 256, (24, 24))), ("masks", rng.integers(0, 3, (24, 24)))):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        Image.fromarray(array.astype(np.uint8)).save(tmp_path / "data" / folder / "x.png")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="segkit"):
+        predict_folder(ckpt, tmp_path / "data" / "images", tmp_path / "out", tile=16, overlap=0.9, overlays=False)
+    assert caplog.text.count("moves the window 1 pixel(s)") == 1  # 16 / 1: 256 passes a pixel
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="segkit"):
+        evaluate_checkpoint(ckpt, tmp_path / "data", device="cpu", tile=16, overlap=0.9)
+    assert caplog.text.count("moves the window 1 pixel(s)") == 1

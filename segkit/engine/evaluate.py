@@ -107,12 +107,13 @@ def evaluate_checkpoint(
     """
     from segkit.data.masks import binary_masks_hint, has_void_beside_labels, is_zero_255
     from segkit.engine.builders import transform_steps
-    from segkit.engine.inference import check_tile_options, load_model
+    from segkit.engine.inference import check_tile_options, load_model, warn_heavy_overlap
     from segkit.engine.inputs import InferenceItems, InputPipeline, checkpoint_amp, iterate_logits, loader_workers
     from segkit.engine.train import resolve_device
     from segkit.metrics import ConfusionMatrix
 
     check_tile_options(tile, overlap, batch_size)
+    warn_heavy_overlap(tile, overlap)
     dev = resolve_device(device)
     model, cfg = load_model(checkpoint, dev)
     dataset, source = _eval_dataset(cfg, data, split)

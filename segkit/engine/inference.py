@@ -24,6 +24,7 @@ float32 on the input's device.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -46,6 +47,7 @@ __all__ = [
     "predict_logits",
     "sliding_window",
     "sliding_window_rows",
+    "warn_heavy_overlap",
     "window_starts",
 ]
 
@@ -184,6 +186,22 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     if len(items) != 2:
         raise SegkitError(message)
     return positive_int(items[0], message), positive_int(items[1], message)
+
+
+def warn_heavy_overlap(tile: int | None, overlap: float) -> None:
+    """Log a warning when ``overlap`` makes the sliding window pass over each pixel more than 16
+    times (overlap above 0.75): e.g. ``--tile 64 --overlap 0.99`` steps 1 pixel at a time, 4096
+    forward passes per pixel, which runs for hours without looking stuck."""
+    if tile is None:
+        return
+    step = max(1, int(tile * (1 - overlap)))
+    passes = (tile / step) ** 2
+    if passes > 16:
+        default = (tile / max(1, int(tile * 0.75))) ** 2
+        logging.getLogger("segkit").warning(
+            f"--overlap {overlap} with --tile {tile} moves the window {step} pixel(s) at a time, so each pixel is predicted "
+            f"about {passes:.0f} times ({default:.1f} at the default overlap 0.25), and inference takes that much longer; "
+            "an overlap of 0.25-0.5 is usual.")
 
 
 def _window_grid(height: int, width: int, tile: int | Sequence[int], overlap: float) -> tuple[int, int, list[int], list[int]]:

@@ -101,12 +101,13 @@ def predict_folder(
     from omegaconf import OmegaConf
 
     from segkit.engine.builders import transform_steps
-    from segkit.engine.inference import check_tile_options, load_model
+    from segkit.engine.inference import check_tile_options, load_model, warn_heavy_overlap
     from segkit.engine.inputs import ImageFiles, InferenceItems, InputPipeline, checkpoint_amp, iterate_logits, loader_workers, normalisation_options
     from segkit.engine.plots import overlay
     from segkit.engine.train import resolve_device
 
     check_tile_options(tile, overlap, batch_size)
+    warn_heavy_overlap(tile, overlap)
     source, output = Path(source), Path(output)
     paths, names = _list_images(source, output)
     _make_output_folder(output)
