@@ -31,6 +31,7 @@ from segkit.encoders import (
     Encoder,
     build_with_options,
     check_in_channels,
+    check_transform_input,
     create_encoder,
     finish_pretrained,
     list_encoders,
@@ -73,6 +74,7 @@ def create_classifier(
         kwargs["num_classes"] = _check_count("num_classes", num_classes)
     transform_input = kwargs.pop("transform_input", None)
     model = build_with_options(factory, f"classifier {name!r}", **kwargs)
+    check_transform_input(model, transform_input, f"classifier {name!r}")
     weights = resolve_weights(name, weights)
     meta = None
     if weights is not None:

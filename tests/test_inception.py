@@ -196,6 +196,21 @@ def test_transform_input_defaults(checkpoint, name):
             grey(torch.randn(1, 1, 96, 96))
 
 
+
+def test_transform_input_takes_a_bool_and_only_where_it_exists():
+    """transform_input="false" read as on, and the option vanished without a word on other models."""
+    with torch.device("meta"):
+        for make in (segkit.create_classifier, segkit.create_encoder):
+            with pytest.raises(SegkitError, match=r"transform_input must be True or False .*got 'false'"):
+                make("googlenet", transform_input="false")
+        with pytest.raises(SegkitError, match=r"^classifier 'resnet18' has no transform_input \(only googlenet and inception_v3"):
+            segkit.create_classifier("resnet18", transform_input=True)
+        with pytest.raises(SegkitError, match=r"^encoder 'vgg16' has no transform_input"):
+            segkit.create_encoder("vgg16", transform_input=False)
+        assert segkit.create_classifier("googlenet", transform_input=False).transform_input is False
+        assert segkit.create_encoder("inception_v3", transform_input=True).transform_input is True
+
+
 # --- encoders ----------------------------------------------------------------------------------
 
 

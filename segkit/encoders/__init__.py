@@ -73,6 +73,19 @@ def build_with_options(factory: Any, what: str, **options: Any) -> Any:
                           "the ResNets), or leave it out.") from None
 
 
+def check_transform_input(model: nn.Module, transform_input: object, name: str) -> None:
+    """SegkitError unless ``transform_input`` is None, or True/False on a model that has the switch
+    (GoogLeNet, Inception-v3): a string such as ``"false"`` would read as on, and on other models the
+    option would be dropped without a word."""
+    if transform_input is None:
+        return
+    if not isinstance(transform_input, bool):
+        raise SegkitError(f"transform_input must be True or False (or left out for the default); got {transform_input!r}.")
+    if not hasattr(model, "transform_input"):
+        raise SegkitError(f"{name} has no transform_input (only googlenet and inception_v3, whose TensorFlow-ported "
+                          "weights expect inputs in [-1, 1], have it); leave it out.")
+
+
 def finish_pretrained(model: nn.Module, weights: str | os.PathLike[str] | None, transform_input: bool | None,
                       meta: Mapping[str, Any] | None = None) -> None:
     """After loading ``weights``: turn on the input transform the Inception checkpoints expect.
@@ -132,6 +145,7 @@ def create_encoder(
         kwargs["output_stride"] = output_stride
     transform_input = kwargs.pop("transform_input", None)
     encoder = build_with_options(factory, f"encoder {name!r}", in_channels=in_channels, **kwargs)
+    check_transform_input(encoder, transform_input, f"encoder {name!r}")
     weights = resolve_weights(name, weights)
     if weights is not None:
         load_weights(encoder, weights, first_conv=encoder.first_conv, ignore_prefixes=encoder.checkpoint_ignore)
