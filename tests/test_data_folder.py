@@ -135,6 +135,28 @@ def test_sixteen_bit_index_masks(tmp_path):
     assert torch.equal(ds[0][1], torch.from_numpy(values.astype(np.int64)))
 
 
+
+@pytest.mark.parametrize("steps", [["hflip"], []])
+def test_sixteen_bit_masks_above_255_pass_the_transforms(tmp_path, steps):
+    """ignore_index 65535 (or more than 255 classes) keeps masks uint16, for which torch has no max():
+    training crashed with a traceback in the check after the transforms, even with none listed."""
+    from segkit.data.transforms import build_transforms
+
+    values = labels(num_classes=3).astype(np.uint16)
+    values[:4] = 65535  # an unlabelled band
+    write_png(tmp_path / "images" / "a.png", gray())
+    write_png(tmp_path / "masks" / "a.png", values)
+    transforms = build_transforms(steps, train=True, seed=0, ignore_index=65535)
+    ds = FolderDataset(tmp_path, num_classes=3, ignore_index=65535, transforms=transforms)
+    mask = ds[0][1].to(torch.int64)
+    expected = torch.from_numpy(values.astype(np.int64))
+    assert torch.equal(mask, expected) or torch.equal(mask, expected.flip(-1))
+    # A fill value that is neither a class nor ignore_index is still named after the transforms.
+    pad = build_transforms([{"name": "pad", "size": [30, 40], "fill_mask": 7}], train=True, ignore_index=65535)
+    with pytest.raises(SegkitError, match="holds 7, outside"):
+        FolderDataset(tmp_path, num_classes=3, ignore_index=65535, transforms=pad)[0]
+
+
 def _color_mask(indices: np.ndarray, colors: list[tuple[int, int, int]]) -> np.ndarray:
     return np.array(colors, dtype=np.uint8)[indices]
 

@@ -236,6 +236,8 @@ class SegmentationDataset(Dataset):
             raise SegkitError(f"after the transforms, the mask of {where} is {mask.dtype}; masks hold integer labels, "
                               "so a transform must not interpolate or convert them")
         if self.num_classes is not None and mask.numel():
+            if mask.dtype == torch.uint16:  # 16-bit labels (above 255): torch has no max/min for uint16
+                mask = mask.to(torch.int32)
             top, bottom = int(mask.max()), int(mask.min())
             bad = None
             if bottom < 0:
