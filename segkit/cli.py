@@ -196,7 +196,7 @@ def _add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     masks.add_argument("--pred", help="folder of predicted masks (class indices), paired with --gt by file stem")
     masks.add_argument("--gt", help="folder of ground-truth masks")
     masks.add_argument("--num-classes", type=int, help="number of classes; labels lie in [0, N)")
-    masks.add_argument("--ignore-index", type=int, default=255, help="ground-truth label that is not scored (default 255)")
+    masks.add_argument("--ignore-index", type=int, help="ground-truth label that is not scored (default 255)")
     masks.add_argument("--class-names", nargs="+", metavar="NAME", help="one name per class, in label order")
     masks.add_argument("--binary", action="store_true", help="masks are 0/255; read 255 as class 1 (both folders)")
     masks.add_argument("--reduce-zero-label", action="store_true", help="ground truth 0 is unlabelled: 0 -> ignore, v -> v-1")
@@ -230,6 +230,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             raise SegkitError("give either --checkpoint (a model on a dataset) or --pred and --gt (two mask folders), not both.")
         if args.images:
             raise SegkitError("--images goes with --pred/--gt; with --checkpoint the page draws the dataset's own images.")
+        _refuse_other_modes_flags(args, checkpoint=True)
         from segkit.engine.evaluate import evaluate_checkpoint
 
         report = evaluate_checkpoint(
@@ -241,6 +242,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         missing = [flag for flag, value in (("--pred", args.pred), ("--gt", args.gt), ("--num-classes", args.num_classes)) if value is None]
         if missing:
             raise SegkitError(f"evaluating mask folders needs {', '.join(missing)}; e.g. --pred preds/ --gt masks/ --num-classes 3.")
+        _refuse_other_modes_flags(args, checkpoint=False)
+        if args.ignore_index is None:
+            args.ignore_index = 255
         from segkit.engine.evaluate import evaluate_folders
 
         report = evaluate_folders(
@@ -260,6 +264,29 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.html:
         print(f"wrote {_write_evaluation_html(args, report)}")
     return 0
+
+
+def _refuse_other_modes_flags(args: argparse.Namespace, checkpoint: bool) -> None:
+    """A SegkitError for flags of the other evaluate mode, which would be ignored in silence (an
+    --ignore-index 2 beside --checkpoint still scored class 2)."""
+    if checkpoint:
+        given = [flag for flag, value in (("--num-classes", args.num_classes is not None), ("--ignore-index", args.ignore_index is not None),
+                                          ("--class-names", args.class_names), ("--binary", args.binary),
+                                          ("--reduce-zero-label", args.reduce_zero_label), ("--pred-suffix", args.pred_suffix),
+                                          ("--gt-suffix", args.gt_suffix), ("--skip-missing", args.skip_missing)) if value]
+        if given:
+            raise SegkitError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --pred/--gt; with --checkpoint the checkpoint's "
+                              "config reads the masks (model.num_classes, data.ignore_index, data.classes, data.options such as "
+                              "binary, reduce_zero_label, mask_suffix): leave the flag out, or write the masks with segkit predict "
+                              "and score them with --pred/--gt.")
+        return
+    given = [flag for flag, value in (("--data", args.data), ("--split", args.split), ("--tile", args.tile is not None),
+                                      ("--overlap", args.overlap != 0.25), ("--tta", args.tta),
+                                      ("--batch-size", args.batch_size is not None), ("--no-amp", args.no_amp),
+                                      ("--device", args.device != "auto")) if value]
+    if given:
+        raise SegkitError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --checkpoint (a model to run); --pred/--gt "
+                          "score masks already written: leave the flag out.")
 
 
 def _write_evaluation_html(args: argparse.Namespace, report: EvalReport) -> Path:

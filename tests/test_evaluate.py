@@ -258,6 +258,28 @@ def test_labels_one_past_the_classes_suggest_the_commands_options(tmp_path, caps
     assert "pass --reduce-zero-label" not in err and f"the file holds {K + 1})" in err
 
 
+@pytest.mark.parametrize("extra", [["--ignore-index", "2"], ["--ignore-index", "255"], ["--num-classes", "2", "--binary"],
+                                   ["--gt-suffix", "_mask.png"], ["--skip-missing"]])
+def test_mask_folder_flags_beside_a_checkpoint_are_refused(tmp_path, capsys, extra):
+    """They were ignored in silence: --ignore-index 2 beside --checkpoint still scored class 2."""
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "with --checkpoint the checkpoint's config reads the masks" in err
+    assert err.startswith(f"segkit: error: {', '.join(f for f in extra if f.startswith('--'))} go")
+
+
+@pytest.mark.parametrize("extra", [["--tile", "64"], ["--tta"], ["--data", "d"], ["--split", "val"], ["--device", "cpu"],
+                                   ["--overlap", "0.5", "--no-amp"]])
+def test_checkpoint_flags_beside_mask_folders_are_refused(tmp_path, capsys, extra):
+    pairs = make_mask_folders(tmp_path)
+    assert pairs
+    folders = ["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", str(K)]
+    assert main(["evaluate", *folders, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(r"go(es)? with --checkpoint \(a model to run\)", err), err
+    assert main(["evaluate", *folders, "--workers", "1", "--overlap", "0.25"]) == 0  # shared flags, and defaults spelt out
+
+
 def test_bad_folder_on_the_command_line_is_one_line(tmp_path, capsys):
     bad_case(tmp_path, "size")
     code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", "3"])
