@@ -24,7 +24,6 @@ float32 on the input's device.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -194,14 +193,19 @@ def warn_heavy_overlap(tile: int | None, overlap: float) -> None:
     forward passes per pixel, which runs for hours without looking stuck."""
     if tile is None:
         return
-    step = max(1, int(tile * (1 - overlap)))
+    step = _window_step(tile, overlap)
     passes = (tile / step) ** 2
     if passes > 16:
-        default = (tile / max(1, int(tile * 0.75))) ** 2
+        default = (tile / _window_step(tile, 0.25)) ** 2
         logging.getLogger("segkit").warning(
             f"--overlap {overlap} with --tile {tile} moves the window {step} pixel(s) at a time, so each pixel is predicted "
             f"about {passes:.0f} times ({default:.1f} at the default overlap 0.25), and inference takes that much longer; "
             "an overlap of 0.25-0.5 is usual.")
+
+
+def _window_step(tile: int, overlap: float) -> int:
+    """Pixels from one window to the next along an axis of ``tile`` pixels."""
+    return max(1, int(tile * (1 - overlap)))
 
 
 def _window_grid(height: int, width: int, tile: int | Sequence[int], overlap: float) -> tuple[int, int, list[int], list[int]]:
@@ -210,8 +214,8 @@ def _window_grid(height: int, width: int, tile: int | Sequence[int], overlap: fl
         raise SegkitError(f"overlap must lie in [0, 1); got {overlap}.")
     th, tw = _pair(tile, "tile")
     th, tw = min(th, height), min(tw, width)
-    ys = window_starts(height, th, max(1, int(th * (1 - overlap))))
-    xs = window_starts(width, tw, max(1, int(tw * (1 - overlap))))
+    ys = window_starts(height, th, _window_step(th, overlap))
+    xs = window_starts(width, tw, _window_step(tw, overlap))
     return th, tw, ys, xs
 
 
