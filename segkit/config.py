@@ -25,7 +25,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from segkit.errors import SegkitError
 
-__all__ = ["Config", "load_config", "config_from_dict", "save_config", "to_dict"]
+__all__ = ["Config", "config_from_dict", "escape_interpolations", "load_config", "save_config", "to_dict"]
 
 # Menus of allowed values, checked after loading (OmegaConf has no Literal type).
 TASKS = ("segmentation", "classification")
@@ -429,13 +429,15 @@ def to_dict(cfg: DictConfig) -> dict[str, Any]:
 def save_config(cfg: DictConfig, path: str | os.PathLike[str]) -> None:
     """Write ``cfg`` as YAML to ``path`` (a run's ``config.yaml``; ``load_config`` reads it back)."""
     # Resolved: a ${oc.env:...} must give the value this run used, not whatever the variable holds later.
-    # What still reads "${" after resolving is text (an escaped \${...}, or an environment value): it
-    # is escaped again, so that loading the file gives the same text.
-    def escaped(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: escaped(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [escaped(v) for v in value]
-        return value.replace("${", "\\${") if isinstance(value, str) else value
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.create(escape_interpolations(OmegaConf.to_container(cfg, resolve=True)))))
 
-    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.create(escaped(OmegaConf.to_container(cfg, resolve=True)))))
+
+def escape_interpolations(value: Any) -> Any:
+    """A resolved config (plain containers) with every "${" escaped, so that OmegaConf reads it back as
+    the same text: what still reads "${" after resolving was text (an escaped \\${...}, or an
+    environment variable's value), not a reference. For ``config.yaml`` and the configs in checkpoints."""
+    if isinstance(value, dict):
+        return {k: escape_interpolations(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [escape_interpolations(v) for v in value]
+    return value.replace("${", "\\${") if isinstance(value, str) else value

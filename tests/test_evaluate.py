@@ -450,6 +450,21 @@ def model_reference(ckpt: Path, images: list[Path], masks: list[Path], resize: i
     return reference(pairs, 3)
 
 
+def test_a_class_named_like_an_interpolation_loads_from_the_checkpoint(tmp_path, synthetic, monkeypatch):
+    """The run's file escaped it (\\${literal}) and the checkpoint stores the resolved text: reading
+    that config again took ${literal} for a reference and refused the run's own checkpoint."""
+    from segkit.engine.inference import load_model
+
+    monkeypatch.setenv("SEGKIT_TEST_NAME", "cells")
+    classes = ["${oc.env:SEGKIT_TEST_NAME}", "\\${literal}", "c"]
+    ckpt = write_checkpoint(tmp_path / "best.pt", tiny_config(synthetic, classes=classes))
+    monkeypatch.delenv("SEGKIT_TEST_NAME")  # the value the run used is stored, not the reference
+    _, cfg = load_model(ckpt)
+    assert list(cfg.data.classes) == ["cells", "${literal}", "c"]
+    report = evaluate_checkpoint(ckpt, synthetic, device="cpu")
+    assert report.classes == ["cells", "${literal}", "c"]
+
+
 def test_checkpoint_report_matches_a_hand_computation_and_training_validation(tmp_path, synthetic):
     ckpt = write_checkpoint(tmp_path / "best.pt", tiny_config(synthetic))
     report = evaluate_checkpoint(ckpt, synthetic, device="cpu")

@@ -47,6 +47,17 @@ def test_windows_cover_every_pixel_and_stay_inside():
         assert covered.all() and starts == sorted(set(starts))
 
 
+
+@pytest.mark.parametrize("tile, overlap, step", [(10, 0.8, 2), (40, 0.8, 8), (20, 0.7, 6), (512, 0.25, 384), (64, 0.5, 32),
+                                                 (10, 0.74, 2), (64, 0.99, 1), (5, 0.9, 1)])
+def test_the_window_step_is_tile_times_one_minus_overlap_rounded_down(tile, overlap, step):
+    """int(10 * (1 - 0.8)) is 1 in floats (1.9999999999999996): twice the windows along each axis."""
+    from segkit.engine.inference import _window_grid
+
+    _, _, ys, xs = _window_grid(tile * 3, tile * 3, tile, overlap)
+    assert ys == xs == window_starts(tile * 3, tile, step)
+
+
 def test_gaussian_weights_match_the_formula():
     th, tw = 16, 24
     w = gaussian_weights((th, tw)).numpy()

@@ -34,7 +34,7 @@ def whole_image_reference(ckpt: Path, image: np.ndarray, tile: int, overlap: flo
     # the checkpoint's mean 0.5, std 0.25, as one float32 multiply-add
     x = torch.addcmul(torch.tensor(-0.5 / 0.25), torch.from_numpy(image).float(), torch.tensor(1 / (255 * 0.25)))
     h, w = image.shape
-    step = int(tile * (1 - overlap))
+    step = int(round(tile * (1 - overlap), 6))  # overlaps here give whole steps
     g = gaussian_weights((tile, tile))
     num, den = torch.zeros(3, h, w), torch.zeros(h, w)
     with torch.no_grad():

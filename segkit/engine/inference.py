@@ -69,7 +69,7 @@ def load_model(checkpoint: str | os.PathLike[str], device: torch.device | str = 
     weights replace everything, so ``model.encoder_weights`` (a file on the training machine) is
     not read.
     """
-    from segkit.config import config_from_dict, load_config
+    from segkit.config import config_from_dict, escape_interpolations, load_config
     from segkit.engine.builders import build_model_from_config, resolve_normalisation
     from segkit.engine.checkpoint import load_checkpoint
     from segkit.engine.train import resolve_device
@@ -95,8 +95,10 @@ def load_model(checkpoint: str | os.PathLike[str], device: torch.device | str = 
     config = state.get("config")
     if not isinstance(config, dict):
         raise SegkitError(f"checkpoint {checkpoint} holds no config; use a last.pt or best.pt written by `segkit train`.")
-    # the checkpoint's weights replace everything: files named at training time need not exist here
-    cfg = config_from_dict(config, ["model.encoder_weights=null", "model.weights=null"], source=f"the config in {checkpoint}")
+    # The checkpoint's weights replace everything: files named at training time need not exist here.
+    # Its config was stored resolved: a "${" still in it is text (an escaped \${...} of the run's file).
+    cfg = config_from_dict(escape_interpolations(config), ["model.encoder_weights=null", "model.weights=null"],
+                           source=f"the config in {checkpoint}")
     if cfg.task != "segmentation":
         raise SegkitError(f"checkpoint {checkpoint} is a {cfg.task} model; evaluate, predict and export take segmentation checkpoints "
                           "(a classifier is scored on its validation split during training: see the run's metrics.jsonl and the "
@@ -198,14 +200,16 @@ def warn_heavy_overlap(tile: int | None, overlap: float) -> None:
     if passes > 16:
         default = (tile / _window_step(tile, 0.25)) ** 2
         logging.getLogger("segkit").warning(
-            f"--overlap {overlap} with --tile {tile} moves the window {step} pixel(s) at a time, so each pixel is predicted "
-            f"about {passes:.0f} times ({default:.1f} at the default overlap 0.25), and inference takes that much longer; "
-            "an overlap of 0.25-0.5 is usual.")
+            f"--overlap {overlap} with --tile {tile} moves the window {step} pixel(s) at a time, so in images larger than the "
+            f"tile each pixel is predicted about {passes:.0f} times ({default:.1f} at the default overlap 0.25), and inference "
+            "takes that much longer; an overlap of 0.25-0.5 is usual.")
 
 
 def _window_step(tile: int, overlap: float) -> int:
-    """Pixels from one window to the next along an axis of ``tile`` pixels."""
-    return max(1, int(tile * (1 - overlap)))
+    """Pixels from one window to the next along an axis of ``tile`` pixels: ``tile x (1 - overlap)``
+    rounded down, at least 1. The 1e-6 keeps float error from rounding a whole number down a pixel
+    (``10 * (1 - 0.8)`` is 1.9999999999999996, which ran twice as many windows per axis)."""
+    return max(1, int(tile * (1 - overlap) + 1e-6))
 
 
 def _window_grid(height: int, width: int, tile: int | Sequence[int], overlap: float) -> tuple[int, int, list[int], list[int]]:
@@ -288,7 +292,7 @@ def sliding_window(
 ) -> Tensor:
     """Blend ``forward`` over windows of ``images (N, C, H, W)`` -> logits ``(N, K, H, W)`` float32.
 
-    ``tile`` is clipped to the image; the step is ``max(1, int(tile * (1 - overlap)))`` per axis;
+    ``tile`` is clipped to the image; the step is ``tile * (1 - overlap)`` rounded down (at least 1) per axis;
     ``batch_size`` windows of one row of windows go through ``forward`` at once (see
     :func:`sliding_window_rows`, which this assembles).
     """
