@@ -168,11 +168,14 @@ def _run_train(args: argparse.Namespace) -> int:
 COMMANDS["train"] = ("train a model from a YAML config", _add_train_args, _run_train)
 
 
+_OVERLAP = 0.25  # --overlap's default: any other value beside --pred/--gt is refused
+
+
 def _add_inference_args(parser: argparse.ArgumentParser, workers_help: str = "data-loading workers") -> None:
     group = parser.add_argument_group("inference (checkpoint modes)")
     group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto: CUDA when available")
     group.add_argument("--tile", type=int, help="sliding window of TILE x TILE pixels (default: whole image at once)")
-    group.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap, a fraction of the tile (default 0.25)")
+    group.add_argument("--overlap", type=float, default=_OVERLAP, help=f"sliding-window overlap, a fraction of the tile (default {_OVERLAP})")
     group.add_argument("--tta", action="store_true", help="average over horizontal, vertical and both flips")
     group.add_argument("--batch-size", type=int, help="images (or tiles) per forward pass (default: the config's)")
     group.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
@@ -281,7 +284,7 @@ def _refuse_other_modes_flags(args: argparse.Namespace, checkpoint: bool) -> Non
                               "and score them with --pred/--gt.")
         return
     given = [flag for flag, value in (("--data", args.data), ("--split", args.split), ("--tile", args.tile is not None),
-                                      ("--overlap", args.overlap != 0.25), ("--tta", args.tta),
+                                      ("--overlap", args.overlap != _OVERLAP), ("--tta", args.tta),
                                       ("--batch-size", args.batch_size is not None), ("--no-amp", args.no_amp),
                                       ("--device", args.device != "auto")) if value]
     if given:
